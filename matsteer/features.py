@@ -1,0 +1,200 @@
+"""The on-disk activation cache: one folder per (model, site, tokens, dataset, split, ...) extraction.
+
+A folder holds ``activations.safetensors`` (``activations [M, d]``, ``labels [M]``, ``text_index [M]``,
+``token_index [M]``) and ``manifest.json``. The manifest is written last, and both carry the cache key, so a
+folder whose extraction was interrupted or made with other settings is never read as complete. Work in progress
+is streamed to ``.partial-<key>/`` shards (each written atomically), which an interrupted run resumes from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ArtifactError, DataError
+from .extract import ActivationRows, encode_texts, extract_encoded
+from .io import read_json, read_tensors, sha256_json, write_json, write_tensors
+from .sites import Site
+
+FORMAT_VERSION = 1
+_TENSORS = ("activations", "labels", "text_index", "token_index")
+
+
+@dataclass
+class FeatureSet:
+    """Activations of one dataset split at one site, with labels (1 = the desirable side)."""
+
+    activations: torch.Tensor  # [M, d] float32
+    labels: torch.Tensor  # [M] int64
+    text_index: torch.Tensor  # [M] int64: which text each row came from
+    token_index: torch.Tensor  # [M] int64: position of the row's token in its text
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def attribute(self) -> str:
+        return str(self.manifest["attribute"])
+
+    @property
+    def positive_side(self) -> str:
+        return str(self.manifest.get("positive_side", "label 1"))
+
+    @property
+    def site(self) -> Site:
+        return Site.from_dict(self.manifest["site"])
+
+    @property
+    def positives(self) -> torch.Tensor:
+        return self.activations[self.labels == 1]
+
+    @property
+    def negatives(self) -> torch.Tensor:
+        return self.activations[self.labels == 0]
+
+
+def cache_key(spec: dict[str, Any]) -> str:
+    return sha256_json({"format": FORMAT_VERSION, **spec})
+
+
+def _texts_fingerprint(examples: Sequence[Any]) -> str:
+    return sha256_json([[e.text, e.answer_span, int(e.label), e.group] for e in examples])
+
+
+def _save_rows(path: Path, rows: ActivationRows, key: str) -> None:
+    write_tensors(path, {name: getattr(rows, name) for name in _TENSORS}, metadata={"cache_key": key})
+
+
+def _load_rows(path: Path, key: str | None = None) -> ActivationRows:
+    tensors, meta = read_tensors(path, "activation file")
+    if key is not None and meta.get("cache_key") != key:
+        raise ArtifactError(f"{path} belongs to another extraction (cache key differs). Delete it and extract again.")
+    missing = [n for n in _TENSORS if n not in tensors]
+    if missing:
+        raise ArtifactError(f"{path} lacks tensors {missing}. Delete it and extract again.")
+    return ActivationRows(tensors["activations"], tensors["text_index"], tensors["token_index"], tensors["labels"])
+
+
+def load_features(path: str | Path) -> FeatureSet:
+    """Load a complete feature folder; refuses partial, stale or inconsistent ones."""
+    path = Path(path)
+    manifest = read_json(path / "manifest.json", "feature manifest")
+    if not isinstance(manifest, dict) or "cache_key" not in manifest:
+        raise ArtifactError(f"{path / 'manifest.json'} is not a matsteer feature manifest. Extract again.")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} was written by a newer matsteer (format {manifest['format_version']} > {FORMAT_VERSION}); upgrade matsteer."
+        )
+    rows = _load_rows(path / "activations.safetensors", manifest["cache_key"])
+    m = len(rows)
+    if any(int(t.shape[0]) != m for t in (rows.labels, rows.text_index, rows.token_index)) or m != manifest.get("rows"):
+        raise ArtifactError(f"{path}: tensor lengths disagree with the manifest ({manifest.get('rows')} rows). Extract again.")
+    if not torch.isfinite(rows.activations).all():
+        raise DataError(f"{path}: activations contain NaN or Inf (a numerically broken model or dtype?). Extract again in float32.")
+    return FeatureSet(rows.activations, rows.labels, rows.text_index, rows.token_index, manifest, path)
+
+
+def extract_to_folder(
+    loaded: Any,
+    examples: Sequence[Any],
+    site: Site,
+    out: str | Path,
+    *,
+    tokens: str = "all",
+    dataset: str,
+    split: str,
+    batch_size: int = 16,
+    max_length: int | None = 512,
+    shard_texts: int = 256,
+    data_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Extract ``examples`` (``matsteer.data.Example``) with ``loaded`` (a ``LoadedModel``) into ``out``.
+
+    Reuses ``out`` when its manifest has the same cache key; resumes from ``.partial-<key>`` shards; otherwise
+    (another model, site, token selection, prompt format or data) re-extracts and replaces it.
+    """
+    if not examples:
+        raise DataError(f"No examples to extract for {dataset}/{split}; check the split name and --limit.")
+    out = Path(out)
+    site.resolve(loaded.model)
+    attributes = sorted({e.attribute for e in examples})
+    templates = sorted({e.template for e in examples})
+    spec = {
+        "model": {"name": loaded.name, "weight_hash": loaded.weight_hash},
+        "site": site.to_dict(),
+        "tokens": tokens,
+        "max_length": max_length,
+        "dataset": dataset,
+        "split": split,
+        "prompt_format": templates,
+        "texts_sha256": _texts_fingerprint(examples),
+        "dtype": str(next(loaded.model.parameters()).dtype),
+    }
+    key = cache_key(spec)
+    if (out / "manifest.json").is_file():
+        try:
+            existing = load_features(out)
+            if existing.manifest["cache_key"] == key:
+                return existing
+            print(f"{out}: cached features were made with other settings; extracting again.")
+        except (ArtifactError, DataError) as exc:
+            print(f"{out}: {exc} Extracting again.")
+    tok = loaded.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    partial = out / f".partial-{key[:16]}"
+    partial.mkdir(parents=True, exist_ok=True)
+    labels = torch.tensor([int(e.label) for e in examples], dtype=torch.long)
+    shards = []
+    starts = range(0, len(examples), shard_texts)
+    for k, start in enumerate(tqdm(starts, desc=f"{dataset}/{split} shards", disable=not progress or len(starts) < 2)):
+        shard_path = partial / f"shard-{k:05d}.safetensors"
+        chunk = examples[start:start + shard_texts]
+        if shard_path.is_file():
+            try:
+                shards.append(_load_rows(shard_path, key))
+                continue
+            except ArtifactError:
+                shard_path.unlink()
+        encoded = encode_texts(tok, [e.text for e in chunk], tokens, [e.answer_span for e in chunk], max_length)
+        rows = extract_encoded(loaded.model, encoded, site, pad_id=pad_id, batch_size=batch_size,
+                               index_offset=start, progress=progress, desc=f"{dataset} L{site.layer}")
+        rows.labels = labels[rows.text_index]
+        _save_rows(shard_path, rows, key)
+        shards.append(rows)
+    rows = ActivationRows(
+        torch.cat([s.activations for s in shards]), torch.cat([s.text_index for s in shards]),
+        torch.cat([s.token_index for s in shards]), torch.cat([s.labels for s in shards]),
+    )
+    if not torch.isfinite(rows.activations).all():
+        raise DataError(f"Activations for {dataset}/{split} at {site} contain NaN or Inf; try dtype float32.")
+    _save_rows(out / "activations.safetensors", rows, key)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "cache_key": key,
+        **spec,
+        "attribute": attributes[0] if len(attributes) == 1 else attributes,
+        "positive_side": _positive_side(attributes),
+        "rows": len(rows),
+        "texts": len(examples),
+        "positives": int((rows.labels == 1).sum()),
+        "negatives": int((rows.labels == 0).sum()),
+        "d": int(rows.activations.shape[1]),
+        "data": data_info or {},
+    }
+    write_json(out / "manifest.json", manifest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return FeatureSet(rows.activations, rows.labels, rows.text_index, rows.token_index, manifest, out)
+
+
+def _positive_side(attributes: list[str]) -> str:
+    try:
+        from .data import POSITIVE_SIDE
+    except ImportError:  # pragma: no cover - data module always present in a full install
+        return "label 1"
+    return ", ".join(POSITIVE_SIDE.get(a, "label 1") for a in attributes)

