@@ -1,0 +1,427 @@
+"""Closed-form steering baselines, each expressed as a :class:`~matsteer.steerer.Steerer`.
+
+A baseline vector θ_t per attribute becomes one row of a Steerer whose gates are always on
+(``gate_weight = 0``, ``gate_bias = +30``: ``sigmoid(30)`` rounds to exactly 1.0 in float32, and
+``0 · a = 0`` for every finite activation), so the edit is ``a + Σ_t θ_t`` on every steered token and
+the same runtime machinery (sites, multipliers, forcing, gate recording) applies to baselines and to
+MAT-Steer alike. These steerers are meant to be applied **without norm preservation**
+(``preserve_norm=False``), as in the original methods; that flag is the caller's, not stored here.
+
+Inputs are, per attribute, activations of the positive (desirable, label 1) side ``[Np, d]`` and of
+the negative side ``[Nn, d]`` at the site being steered: a :class:`ContrastSet`, a ``(pos, neg)``
+tuple, or a :class:`~matsteer.features.FeatureSet` (``ContrastSet.from_features``).
+
+Methods (all vectors are computed in float64 and stored as float32):
+
+* :func:`mass_mean_shift` (ITI, Li et al. 2023): ``u = normalize(μ_pos − μ_neg)``,
+  ``θ = α · σ · u`` with σ the (population, ddof = 0, as ``np.std`` in honest_llama) standard deviation of
+  the projections ``a · u`` of all activations, positive and negative. ITI's ``α = 15`` (the default
+  here) was tuned for shifting 48 individual attention heads; for a whole-layer site it is usually far
+  too strong, so tune α on dev.
+* :func:`mean_difference` (CAA, Rimsky et al. 2024): ``θ = multiplier · (μ_pos − μ_neg)``.
+* :func:`pca_of_differences` (repeng / RepE style): ``u`` = first principal direction of the paired
+  differences ``δ_i = pos_i − neg_i``, taken **uncentred** (top right singular vector of ``[δ_i]``, or the
+  top eigenvector of ``Σ δ_i δ_iᵀ`` when there are more pairs than dimensions: the same thing)
+  because centring would subtract the mean difference, i.e. the very signal we want; RepE gets the
+  same effect by randomising the order within pairs. The sign is chosen so that ``u · (μ_pos − μ_neg) ≥ 0``
+  and ``θ = multiplier · mean_i(δ_i · u) · u``, so an unscaled θ has the length of the average
+  difference along ``u`` (repeng returns a unit vector and leaves the scale to its ``coeff``).
+* :func:`sum_of_single`: naive composition of separately trained steerers (their rows stacked; the
+  edit is the sum of their edits, each with its own learned gates).
+* :func:`uniform_gates`: a trained MAT-Steer steerer with every gate forced to 1 (paper Table 4,
+  "all tokens").
+* :func:`few_shot_prompt` / :func:`with_demonstrations`: the in-context-learning (ICL) baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, DataError
+from .steerer import Steerer
+
+__all__ = [
+    "ALWAYS_ON_BIAS",
+    "BASELINES",
+    "ContrastSet",
+    "DEMO_SEPARATOR",
+    "ITI_ALPHA",
+    "few_shot_prompt",
+    "make_uniform_steerer",
+    "mass_mean_direction",
+    "mass_mean_shift",
+    "mean_difference",
+    "mean_difference_vector",
+    "pca_difference_vector",
+    "pca_of_differences",
+    "random_pairs",
+    "sum_of_single",
+    "uniform_gates",
+    "with_demonstrations",
+]
+
+#: Gate bias for always-on gates: sigmoid(30) == 1.0 exactly in float32 (the smallest such integer is 17).
+ALWAYS_ON_BIAS = 30.0
+#: honest_llama's default α for TruthfulQA (per attention head; see the module docstring).
+ITI_ALPHA = 15.0
+#: What separates demonstrations from each other and from the evaluated prompt.
+DEMO_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class ContrastSet:
+    """Activations of one attribute's two sides at one site.
+
+    positives: ``[Np, d]`` (label 1, the desirable side); negatives: ``[Nn, d]``;
+    pairs: optional ``[P, 2]`` int64 rows ``(i, j)`` meaning ``positives[i]`` pairs with ``negatives[j]``
+    (used by :func:`pca_of_differences` only); positive_side: what label 1 means (e.g. "truthful").
+    """
+
+    positives: torch.Tensor
+    negatives: torch.Tensor
+    pairs: torch.Tensor | None = None
+    positive_side: str = "label 1"
+
+    def __post_init__(self) -> None:
+        pos, neg = self.positives, self.negatives
+        if pos.ndim != 2 or neg.ndim != 2:
+            raise DataError(
+                f"positives and negatives must be [N, d], got {tuple(pos.shape)} and {tuple(neg.shape)}."
+            )
+        if pos.shape[1] != neg.shape[1]:
+            raise DataError(f"positives have d={pos.shape[1]} but negatives d={neg.shape[1]}.")
+        if pos.shape[0] == 0 or neg.shape[0] == 0:
+            raise DataError(
+                f"need at least one positive and one negative, got {pos.shape[0]} and {neg.shape[0]}."
+            )
+        if not (torch.isfinite(pos).all() and torch.isfinite(neg).all()):
+            raise DataError("activations contain NaN or inf.")
+        if self.pairs is not None:
+            p = self.pairs
+            if p.ndim != 2 or p.shape[1] != 2 or p.shape[0] == 0 or p.dtype.is_floating_point:
+                raise DataError(
+                    f"pairs must be a non-empty integer tensor [P, 2], got {tuple(p.shape)} {p.dtype}."
+                )
+            if int(p.min()) < 0 or int(p[:, 0].max()) >= pos.shape[0] or int(p[:, 1].max()) >= neg.shape[0]:
+                raise DataError("pairs index outside the positives/negatives.")
+
+    @property
+    def d(self) -> int:
+        return int(self.positives.shape[1])
+
+    @classmethod
+    def from_features(cls, features: Any, pairs: torch.Tensor | None = None) -> ContrastSet:
+        """Split a :class:`~matsteer.features.FeatureSet` (labels 1/0) into its two sides."""
+        return cls(features.positives, features.negatives, pairs, features.positive_side)
+
+
+#: A ContrastSet, a ``(positives, negatives)`` tuple, or a FeatureSet (anything with .positives/.negatives).
+ContrastLike = Any
+
+
+def _as_contrast(value: ContrastLike, name: str) -> ContrastSet:
+    if isinstance(value, ContrastSet):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        return ContrastSet(value[0], value[1])
+    if hasattr(value, "positives") and hasattr(value, "negatives"):
+        return ContrastSet.from_features(value)
+    raise ConfigError(
+        f"attribute {name!r}: expected a ContrastSet, a (positives, negatives) tuple or a FeatureSet."
+    )
+
+
+def _as_sets(data: Mapping[str, ContrastLike]) -> dict[str, ContrastSet]:
+    if not data:
+        raise ConfigError("no attributes given; pass {attribute: (positives, negatives)}.")
+    sets = {name: _as_contrast(v, name) for name, v in data.items()}
+    ds = {s.d for s in sets.values()}
+    if len(ds) != 1:
+        raise DataError(f"all attributes must come from one site with one hidden size, got d = {sorted(ds)}.")
+    return sets
+
+
+# --------------------------------------------------------------------------------------------------
+# Vectors (plain tensors [d])
+# --------------------------------------------------------------------------------------------------
+
+
+# Rows per float64 block: activation sets can be large ([M, d] with M in the 100k), so nothing
+# below materialises a float64 copy of them.
+_BLOCK_ROWS = 8192
+
+
+def _blocks(x: torch.Tensor) -> list[torch.Tensor]:
+    return [x[i : i + _BLOCK_ROWS].double() for i in range(0, x.shape[0], _BLOCK_ROWS)]
+
+
+def _mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``mean(pos) − mean(neg)`` in float64 ``[d]``, accumulated without a float64 copy."""
+    return pos.sum(0, dtype=torch.float64) / pos.shape[0] - neg.sum(0, dtype=torch.float64) / neg.shape[0]
+
+
+def _unit(v: torch.Tensor, what: str) -> torch.Tensor:
+    norm = v.norm()
+    if not norm > 0:
+        raise DataError(
+            f"{what} is zero: the two sides have identical means; there is no direction to steer along."
+        )
+    return v / norm
+
+
+def mean_difference_vector(
+    positives: torch.Tensor, negatives: torch.Tensor, multiplier: float = 1.0
+) -> torch.Tensor:
+    """CAA: ``multiplier · (mean(positives) − mean(negatives))``; ``[Np, d], [Nn, d] -> [d]`` float32."""
+    cs = ContrastSet(positives, negatives)
+    return (float(multiplier) * _mean_diff(cs.positives, cs.negatives)).float()
+
+
+def mass_mean_direction(
+    positives: torch.Tensor, negatives: torch.Tensor, alpha: float = ITI_ALPHA
+) -> torch.Tensor:
+    """ITI mass-mean shift ``α · σ · u`` (see the module docstring); ``[Np, d], [Nn, d] -> [d]`` float32."""
+    cs = ContrastSet(positives, negatives)
+    u = _unit(_mean_diff(cs.positives, cs.negatives), "mean(positives) − mean(negatives)")
+    proj = torch.cat([b @ u for x in (cs.positives, cs.negatives) for b in _blocks(x)])  # [Np + Nn]
+    sigma = proj.std(correction=0)  # population std, as np.std in honest_llama
+    return (float(alpha) * sigma * u).float()
+
+
+def random_pairs(n_pos: int, n_neg: int, seed: int = 0) -> torch.Tensor:
+    """``[min(n_pos, n_neg), 2]`` seeded random pairing of positive and negative indices (each used at most once)."""
+    g = torch.Generator().manual_seed(int(seed))
+    k = min(n_pos, n_neg)
+    return torch.stack(
+        [torch.randperm(n_pos, generator=g)[:k], torch.randperm(n_neg, generator=g)[:k]], dim=1
+    )
+
+
+def _top_eigenvector(m: torch.Tensor) -> torch.Tensor:
+    """Unit eigenvector ``[n]`` of the largest eigenvalue of a symmetric PSD float64 matrix ``[n, n]``."""
+    if not bool(m.abs().max() > 0):
+        raise DataError("every paired difference is zero: there is no direction to steer along.")
+    return torch.linalg.eigh(m).eigenvectors[:, -1]
+
+
+def pca_difference_vector(
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    pairs: torch.Tensor | None = None,
+    multiplier: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """First (uncentred) principal direction of paired differences, scaled by their mean projection.
+
+    positives ``[Np, d]``, negatives ``[Nn, d]``, pairs ``[P, 2]`` (or None: :func:`random_pairs` with
+    ``seed``). Returns ``multiplier · mean_i(δ_i · u) · u`` as ``[d]`` float32, ``u`` sign-aligned with
+    ``mean(positives) − mean(negatives)`` (see the module docstring for why uncentred).
+    """
+    cs = ContrastSet(positives, negatives, pairs)
+    pos, neg = cs.positives, cs.negatives
+    idx = (cs.pairs if cs.pairs is not None else random_pairs(pos.shape[0], neg.shape[0], seed)).long()
+    idx = idx.to(pos.device)
+    n_pairs, d = idx.shape[0], pos.shape[1]
+
+    def diffs(rows: torch.Tensor) -> torch.Tensor:  # [r, d] float64
+        return pos[idx[rows, 0]].double() - neg[idx[rows, 1]].double()
+
+    # The top right singular vector of D = [δ_i] is found from the smaller of the two Gram matrices:
+    # D Dᵀ [P, P] when pairs are few (u ∝ Dᵀ w), else Dᵀ D = Σ δ_i δ_iᵀ [d, d] built blockwise.
+    if n_pairs <= d:
+        dmat = diffs(torch.arange(n_pairs, device=idx.device))
+        top = dmat.T @ _top_eigenvector(dmat @ dmat.T)
+        total = dmat.sum(0)
+    else:
+        # Each block's product runs in float32 (a float64 GEMM is several times slower on CPU and the
+        # direction does not need it); blocks are summed in float64.
+        gram = torch.zeros(d, d, dtype=torch.float64, device=pos.device)
+        total = torch.zeros(d, dtype=torch.float64, device=pos.device)
+        for start in range(0, n_pairs, _BLOCK_ROWS):
+            block = diffs(torch.arange(start, min(n_pairs, start + _BLOCK_ROWS), device=idx.device))
+            b32 = block.float()
+            gram += (b32.T @ b32).double()
+            total += block.sum(0)
+        top = _top_eigenvector(gram)
+    u = _unit(top, "the first principal direction")
+    # A tie (u ⟂ mean difference) keeps the solver's sign; otherwise point toward the positive side.
+    if float(u @ _mean_diff(pos, neg)) < 0:
+        u = -u
+    length = (total @ u) / n_pairs  # mean_i δ_i · u
+    return (float(multiplier) * length * u).float()
+
+
+# --------------------------------------------------------------------------------------------------
+# Steerers
+# --------------------------------------------------------------------------------------------------
+
+
+def make_uniform_steerer(
+    vectors: Mapping[str, torch.Tensor], positive_sides: Sequence[str] | None = None
+) -> Steerer:
+    """A Steerer with ``theta`` rows = ``vectors`` (``[d]`` each, in order) and every gate always 1."""
+    names = list(vectors)
+    if not names:
+        raise ConfigError("no vectors given.")
+    rows = [torch.as_tensor(vectors[n]).detach().reshape(-1).float().cpu() for n in names]
+    d = rows[0].numel()
+    if any(r.numel() != d for r in rows):
+        raise DataError(f"vectors must share one size, got {[r.numel() for r in rows]}.")
+    # A private generator: building a baseline must not consume the global RNG (seeded runs stay reproducible).
+    steerer = Steerer(names, d, positive_sides, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        steerer.theta.copy_(torch.stack(rows))
+        steerer.gate_weight.zero_()
+        steerer.gate_bias.fill_(ALWAYS_ON_BIAS)
+    return steerer
+
+
+def _build(sets: dict[str, ContrastSet], fn) -> Steerer:
+    vectors = {name: fn(name, cs) for name, cs in sets.items()}
+    return make_uniform_steerer(vectors, [cs.positive_side for cs in sets.values()])
+
+
+def _per_attribute(
+    value: float | Mapping[str, float], names: Sequence[str], what: str, default: float
+) -> dict[str, float]:
+    """One float per attribute from a scalar or a partial mapping (missing names get ``default``)."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ConfigError(f"{what} given for unknown attributes {unknown}; attributes are {list(names)}.")
+        return {n: float(value.get(n, default)) for n in names}
+    return {n: float(value) for n in names}
+
+
+def mass_mean_shift(
+    data: Mapping[str, ContrastLike], alpha: float | Mapping[str, float] = ITI_ALPHA
+) -> Steerer:
+    """ITI-style mass-mean shift per attribute (``θ_t = α_t σ_t u_t``) as an always-on Steerer.
+
+    data: ``{attribute: ContrastSet | (positives [Np, d], negatives [Nn, d]) | FeatureSet}``;
+    alpha: one value or one per attribute (default :data:`ITI_ALPHA`; tune it on dev).
+    """
+    sets = _as_sets(data)
+    alphas = _per_attribute(alpha, list(sets), "alpha", ITI_ALPHA)
+    return _build(sets, lambda n, cs: mass_mean_direction(cs.positives, cs.negatives, alphas[n]))
+
+
+def mean_difference(
+    data: Mapping[str, ContrastLike], multiplier: float | Mapping[str, float] = 1.0
+) -> Steerer:
+    """CAA per attribute (``θ_t = m_t (μ_pos − μ_neg)``) as an always-on Steerer."""
+    sets = _as_sets(data)
+    mult = _per_attribute(multiplier, list(sets), "multiplier", 1.0)
+    return _build(sets, lambda n, cs: mean_difference_vector(cs.positives, cs.negatives, mult[n]))
+
+
+def pca_of_differences(
+    data: Mapping[str, ContrastLike], multiplier: float | Mapping[str, float] = 1.0, seed: int = 0
+) -> Steerer:
+    """repeng-style PCA of paired differences per attribute as an always-on Steerer.
+
+    Each attribute uses its ``ContrastSet.pairs`` when given, else a seeded random pairing (``seed``).
+    """
+    sets = _as_sets(data)
+    mult = _per_attribute(multiplier, list(sets), "multiplier", 1.0)
+    return _build(
+        sets, lambda n, cs: pca_difference_vector(cs.positives, cs.negatives, cs.pairs, mult[n], seed)
+    )
+
+
+#: The closed-form baselines by short name (each ``(data, multiplier-or-alpha) -> Steerer``).
+BASELINES = {"iti": mass_mean_shift, "caa": mean_difference, "pca": pca_of_differences}
+
+
+def sum_of_single(steerers: Sequence[Steerer]) -> Steerer:
+    """Compose single- (or multi-) attribute steerers into one by stacking their rows, gates included.
+
+    With norm preservation off, ``out(a) = a + Σ_s edit_s(a)``: the naive sum of the individual edits.
+    Attribute names must be distinct across the inputs and all must share ``d``.
+    """
+    if not steerers:
+        raise ConfigError("sum_of_single needs at least one steerer.")
+    names = [n for s in steerers for n in s.attributes]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"attribute names repeat across steerers: {dup}; rename them before composing.")
+    ds = {s.d for s in steerers}
+    if len(ds) != 1:
+        raise DataError(f"steerers have different hidden sizes {sorted(ds)}; they must come from one site.")
+    sides = [p for s in steerers for p in s.positive_sides]
+    out = Steerer(names, ds.pop(), sides, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for param in ("theta", "gate_weight", "gate_bias"):
+            getattr(out, param).copy_(torch.cat([getattr(s, param).detach().float().cpu() for s in steerers]))
+    return out
+
+
+def uniform_gates(steerer: Steerer) -> Steerer:
+    """A copy of ``steerer`` whose gates are 1 on every token (weights 0, bias :data:`ALWAYS_ON_BIAS`); θ unchanged."""
+    out = copy.deepcopy(steerer)
+    with torch.no_grad():
+        out.gate_weight.zero_()
+        out.gate_bias.fill_(ALWAYS_ON_BIAS)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# ICL
+# --------------------------------------------------------------------------------------------------
+
+
+def few_shot_prompt(examples: Sequence[Any], k: int, seed: int = 0, separator: str = DEMO_SEPARATOR) -> str:
+    """The ICL baseline's demonstration block: ``k`` positive training examples, seeded.
+
+    examples: :class:`matsteer.data.Example` records (take them from the **train** split so no test
+    question leaks into a prompt). Only label-1 (desirable-side) examples are used, at most one per
+    ``group`` (so one question is not shown twice), and none whose text contains ``{prompt}`` or
+    ``{answer}`` (they would break templates). ``k`` distinct groups are drawn with
+    ``random.Random(seed)`` from the candidates in input order; each demonstration is the example's own
+    ``text`` (for TruthfulQA and BBQ ``"Q: {question} A: {answer}"``, for ToxiGen the bare statement),
+    and the demonstrations are joined by ``separator`` and followed by it, so the result can be
+    prepended to an evaluation prompt as is. ``k = 0`` returns ``""`` (zero-shot).
+    """
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise ConfigError(f"k must be a non-negative integer, got {k!r}.")
+    if k == 0:
+        return ""
+    candidates: dict[str, Any] = {}
+    for ex in examples:
+        text = ex.text
+        if ex.label == 1 and ex.group not in candidates and "{prompt}" not in text and "{answer}" not in text:
+            candidates[ex.group] = ex
+    pool = list(candidates.values())
+    if len(pool) < k:
+        raise DataError(
+            f"asked for {k} demonstrations but only {len(pool)} positive examples (distinct groups) are usable."
+        )
+    chosen = random.Random(seed).sample(pool, int(k))
+    return "".join(ex.text + separator for ex in chosen)
+
+
+def with_demonstrations(question: Any, prefix: str) -> Any:
+    """Prepend a :func:`few_shot_prompt` block to an evaluation item.
+
+    A ``str`` prompt becomes ``prefix + prompt``; a :class:`matsteer.data.MCQuestion` gets
+    ``template = prefix + template`` (the prompt and choices are unchanged, so ``answer_span`` still
+    locates the scored answer tokens).
+    """
+    if not prefix:
+        return question
+    if "{prompt}" in prefix or "{answer}" in prefix:
+        raise DataError("a demonstration prefix must not contain '{prompt}' or '{answer}'.")
+    if isinstance(question, str):
+        return prefix + question
+    if hasattr(question, "template"):
+        return dataclasses.replace(question, template=prefix + question.template)
+    raise ConfigError(
+        f"cannot add demonstrations to a {type(question).__name__}; pass a str or an MCQuestion."
+    )

@@ -1,0 +1,202 @@
+"""Metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from matsteer.data import MCQuestion
+from matsteer.errors import ConfigError, DataError
+from matsteer.metrics import (
+    TokenMean,
+    bbq_accuracy,
+    bbq_accuracy_from_questions,
+    cross_entropy,
+    cross_entropy_total,
+    mc1,
+    mc2,
+    mc_accuracy,
+    mc_accuracy_from_questions,
+    mc_correct,
+    next_token_kl,
+    next_token_kl_total,
+    truthfulqa_mc,
+    truthfulqa_mc_from_questions,
+)
+
+T = torch.tensor
+
+
+# ------------------------------------------------------------------ TruthfulQA
+
+
+def test_mc1_strict_max():
+    assert mc1(T([-1.0, -2.0, -3.0]), [1, 0, 0]) == 1.0
+    assert mc1(T([-2.0, -1.0, -3.0]), [1, 0, 0]) == 0.0
+    assert mc1(T([-3.0, -2.0, -1.0]), [0, 0, 1]) == 1.0  # the true answer need not be first
+    assert mc1(T([-1.0, -1.0]), [1, 0]) == 0.0  # a tie is not a win
+    with pytest.raises(DataError):
+        mc1(T([-1.0, -2.0, -3.0]), [1, 1, 0])  # MC1 has exactly one true choice
+
+
+def test_mc2_is_normalised_true_mass():
+    probs = [0.5, 0.3, 0.2]
+    assert mc2(torch.log(T(probs, dtype=torch.float64)), [1, 0, 1]) == pytest.approx(0.7, abs=1e-12)
+    # Unnormalised log-probs: the mass is renormalised over the choices.
+    assert mc2([math.log(2.0), math.log(6.0)], [1, 0]) == pytest.approx(0.25, abs=1e-12)
+
+
+def test_mc2_stable_for_very_negative_logprobs():
+    # exp(-1000) underflows to 0 in float64; the naive ratio would be 0/0.
+    got = mc2(T([-1000.0, -1001.0]), [1, 0])
+    assert got == pytest.approx(1.0 / (1.0 + math.exp(-1.0)), abs=1e-12)
+    assert mc2(T([-float("inf"), -5.0]), [1, 0]) == 0.0
+
+
+def test_mc_inputs_validated():
+    with pytest.raises(DataError):
+        mc2(T([-1.0, -2.0]), [1, 1])  # no false choice
+    with pytest.raises(DataError):
+        mc2(T([-1.0, -2.0]), [1, 0, 0])
+    with pytest.raises(DataError):
+        mc2(T([float("nan"), -2.0]), [1, 0])
+    with pytest.raises(DataError):
+        mc2(T([[-1.0, -2.0]]), [1, 0])
+
+
+def test_truthfulqa_means_and_questions():
+    mc2_lp = [torch.log(T([0.5, 0.3, 0.2])), T([0.0, 0.0])]
+    mc2_lab = [[1, 0, 1], [0, 1]]
+    mc1_lp = [T([-1.0, -2.0]), T([-1.0, -0.5])]
+    mc1_lab = [[1, 0], [1, 0]]
+    s = truthfulqa_mc(mc2_lp, mc2_lab, mc1_lp, mc1_lab)
+    assert s.mc1 == [1.0, 0.0] and s.mean_mc1 == 0.5
+    assert s.mc2 == pytest.approx([0.7, 0.5]) and s.mean_mc2 == pytest.approx(0.6)
+    assert s.n == 2
+    assert truthfulqa_mc(mc2_lp, mc2_lab).mc1 == []
+    with pytest.raises(ConfigError):
+        truthfulqa_mc(mc2_lp, mc2_lab, mc1_lp)
+    with pytest.raises(DataError):
+        truthfulqa_mc(mc2_lp, mc2_lab[:1])
+
+    qs = [
+        MCQuestion(
+            "truthfulqa",
+            f"q{i}",
+            ["a", "b", "c"][: len(lab)],
+            lab,
+            f"g{i}",
+            "Q: {prompt} A: {answer}",
+            mc1_choices=["x", "y"],
+            mc1_labels=l1,
+        )
+        for i, (lab, l1) in enumerate(zip(mc2_lab, mc1_lab))
+    ]
+    s2 = truthfulqa_mc_from_questions(qs, mc2_lp, mc1_lp)
+    assert s2.mc1 == s.mc1 and s2.mc2 == s.mc2
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+def test_mc_accuracy_and_ties():
+    assert mc_correct(T([-3.0, -1.0, -2.0]), 1)
+    assert not mc_correct(T([-1.0, -1.0, -2.0]), 0)  # tie at the top: not correct
+    acc = mc_accuracy([T([-1.0, -2.0]), T([-1.0, -2.0]), T([-3.0, -2.0])], [0, 1, 1])
+    assert acc.per_item == [1.0, 0.0, 1.0] and acc.mean == pytest.approx(2 / 3) and acc.n == 3
+    assert math.isnan(mc_accuracy([], []).mean)
+    with pytest.raises(DataError):
+        mc_correct(T([-1.0, -2.0]), 2)
+
+
+def test_bbq_split_by_condition():
+    lps = [T([-1.0, -2.0, -3.0]), T([-1.0, -2.0, -3.0]), T([-3.0, -2.0, -1.0]), T([-3.0, -1.0, -2.0])]
+    gold = [0, 1, 2, 0]
+    cond = ["ambig", "ambig", "disambig", "disambig"]
+    r = bbq_accuracy(lps, gold, cond)
+    assert r.overall.mean == 0.5
+    assert r.ambig.per_item == [1.0, 0.0] and r.disambig.per_item == [1.0, 0.0]
+    with pytest.raises(DataError):
+        bbq_accuracy(lps, gold, ["ambig", "ambig", "disambig", "other"])
+
+    qs = [
+        MCQuestion(
+            "bbq",
+            "ctx q",
+            ["a", "b", "c"],
+            [int(k == g) for k in range(3)],
+            f"g{i}",
+            "Q: {prompt} A: {answer}",
+            meta={"context_condition": c},
+        )
+        for i, (g, c) in enumerate(zip(gold, cond))
+    ]
+    r2 = bbq_accuracy_from_questions(qs, lps)
+    assert r2.ambig.per_item == r.ambig.per_item and r2.disambig.per_item == r.disambig.per_item
+    assert mc_accuracy_from_questions(qs, lps).per_item == r.overall.per_item
+
+
+# ------------------------------------------------------------------ side effects
+
+
+def test_cross_entropy_uniform_is_log_v():
+    logits = torch.zeros(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    assert cross_entropy(logits, labels) == pytest.approx(math.log(7), abs=1e-6)
+    tot = cross_entropy_total(logits, labels)
+    assert tot.count == 2 * 4  # shift: no prediction for the first token
+
+
+def test_cross_entropy_matches_hand_loop_with_left_padding():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, generator=g)
+    labels = torch.tensor([[0, 0, 3, 1], [2, 4, 1, 3]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])  # row 0 left-padded
+    expected, n = 0.0, 0
+    for b in range(2):
+        for i in range(3):
+            if mask[b, i] and mask[b, i + 1]:
+                expected -= torch.log_softmax(logits[b, i], -1)[labels[b, i + 1]].item()
+                n += 1
+    assert n == 4
+    got = cross_entropy_total(logits, labels, mask)
+    assert got.count == n and got.total == pytest.approx(expected, abs=1e-5)
+    # Unshifted: logits[:, i] scores labels[:, i] where mask[:, i].
+    unshifted = cross_entropy_total(logits, labels, mask, shift=False)
+    assert unshifted.count == 6
+    # Batches combine exactly, token-weighted.
+    parts = cross_entropy_total(logits[:1], labels[:1], mask[:1]) + cross_entropy_total(
+        logits[1:], labels[1:], mask[1:]
+    )
+    assert parts.count == got.count and parts.total == pytest.approx(got.total, abs=1e-9)
+
+
+def test_kl_hand_value_and_mask():
+    p = torch.log(T([0.5, 0.5]))
+    q = torch.log(T([0.9, 0.1]))
+    base = torch.stack([p, p]).reshape(1, 2, 2)
+    steered = torch.stack([q, p]).reshape(1, 2, 2)
+    kl_pq = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert next_token_kl(base, steered) == pytest.approx(kl_pq / 2, abs=1e-6)
+    assert next_token_kl(base, steered, torch.tensor([[1, 0]])) == pytest.approx(kl_pq, abs=1e-6)
+    assert next_token_kl_total(base, base).total == pytest.approx(0.0, abs=1e-7)
+    assert math.isnan(next_token_kl(base, steered, torch.zeros(1, 2)))
+
+
+def test_kl_zero_mass_tokens_do_not_nan():
+    base = T([[[0.0, -float("inf"), 1.0]]])
+    steered = T([[[0.0, 2.0, 1.0]]])
+    got = next_token_kl(base, steered)
+    p = torch.softmax(base[0, 0], -1)
+    q = torch.softmax(steered[0, 0], -1)
+    expected = sum(float(p[i] * (p[i].log() - q[i].log())) for i in (0, 2))
+    assert math.isfinite(got) and got == pytest.approx(expected, abs=1e-6)
+
+
+def test_token_mean():
+    assert (TokenMean(3.0, 2) + TokenMean(1.0, 2)).mean == 1.0
+    assert math.isnan(TokenMean(0.0, 0).mean)
+    with pytest.raises(DataError):
+        cross_entropy(torch.zeros(1, 3, 4), torch.zeros(1, 2, dtype=torch.long))
