@@ -2,7 +2,9 @@
 
 Rows never include pad tokens. Token selection:
 - ``all``: every token of the text (prompt + answer, as the paper), except special tokens the tokenizer adds
-  (BOS and the like: their activations are attention sinks with outlying norms and carry no text);
+  (BOS and the like) and the sequence's first position: that position is an attention sink whose residual norm
+  is an outlier (about 9x the others at layer 14 of SmolLM2, which has no BOS), and it would dominate the kernel
+  distances of training;
 - ``answer``: the tokens that overlap the answer's character span;
 - ``last``: the last token of the text (the reference code's choice).
 """
@@ -75,7 +77,8 @@ def encode_texts(
     out: list[Encoded] = []
     for i, ids in enumerate(enc["input_ids"]):
         special = enc["special_tokens_mask"][i]
-        content = [j for j in range(len(ids)) if not special[j]]
+        # Position 0 is the attention sink (see the module docstring); keep it only if it is all there is.
+        content = [j for j in range(len(ids)) if not special[j] and j > 0] or [j for j in range(len(ids)) if not special[j]]
         if not content:
             raise DataError(f"Text {i} ({texts[i][:40]!r}) has no tokens after tokenization; remove empty texts.")
         if tokens == "all":

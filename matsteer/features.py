@@ -23,6 +23,8 @@ from .io import read_json, read_tensors, sha256_json, write_json, write_tensors
 from .sites import Site
 
 FORMAT_VERSION = 1
+# Bumped whenever extraction semantics change (e.g. which positions a token selection keeps), so old caches go stale.
+EXTRACTOR_VERSION = 2
 _TENSORS = ("activations", "labels", "text_index", "token_index")
 
 
@@ -126,6 +128,7 @@ def extract_to_folder(
     attributes = sorted({e.attribute for e in examples})
     templates = sorted({e.template for e in examples})
     spec = {
+        "extractor": EXTRACTOR_VERSION,
         "model": {"name": loaded.name, "weight_hash": loaded.weight_hash},
         "site": site.to_dict(),
         "tokens": tokens,

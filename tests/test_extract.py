@@ -43,10 +43,10 @@ def test_rows_equal_hooked_module_output_and_early_exit(tiny_model, tokenizer, c
     site = Site(2, component)
     for text in TEXTS:
         rows = extract(model, tokenizer, [text], site, tokens="all", batch_size=1, progress=False)
-        full = _full_forward_capture(model, site, text, tokenizer)
+        full = _full_forward_capture(model, site, text, tokenizer)[1:]  # position 0 (attention sink) is skipped
         assert rows.activations.shape == full.shape
         assert torch.equal(rows.activations, full.float())
-        assert rows.token_index.tolist() == list(range(full.shape[0]))
+        assert rows.token_index.tolist() == list(range(1, full.shape[0] + 1))
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -63,7 +63,7 @@ def test_left_padded_batch_matches_one_by_one(tiny_model, tokenizer, component):
 
 def test_pad_tokens_never_appear(tiny_llama, tokenizer):
     rows = extract(tiny_llama, tokenizer, TEXTS, Site(0), tokens="all", batch_size=4, progress=False)
-    n_tokens = sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)
+    n_tokens = sum(len(tokenizer(t)["input_ids"]) - 1 for t in TEXTS)  # all but the attention-sink position
     assert len(rows) == n_tokens
 
 
@@ -74,7 +74,7 @@ def test_token_selection_positions(tokenizer):
     (last,) = encode_texts(tokenizer, [text], "last")
     (ans,) = encode_texts(tokenizer, [text], "answer", [(start, len(text))])
     n = len(all_.input_ids)
-    assert all_.keep == list(range(n))
+    assert all_.keep == list(range(1, n))
     assert last.keep == [n - 1]
     assert ans.keep == [n - 1]
     (two,) = encode_texts(tokenizer, ["Q: who ? A: the old man"], "answer", [(12, 23)])
