@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import MatSteerError
+from .errors import ConfigError, MatSteerError
 
 DATASETS = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "paradetox")
 
@@ -22,27 +22,105 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="accelerate device map for large models, e.g. auto (spreads over all GPUs)")
 
 
-def default_feature_dir(model: str, dataset: str, split: str, layer: int, site: str, tokens: str) -> Path:
-    safe_model = model.strip("/").replace("/", "--")
-    return Path("features") / safe_model / f"{dataset}-{split}-L{layer}-{site}-{tokens}"
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
     from .data import load_examples
     from .features import extract_to_folder
     from .models import load_model
+    from .pipeline import feature_dir
     from .sites import Site
 
     site = Site(args.layer, args.site)
     examples = load_examples(args.dataset, args.split, limit=args.limit)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
-    out = Path(args.out) if args.out else default_feature_dir(args.model, args.dataset, args.split, args.layer,
-                                                              args.site, args.tokens)
+    out = Path(args.out) if args.out else feature_dir(Path("features"), args.model, args.dataset, args.split, site,
+                                                      args.tokens)
     fs = extract_to_folder(loaded, examples, site, out, tokens=args.tokens, dataset=args.dataset, split=args.split,
                            batch_size=args.batch_size, max_length=args.max_length)
     m = fs.manifest
     print(f"{out}: {m['rows']} rows x d={m['d']} from {m['texts']} texts "
           f"({m['positives']} positive / {m['negatives']} negative rows) at {site}, tokens={args.tokens}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .artifacts import save_training_result
+    from .pipeline import train_from_features
+    from .sites import Site
+    from .train import TrainConfig
+
+
+    try:
+        sigma = args.sigma if args.sigma == "median" else float(args.sigma)
+    except ValueError as exc:
+        raise ConfigError(f"--sigma must be a positive number or 'median', got {args.sigma!r}.") from exc
+    if args.batch_size is not None:  # the reference's total batch: positives + negatives of every attribute
+        per_side, rest = divmod(args.batch_size, 2 * len(args.features))
+        if rest or per_side < 1:
+            raise ConfigError(f"--batch_size {args.batch_size} is not 2 x k x {len(args.features)} attributes "
+                              "(e.g. 96 = 2 x 16 x 3); or pass --batch-per-side.")
+        args.batch_per_side = per_side
+    config = TrainConfig(epochs=args.epochs, batch_per_side=args.batch_per_side, lr=args.lr, sigma=sigma,
+                         lambda_mmd=args.lambda_mmd, lambda_sparse=args.lambda_sparse, lambda_ortho=args.lambda_ortho,
+                         lambda_pos=args.lambda_pos, loss_variant=args.loss_variant, seed=args.seed,
+                         device=args.device, preserve_norm=not args.no_norm_preserve, standardize=args.standardize)
+    result, origin, info = train_from_features(args.features, config, args.dev_features)
+    out = save_training_result(args.out, result, site=Site.from_dict(origin["site"]), model_name=origin["model"]["name"],
+                               model_hash=origin["model"]["weight_hash"], data_info=info)
+    final = result.history.final("train") or {}
+    print(f"{out}: {len(result.steerer.attributes)} attributes {result.steerer.attributes}, {result.steps} steps in "
+          f"{result.wall_time_s:.1f} s ({result.steps_per_s:.0f} steps/s), sigma {result.sigma_used:.3g}")
+    for term, values in sorted(final.items()):
+        print(f"  final {term:<7} " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    return 0
+
+
+def _parse_multipliers(items: Sequence[str] | None) -> tuple[float, dict[str, float]]:
+    """``--multiplier 2`` (global) and/or ``--multiplier toxicity=1.5`` (per attribute)."""
+    global_m, per = 1.0, {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            if sep:
+                per[name] = float(value)
+            else:
+                global_m = float(name)
+        except ValueError as exc:
+            raise ConfigError(f"Bad --multiplier {item!r}: use a number (global) or NAME=NUMBER.") from exc
+    return global_m, per
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .artifacts import check_compatible, load_steerer
+    from .models import load_model
+    from .pipeline import compare_generations
+    from .sites import Site
+
+    steerer, manifest = load_steerer(args.steerer)
+    model_name = args.model or manifest["model"]["name"]
+    loaded = load_model(model_name, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    site = Site.from_dict(manifest["site"])
+    for warning in check_compatible(manifest, model_name=loaded.name, model_hash=loaded.weight_hash,
+                                    d=loaded.hidden_size, site=site, allow_model_mismatch=args.allow_model_mismatch):
+        print(f"warning: {warning}", file=sys.stderr)
+    global_m, per = _parse_multipliers(args.multiplier)
+    gens = compare_generations(loaded, steerer, site, args.prompt, multipliers=per, global_multiplier=global_m,
+                               max_new_tokens=args.max_new_tokens, chat=not args.raw, positions=args.positions)
+    for g in gens:
+        print(f"prompt   : {g.prompt}\nunsteered: {g.unsteered}\nsteered  : {g.steered}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .io import write_json
+    from .pipeline import DemoConfig, run_demo
+
+    cfg = DemoConfig()
+    if args.full:
+        cfg.limits = {k: None for k in cfg.limits}
+        cfg.dev_limits = {k: None for k in cfg.dev_limits}
+    report = run_demo(cfg)
+    write_json(cfg.out_dir / "demo.json", report)
+    print(f"\nwrote {cfg.out_dir / 'demo.json'}")
     return 0
 
 
@@ -63,6 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
     p.add_argument("--max-length", dest="max_length", type=int, default=512, help="truncate texts to this many tokens")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", help="train a MAT-Steer steerer on feature folders (one per attribute)")
+    p.add_argument("--features", nargs="+", required=True, help="training feature folders, one per attribute")
+    p.add_argument("--dev-features", "--dev_features", dest="dev_features", nargs="+", default=None)
+    p.add_argument("--out", required=True, help="steerer folder to write")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None,
+                   help="total batch (the reference's flag): 2 x 16 x attributes; sets --batch-per-side")
+    p.add_argument("--batch-per-side", "--batch_per_side", dest="batch_per_side", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--sigma", default="2.0", help='kernel width, or "median" (see docs/losses.md)')
+    p.add_argument("--lambda_mmd", "--lambda-mmd", dest="lambda_mmd", type=float, default=1.0)
+    p.add_argument("--lambda_sparse", "--lambda-sparse", dest="lambda_sparse", type=float, default=0.9)
+    p.add_argument("--lambda_ortho", "--lambda-ortho", dest="lambda_ortho", type=float, default=0.1)
+    p.add_argument("--lambda_pos", "--lambda-pos", dest="lambda_pos", type=float, default=0.9)
+    p.add_argument("--loss-variant", "--loss_variant", dest="loss_variant", default="paper", choices=("paper", "reference"))
+    p.add_argument("--standardize", action="store_true", help="measure kernel distances in per-dimension z-scores")
+    p.add_argument("--no-norm-preserve", action="store_true", help="do not rescale steered activations to ||a||")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="print unsteered and steered generations for prompts")
+    _add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--steerer", required=True, help="steerer folder (from matsteer train)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    p.add_argument("--multiplier", action="append", help="global NUMBER, or NAME=NUMBER per attribute (repeatable)")
+    p.add_argument("--positions", default="all", choices=("all", "prompt", "generated", "last"))
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--allow-model-mismatch", action="store_true", help="steer a model other than the one trained on")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
+    p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .extract import site_activations
+from .sites import Site, decoder_layers
 
 
 def split_prompt(text: str, answer_start: int) -> tuple[str, str]:
@@ -105,3 +111,119 @@ def _fill(q: Any, answer: str) -> tuple[str, int, int]:
     from .data import fill_template
 
     return fill_template(q.template, q.prompt, answer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring many methods from one pass below the site
+#
+# Activations below the steered site do not depend on the steering method, so each question's choices are run
+# once up to the site (early exit) and cached; every method then edits the cached activations with the same
+# steering function the pyvene intervention uses and runs only the layers above the site. This needs a residual
+# site of a Llama-style model whose ``inputs_embeds`` enter the decoder layers unchanged (Llama, Mistral, Qwen2);
+# other sites and architectures use :func:`score_mc` through pyvene.
+
+UPPER_PASS_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class CachedQuestion:
+    """One question's choices at the site: hidden ``[K, W, d]`` (right-padded), ids/mask ``[K, W]``,
+    ``query [K, W]`` True at prompt (query) tokens, ``answer [K, W]`` True at answer tokens."""
+
+    hidden: torch.Tensor
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    query: torch.Tensor
+    answer: torch.Tensor
+
+
+def supports_upper_pass(model: Any, site: Site) -> bool:
+    return site.component == "residual" and getattr(model.config, "model_type", "") in UPPER_PASS_MODELS
+
+
+def cache_questions(
+    model: Any, tokenizer: Any, questions: Sequence[Any], site: Site, *, choices: str = "choices",
+    progress: bool = True,
+) -> list[CachedQuestion]:
+    """Run each question's (prompt + choice) rows up to ``site`` once and keep the activations."""
+    if not supports_upper_pass(model, site):
+        raise ConfigError(f"Cached scoring needs a residual site on a {'/'.join(UPPER_PASS_MODELS)} model; "
+                          "use score_mc with a steering handle instead.")
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for q in tqdm(questions, desc="cache", disable=not progress, leave=False):
+            rows, n_ctx = [], []
+            for a in getattr(q, choices):
+                text, start, _ = _fill(q, a)
+                context, cont = split_prompt(text, start)
+                ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+                rows.append(ctx + tokenizer(cont, add_special_tokens=False)["input_ids"])
+                n_ctx.append(len(ctx))
+            k, width = len(rows), max(len(r) for r in rows)
+            ids = torch.zeros((k, width), dtype=torch.long)
+            mask = torch.zeros((k, width), dtype=torch.long)
+            query = torch.zeros((k, width), dtype=torch.bool)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+                query[r, : n_ctx[r]] = True
+            positions = torch.arange(width).expand(k, width)
+            hidden = site_activations(model, site, ids.to(device), mask.to(device), positions.to(device))
+            out.append(CachedQuestion(hidden, ids, mask, query, mask.bool() & ~query))
+    return out
+
+
+@contextmanager
+def _layers_above(model: Any, layer: int) -> Iterator[None]:
+    """Temporarily give the base model only the decoder blocks above ``layer`` (restored on exit)."""
+    layers, path = decoder_layers(model)
+    parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+    name = path.rsplit(".", 1)[-1]
+    setattr(parent, name, nn.ModuleList(list(layers)[layer + 1:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, layers)
+
+
+def upper_logprobs(model: Any, site: Site, cached: CachedQuestion, edit: Any = None, positions: str = "prompt"
+                   ) -> torch.Tensor:
+    """Summed answer log-probs ``[K]`` after editing the cached activations and running the layers above the site.
+
+    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the selected positions
+    (``"prompt"``: query tokens, ``"all"``: query and answer tokens).
+    """
+    device = next(model.parameters()).device
+    hidden = cached.hidden
+    if edit is not None:
+        where = cached.query if positions == "prompt" else cached.mask.bool()
+        hidden = hidden.clone()
+        hidden[where.to(hidden.device)] = edit(hidden[where.to(hidden.device)])
+    k, width = cached.input_ids.shape
+    positions_ids = torch.arange(width, device=device).expand(k, width)
+    with _layers_above(model, site.layer):
+        logits = model(inputs_embeds=hidden, attention_mask=cached.mask.to(device), position_ids=positions_ids,
+                       use_cache=False).logits
+    logp = torch.log_softmax(logits.float(), -1)[:, :-1]  # position j predicts token j + 1
+    target = cached.input_ids[:, 1:].to(device)
+    picked = logp.gather(-1, target[..., None])[..., 0]
+    return (picked * cached.answer[:, 1:].to(device)).sum(-1).cpu()
+
+
+def steering_edit(steerer: Any, scale: torch.Tensor | None = None, forced: torch.Tensor | None = None,
+                  preserve_norm: bool = True) -> Any:
+    """The intervention's edit as a plain function ``[n, d] -> [n, d]`` (same math, no hooks)."""
+
+    def edit(a: torch.Tensor) -> torch.Tensor:
+        return steerer(a, scale=scale, forced=forced, preserve_norm=preserve_norm)[0]
+
+    return edit
+
+
+def score_cached(model: Any, site: Site, cached: Sequence[CachedQuestion], edit: Any = None,
+                 positions: str = "prompt", progress: bool = False, desc: str = "score") -> list[torch.Tensor]:
+    """:func:`upper_logprobs` for every cached question."""
+    with torch.inference_mode():
+        return [upper_logprobs(model, site, c, edit, positions)
+                for c in tqdm(cached, desc=desc, disable=not progress, leave=False)]

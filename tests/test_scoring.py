@@ -51,3 +51,29 @@ def test_forced_off_steering_scores_equal_plain(tiny_llama, tokenizer):
         on = score_mc(tiny_llama, tokenizer, _questions(), h, progress=False)
     assert torch.equal(plain[0], off[0])
     assert not torch.equal(plain[0], on[0])
+
+
+def test_cached_upper_pass_equals_full_forward_and_pyvene(tokenizer):
+    from conftest import tiny_model_for
+
+    from matsteer.scoring import cache_questions, score_cached, steering_edit
+
+    model = tiny_model_for("llama")
+    qs = _questions() + [MCQuestion(dataset="bbq", prompt="the old man and the young woman . who is kind ?",
+                                    choices=["the old man", "unknown", "the young woman"], labels=[0, 1, 0],
+                                    group="1", template="Q: {prompt} A: {answer}")]
+    site = Site(1)
+    cached = cache_questions(model, tokenizer, qs, site, progress=False)
+    plain = score_mc(model, tokenizer, qs, progress=False)
+    for got, want in zip(score_cached(model, site, cached), plain):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.manual_seed(1)
+    steerer = Steerer(["truthfulness", "toxicity"], d=32)
+    with steer(model, steerer, site=site, positions="prompt") as h:
+        via_pyvene = score_mc(model, tokenizer, qs, h, progress=False)
+    fast = score_cached(model, site, cached, steering_edit(steerer), positions="prompt")
+    for got, want in zip(fast, via_pyvene):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast[0], plain[0])
+    # The model is whole again afterwards.
+    assert len(model.model.layers) == 4

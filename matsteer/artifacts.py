@@ -1,0 +1,441 @@
+"""A trained steerer as a folder: ``steerer.safetensors`` (θ, W, b in float32) + ``manifest.json`` (+ ``history.json``).
+
+Nothing is ever unpickled when loading: tensors come from safetensors and metadata from JSON. Saving is atomic
+(the folder is built beside the target and renamed into place) and deterministic (sorted keys, no timestamps),
+so identical inputs give byte-identical files.
+
+``import_reference_checkpoint`` converts a checkpoint of the reference code (github.com/duykhuongnguyen/MAT-Steer,
+``torch.save`` of ``{"model_state_dict", "input_dim", "num_attributes", "task_names"}`` or of a bare state dict
+with ``steering_vectors.{i}`` ``[d]`` and ``gating_weights.{i}.weight`` ``[1, d]`` / ``.bias`` ``[1]``), loading it
+with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import ArtifactError
+from .io import read_json, sha256_file
+from .sites import Site
+from .steerer import Steerer
+from .train import History, TrainConfig, TrainResult
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "steerer.safetensors"
+HISTORY = "history.json"
+KIND = "matsteer.steerer"
+_TENSOR_KEYS = ("theta", "gate_weight", "gate_bias")
+_LIBRARIES = ("torch", "transformers", "pyvene", "safetensors", "matsteer")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that matter for reproducing a steerer (None if not installed)."""
+    out: dict[str, str | None] = {}
+    for name in _LIBRARIES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _is_replaceable(path: Path) -> bool:
+    """An existing target may be replaced only if it is an empty folder or a steerer folder (has a manifest)."""
+    return path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))
+
+
+def save_steerer(
+    path: str | Path,
+    steerer: Steerer,
+    *,
+    site: Site,
+    model_name: str,
+    model_hash: str,
+    config: TrainConfig | None = None,
+    history: History | None = None,
+    data_info: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    sigma_used: float | None = None,
+) -> Path:
+    """Write a steerer folder at ``path`` atomically; replace an existing steerer folder there. Returns the path.
+
+    The manifest records: format_version, the model (name + weight hash), the site, d, the attributes and what
+    their positive side means, the training config (hyperparameters, loss variant), ``sigma_used`` (the numeric
+    σ; needed when ``config.sigma == "median"``), ``data_info`` (splits and their hashes), library versions, the
+    final losses (from ``history``) and the safetensors file's sha256. ``history`` is also saved in full as
+    ``history.json``. Identical inputs give byte-identical files.
+    """
+    path = Path(path)
+    if path.exists() and not _is_replaceable(path):
+        raise ArtifactError(
+            f"{path} exists and is not a matsteer steerer folder (no {MANIFEST}); refusing to overwrite it. "
+            "Choose another output path or remove it."
+        )
+    tensors = {
+        "theta": steerer.theta.detach().float().cpu().contiguous(),
+        "gate_weight": steerer.gate_weight.detach().float().cpu().contiguous(),
+        "gate_bias": steerer.gate_bias.detach().float().cpu().contiguous(),
+    }
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ArtifactError(f"Steerer tensor {name} contains NaN/Inf; refusing to save it. Re-train the steerer.")
+    if config is not None and sigma_used is None and not isinstance(config.sigma, str):
+        sigma_used = float(config.sigma)
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "model": {"name": str(model_name), "hash": str(model_hash)},
+        "site": site.to_dict(),
+        "d": steerer.d,
+        "num_attributes": steerer.num_attributes,
+        "attributes": [
+            {"index": i, "name": name, "positive_side": side}
+            for i, (name, side) in enumerate(zip(steerer.attributes, steerer.positive_sides))
+        ],
+        "training": {
+            "config": config.to_dict() if config is not None else None,
+            "loss_variant": config.loss_variant if config is not None else None,
+            "sigma_used": float(sigma_used) if sigma_used is not None else None,
+            "epochs_run": history.epochs if history is not None else None,
+            "final_losses": (
+                {"train": history.final("train"), "dev": history.final("dev")} if history is not None else None
+            ),
+        },
+        "data": dict(data_info) if data_info is not None else None,
+        "library_versions": library_versions(),
+        "tensors": {
+            "file": TENSORS,
+            "dtype": "float32",
+            "shapes": {k: list(v.shape) for k, v in tensors.items()},
+        },
+        "extra": dict(extra) if extra is not None else {},
+    }
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    backup: Path | None = None
+    try:
+        save_file(tensors, str(tmp / TENSORS), metadata={"format": KIND})
+        _fsync_file(tmp / TENSORS)
+        manifest["tensors"]["sha256"] = sha256_file(tmp / TENSORS)
+        try:
+            _write_bytes(tmp / MANIFEST, _json_bytes(manifest))
+            if history is not None:
+                _write_bytes(tmp / HISTORY, _json_bytes(history.to_dict()))
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"Cannot write the manifest for {path}: {exc}. data_info and extra must be JSON-serialisable "
+                "(str, numbers, lists, dicts; no NaN)."
+            ) from exc
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
+        if path.exists():
+            # Move the old folder aside first so the target is never half-written; restore it on failure.
+            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rmdir(backup)
+            os.replace(path, backup)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(backup, path)
+                backup = None
+                raise
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if backup is not None and backup.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+    return path
+
+
+def save_training_result(
+    path: str | Path,
+    result: TrainResult,
+    *,
+    site: Site,
+    model_name: str,
+    model_hash: str,
+    data_info: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """:func:`save_steerer` for a :class:`~matsteer.train.TrainResult` (config, history and σ used included)."""
+    return save_steerer(
+        path,
+        result.steerer,
+        site=site,
+        model_name=model_name,
+        model_hash=model_hash,
+        config=result.config,
+        history=result.history,
+        data_info=data_info,
+        extra=extra,
+        sigma_used=result.sigma_used,
+    )
+
+
+def _manifest_error(path: Path, problem: str) -> ArtifactError:
+    return ArtifactError(
+        f"Malformed steerer manifest {path / MANIFEST}: {problem}. Re-save the steerer (or re-train it)."
+    )
+
+
+def _validate_manifest(manifest: Any, path: Path) -> None:
+    if not isinstance(manifest, dict):
+        raise _manifest_error(path, "expected a JSON object")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _manifest_error(path, f"format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path / MANIFEST} has format_version {version}, newer than this matsteer supports "
+            f"({FORMAT_VERSION}). Upgrade matsteer to load it."
+        )
+    if version < 1:
+        raise _manifest_error(path, f"format_version must be ≥ 1, got {version}")
+    d = manifest.get("d")
+    if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+        raise _manifest_error(path, f"'d' must be a positive integer, got {d!r}")
+    attrs = manifest.get("attributes")
+    if not isinstance(attrs, list) or not attrs:
+        raise _manifest_error(path, "'attributes' must be a non-empty list")
+    for a in attrs:
+        if not isinstance(a, dict) or not isinstance(a.get("name"), str) or not isinstance(a.get("positive_side"), str):
+            raise _manifest_error(path, f"each attribute needs a 'name' and a 'positive_side' string, got {a!r}")
+    site = manifest.get("site")
+    if not isinstance(site, dict):
+        raise _manifest_error(path, "'site' must be an object with 'layer' and 'component'")
+    try:
+        Site.from_dict(site)
+    except Exception as exc:  # ConfigError from Site validation
+        raise _manifest_error(path, f"bad site {site!r} ({exc})") from exc
+    model = manifest.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(model.get("hash"), str):
+        raise _manifest_error(path, "'model' must be an object with 'name' and 'hash' strings")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and validate a steerer folder's manifest (no tensors loaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"Steerer folder not found: {path}. Check the path, or train and save a steerer there.")
+    manifest = read_json(path / MANIFEST, what="Steerer manifest")
+    _validate_manifest(manifest, path)
+    return manifest
+
+
+def load_steerer(path: str | Path, *, verify_hash: bool = True) -> tuple[Steerer, dict[str, Any]]:
+    """Load a steerer folder written by :func:`save_steerer`: ``(Steerer on CPU, manifest)``. Never unpickles.
+
+    Raises :class:`ArtifactError` (naming the file and the fix) for a missing folder or file, a truncated or
+    corrupted tensor file (including a sha256 mismatch with the manifest), a malformed manifest, a newer
+    format_version, or tensor shapes that disagree with the manifest.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    tensor_path = path / TENSORS
+    if not tensor_path.is_file():
+        raise ArtifactError(f"Steerer tensors not found: {tensor_path}. The folder is incomplete; re-save the steerer.")
+    expected_hash = (manifest.get("tensors") or {}).get("sha256")
+    if verify_hash and expected_hash is not None and sha256_file(tensor_path) != expected_hash:
+        raise ArtifactError(
+            f"{tensor_path} does not match the sha256 recorded in {path / MANIFEST}: the file was modified or is "
+            "corrupted. Re-save the steerer (or re-train it)."
+        )
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupted headers
+        raise ArtifactError(
+            f"Cannot read {tensor_path}: the file is truncated or corrupted ({exc}). Re-save the steerer."
+        ) from exc
+    missing = [k for k in _TENSOR_KEYS if k not in tensors]
+    if missing:
+        raise ArtifactError(f"{tensor_path} lacks tensors {missing}; it is not a matsteer steerer. Re-save it.")
+    T, d = len(manifest["attributes"]), manifest["d"]
+    expected = {"theta": (T, d), "gate_weight": (T, d), "gate_bias": (T,)}
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ArtifactError(
+                f"{tensor_path}: {key} has shape {tuple(tensors[key].shape)} but {path / MANIFEST} says "
+                f"{list(shape)} ({T} attributes, d={d}). The files do not belong together; re-save the steerer."
+            )
+        if not tensors[key].is_floating_point() or not bool(torch.isfinite(tensors[key]).all()):
+            raise ArtifactError(f"{tensor_path}: {key} is not a finite float tensor. Re-save the steerer.")
+    steerer = Steerer(
+        [a["name"] for a in manifest["attributes"]],
+        d,
+        [a["positive_side"] for a in manifest["attributes"]],
+        generator=torch.Generator().manual_seed(0),  # placeholder init; keeps the global RNG untouched
+    )
+    with torch.no_grad():
+        for key in _TENSOR_KEYS:
+            getattr(steerer, key).copy_(tensors[key].float())
+    return steerer, manifest
+
+
+def load_history(path: str | Path) -> History | None:
+    """The training history saved beside a steerer, or None if it was saved without one."""
+    file = Path(path) / HISTORY
+    if not file.is_file():
+        return None
+    return History.from_dict(read_json(file, what="Training history"))
+
+
+def check_compatible(
+    manifest: Mapping[str, Any],
+    *,
+    model_name: str,
+    model_hash: str | None,
+    d: int,
+    site: Site | Mapping[str, Any],
+    allow_model_mismatch: bool = False,
+) -> list[str]:
+    """Refuse to use a steerer where it does not belong; return warnings for allowed model mismatches.
+
+    A different hidden size d or site is always refused (the vectors would not mean anything there). A different
+    model name or weight hash is refused unless ``allow_model_mismatch`` (e.g. the same architecture fine-tuned);
+    then a warning is returned. A hash of None on either side skips the hash comparison.
+    """
+    site_obj = site if isinstance(site, Site) else Site.from_dict(dict(site))
+    saved_site = Site.from_dict(dict(manifest["site"]))
+    if int(manifest["d"]) != int(d):
+        raise ArtifactError(
+            f"This steerer was trained for hidden size d={manifest['d']} but the target has d={d}. "
+            "Train a steerer on this model's activations."
+        )
+    if saved_site != site_obj:
+        raise ArtifactError(
+            f"This steerer was trained at site '{saved_site}' but is being applied at '{site_obj}'. "
+            f"Apply it at {saved_site} (layer {saved_site.layer}, component {saved_site.component}) or re-train."
+        )
+    saved_model = manifest.get("model") or {}
+    problems = []
+    if saved_model.get("name") != model_name:
+        problems.append(f"model name {saved_model.get('name')!r} != {model_name!r}")
+    saved_hash = saved_model.get("hash")
+    if saved_hash and model_hash and saved_hash != model_hash:
+        problems.append(f"model weight hash {saved_hash[:12]}… != {model_hash[:12]}…")
+    if problems and not allow_model_mismatch:
+        raise ArtifactError(
+            f"This steerer was trained on a different model ({'; '.join(problems)}). Use the model it was trained "
+            "on, or pass allow_model_mismatch=True (CLI: --allow-model-mismatch) if you know they are compatible."
+        )
+    return [f"Steerer trained on a different model: {p}." for p in problems]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reference-code checkpoints
+# --------------------------------------------------------------------------------------------------------------
+
+_VEC_KEY = re.compile(r"^steering_vectors\.(\d+)$")
+
+
+def import_reference_checkpoint(
+    path: str | Path,
+    attribute_names: Sequence[str] | None = None,
+    positive_sides: Sequence[str] | None = None,
+) -> Steerer:
+    """Convert a reference-code MAT-Steer checkpoint (``torch.save`` file) into a :class:`Steerer`.
+
+    Accepts ``{"model_state_dict": sd, "input_dim": d, "num_attributes": T, "task_names": [...]}`` or a bare
+    ``sd`` (the first code push). ``sd`` holds ``steering_vectors.{i}`` ``[d]``, ``gating_weights.{i}.weight``
+    ``[1, d]`` and ``gating_weights.{i}.bias`` ``[1]``. Loaded with ``weights_only=True``: a file holding
+    arbitrary pickled objects is refused. Names: ``attribute_names``, else the checkpoint's ``task_names``, else
+    ``attr0..``. Note the reference code treats label 1 as the positive (desired) side.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Reference checkpoint not found: {path}. Check the path.")
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # UnpicklingError for non-weights content, RuntimeError/EOFError for corrupt zips
+        raise ArtifactError(
+            f"Cannot load {path} as a weights-only PyTorch checkpoint ({type(exc).__name__}: {exc}). It is "
+            "corrupted or holds arbitrary Python objects, which matsteer refuses to unpickle."
+        ) from exc
+    if not isinstance(ckpt, Mapping):
+        raise ArtifactError(f"{path} holds a {type(ckpt).__name__}, not a MAT-Steer state dict.")
+    if "model_state_dict" in ckpt:
+        state = ckpt["model_state_dict"]
+        declared_t, declared_d = ckpt.get("num_attributes"), ckpt.get("input_dim")
+        task_names = ckpt.get("task_names")
+    else:
+        state, declared_t, declared_d, task_names = ckpt, None, None, None
+    if not isinstance(state, Mapping):
+        raise ArtifactError(f"{path}: 'model_state_dict' is not a mapping of tensors.")
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+    indices = sorted(int(m.group(1)) for k in state if (m := _VEC_KEY.match(k)))
+    if not indices:
+        raise ArtifactError(
+            f"{path} has no 'steering_vectors.N' entries (keys: {sorted(state)[:8]}...); it is not a MAT-Steer "
+            "reference checkpoint."
+        )
+    T = len(indices)
+    if indices != list(range(T)):
+        raise ArtifactError(f"{path}: steering vector indices {indices} are not 0..{T - 1}.")
+    if declared_t is not None and int(declared_t) != T:
+        raise ArtifactError(f"{path}: num_attributes={declared_t} but the state dict has {T} steering vectors.")
+    thetas, weights, biases = [], [], []
+    for i in range(T):
+        try:
+            vec = state[f"steering_vectors.{i}"]
+            w = state[f"gating_weights.{i}.weight"]
+            b = state[f"gating_weights.{i}.bias"]
+        except KeyError as exc:
+            raise ArtifactError(f"{path}: missing {exc.args[0]!r} for attribute {i}.") from exc
+        if not all(isinstance(x, torch.Tensor) for x in (vec, w, b)):
+            raise ArtifactError(f"{path}: entries for attribute {i} are not tensors.")
+        thetas.append(vec.reshape(-1).float())
+        weights.append(w.reshape(-1).float())
+        biases.append(b.reshape(-1).float())
+    d = int(thetas[0].shape[0])
+    if declared_d is not None and int(declared_d) != d:
+        raise ArtifactError(f"{path}: input_dim={declared_d} but the steering vectors have d={d}.")
+    for i, (vec, w, b) in enumerate(zip(thetas, weights, biases)):
+        if vec.shape[0] != d or w.shape[0] != d or b.shape[0] != 1:
+            raise ArtifactError(
+                f"{path}: attribute {i} has vector {tuple(vec.shape)}, gate weight {tuple(w.shape)}, bias "
+                f"{tuple(b.shape)}; expected ({d},), ({d},), (1,)."
+            )
+    if attribute_names is not None:
+        names = list(attribute_names)
+    elif task_names is not None:
+        names = [str(n) for n in task_names]
+    else:
+        names = [f"attr{i}" for i in range(T)]
+    if len(names) != T:
+        raise ArtifactError(f"{path} has {T} attributes but {len(names)} names were given ({names}).")
+    steerer = Steerer(names, d, positive_sides, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        steerer.theta.copy_(torch.stack(thetas))
+        steerer.gate_weight.copy_(torch.stack(weights))
+        steerer.gate_bias.copy_(torch.cat(biases))
+    return steerer

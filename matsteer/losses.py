@@ -1,0 +1,370 @@
+"""MAT-Steer training losses as small pure functions, batched over attributes (no loop over T).
+
+Shapes: T attributes, n positives and m negatives per attribute in a batch, hidden size d.
+
+- ``pos``  ``[T, n, d]``: the batch's (unsteered) positive activations, row t from attribute t.
+- ``neg``  ``[T, m, d]``: the batch's negative activations, row t from attribute t.
+- ``theta``/``weight`` ``[T, d]``, ``bias`` ``[T]``: the steerer's parameters.
+
+Every term is returned **per attribute** (a ``[T]`` tensor) so that training history can be kept per term per
+attribute; for both variants the per-attribute values of a term **sum to that term's total**.
+
+Two variants (see ``docs/losses.md`` for the full comparison):
+
+``"paper"`` (Nguyen et al. 2025, §3.2-3.4, Eq. 10)
+    L_MMD    = Σ_t MMD²(B_t^p, f(B_t^n))                      (sum over attributes, batch positives)
+    L_pos    = Σ_t mean_{a∈B_t^p} G_t(a)²                      (own gate on own positives)
+    L_sparse = Σ_t mean_{a∈B_t^n} |G_t(a)|                     (own gate on own negatives)
+    L_ortho  = Σ_t Σ_{t'≠t} cos²(θ_t, θ_t')                    (ordered pairs: each pair counted twice)
+    The paper writes L_pos / L_sparse as *sums* over the data. We use a **mean per attribute** over the batch
+    instead: the structure (Σ over attributes, own gate on own data) is the paper's, but λ stays independent of
+    the batch size (a sum over 16 rows would weigh the gate terms 16x against an MMD bounded by 2).
+
+``"reference"`` (the public code, ``validation/steering.py``)
+    L_MMD    = (1/T) Σ_t MMD²(P̃_t, f(B_t^n))                   (mean over attributes; P̃_t = positives freshly
+                                                               resampled from attribute t's whole pool)
+    L_pos    = mean over all T gates of all batch positives of every attribute
+    L_sparse = mean over all T gates of all batch negatives of every attribute (cross-attribute sparsity)
+    L_ortho  = Σ_{i<j} cos²(θ_i, θ_j)                          (unordered pairs: half the paper's value)
+    Per-attribute split: MMD_t / T; for L_pos / L_sparse the share of attribute t's *data* (all T gates on
+    attribute t's rows, divided by T); for L_ortho half of attribute t's row of cos².
+
+Total: ``L = λ_mmd L_MMD + λ_pos L_pos + λ_sparse L_sparse + λ_ortho L_ortho`` (λ_mmd = 1 in the paper).
+
+MMD² is the biased V-statistic with diagonal terms (Eq. 10), Gaussian kernel ``k(x,y)=exp(-‖x-y‖²/(2σ²))``.
+An optional per-dimension ``inv_scale [d]`` rescales coordinates *inside the kernel only* (``standardize=True``
+in training): the steering itself always happens in raw activation space.
+
+:func:`loss_terms` is the readable definition (autograd); :class:`FusedObjective` computes the same values with
+closed-form gradients and is what the trainer runs (tests check one against the other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+from .steerer import apply_steering
+
+VARIANTS: tuple[str, ...] = ("paper", "reference")
+TERMS: tuple[str, ...] = ("mmd", "pos", "sparse", "ortho")
+_EPS = 1e-12
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ConfigError(f"Unknown loss variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    return variant
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kernel and MMD
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _prescale(x: torch.Tensor, sigma: float, inv_scale: torch.Tensor | None) -> torch.Tensor:
+    """``x / σ`` (times ``inv_scale [d]`` if given), so the kernel is ``exp(-‖x'-y'‖²/2)``."""
+    if inv_scale is None:
+        return x * (1.0 / sigma)
+    return x * (inv_scale / sigma)
+
+
+def squared_distances(x: torch.Tensor, y: torch.Tensor, inv_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairwise ``‖x_i - y_j‖²``: x ``[..., n, d]``, y ``[..., m, d]`` -> ``[..., n, m]``.
+
+    Uses ``‖x‖² + ‖y‖² - 2 x·y`` (one batched matmul, well-defined gradients at zero distance, unlike
+    ``cdist``'s sqrt); clamped at 0 against rounding. ``inv_scale [d]`` multiplies coordinates first.
+    """
+    if inv_scale is not None:
+        x, y = x * inv_scale, y * inv_scale
+    sq = x.pow(2).sum(-1).unsqueeze(-1) + y.pow(2).sum(-1).unsqueeze(-2) - 2.0 * (x @ y.transpose(-1, -2))
+    return sq.clamp_min(0.0)
+
+
+def gaussian_kernel(
+    x: torch.Tensor, y: torch.Tensor, sigma: float, inv_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``exp(-‖x_i - y_j‖² / (2σ²))``: x ``[..., n, d]``, y ``[..., m, d]`` -> ``[..., n, m]``."""
+    return torch.exp(squared_distances(x, y, inv_scale) * (-0.5 / (sigma * sigma)))
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, sigma: float, inv_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Biased MMD² V-statistic (diagonals included), batched: x ``[..., n, d]``, y ``[..., m, d]`` -> ``[...]``.
+
+    ``mean K(x,x) + mean K(y,y) - 2 mean K(x,y)``, computed as ``wᵀ K w`` on the joint Gram matrix of
+    ``[x; y]`` with ``w = (1/n, …, 1/n, -1/m, …, -1/m)``: one matmul and one exp instead of three of each.
+    """
+    n, m = x.shape[-2], y.shape[-2]
+    z = _prescale(torch.cat([x, y], dim=-2), sigma, inv_scale)  # [..., n+m, d]
+    half_sq = 0.5 * z.pow(2).sum(-1)  # [..., n+m]
+    # log k = -(‖zi‖² + ‖zj‖² - 2 zi·zj)/2 ≤ 0; clamp against rounding so k ≤ 1.
+    logk = (z @ z.transpose(-1, -2)) - half_sq.unsqueeze(-1) - half_sq.unsqueeze(-2)
+    k = torch.exp(logk.clamp_max(0.0))  # [..., n+m, n+m]
+    w = torch.cat([z.new_full((n,), 1.0 / n), z.new_full((m,), -1.0 / m)])  # [n+m]
+    return (k @ w) @ w
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Individual terms, each -> [T]
+# --------------------------------------------------------------------------------------------------------------
+
+
+def alignment_loss(
+    pos: torch.Tensor,
+    steered_neg: torch.Tensor,
+    sigma: float,
+    variant: str = "paper",
+    inv_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-attribute MMD alignment ``[T]``: pos ``[T, n, d]`` (unsteered), steered_neg ``[T, m, d]``.
+
+    paper: ``MMD²_t`` (summed over t by the caller). reference: ``MMD²_t / T`` (the code averages over
+    attributes). For the reference variant pass the *resampled* positives as ``pos``.
+    """
+    per_t = mmd2(pos, steered_neg, sigma, inv_scale)
+    return per_t if check_variant(variant) == "paper" else per_t / per_t.shape[0]
+
+
+def own_gates(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``G_t(a)`` for attribute t's own rows only: a ``[T, n, d]`` -> ``[T, n]`` (no ``[T, n, T]`` product)."""
+    return torch.sigmoid(torch.einsum("tnd,td->tn", a, weight) + bias.unsqueeze(-1))
+
+
+def positive_preservation(pos_gates: torch.Tensor, variant: str = "paper") -> torch.Tensor:
+    """Per-attribute L_pos ``[T]`` from gate values of the batch positives.
+
+    paper: ``pos_gates [T, n]`` = own gate on own positives -> ``mean_n G_t(a)²``.
+    reference: ``pos_gates [T, n, T]`` = all T gates on attribute t's positives -> ``mean_{n,T'} G²  / T``
+    (so the sum over t is the code's mean over every gate of every positive).
+    """
+    if check_variant(variant) == "paper":
+        return pos_gates.pow(2).mean(-1)
+    return pos_gates.pow(2).mean(dim=(-2, -1)) / pos_gates.shape[0]
+
+
+def negative_sparsity(neg_gates: torch.Tensor, variant: str = "paper") -> torch.Tensor:
+    """Per-attribute L_sparse ``[T]`` from gate values of the batch negatives ``[T, m, T]`` (all gates).
+
+    paper: own gate on own negatives, ``mean_m |G_t(a)|`` (the diagonal ``neg_gates[t, :, t]``).
+    reference: ``mean_{m,T'} |G| / T`` (all gates on every attribute's negatives, as the code).
+    """
+    if check_variant(variant) == "paper":
+        return neg_gates.diagonal(dim1=0, dim2=2).abs().mean(0)  # diagonal -> [m, T]
+    return neg_gates.abs().mean(dim=(-2, -1)) / neg_gates.shape[0]
+
+
+def orthogonality(theta: torch.Tensor, variant: str = "paper") -> torch.Tensor:
+    """Per-attribute L_ortho ``[T]`` from θ ``[T, d]``: squared cosines to the other vectors.
+
+    paper: ``Σ_{t'≠t} cos²(θ_t, θ_t')`` (ordered pairs; the total counts each pair twice).
+    reference: half of that (the total is the code's sum over unordered pairs i<j).
+    """
+    unit = theta / theta.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    cos2 = (unit @ unit.T).pow(2)
+    off = cos2 - torch.diag_embed(cos2.diagonal())  # drop t = t'
+    row = off.sum(-1)
+    return row if check_variant(variant) == "paper" else 0.5 * row
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Everything at once (the training hot path)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LossTerms:
+    """Per-attribute loss terms ``per_attribute [4, T]`` (rows in :data:`TERMS` order) and the weighted total."""
+
+    per_attribute: torch.Tensor
+    total: torch.Tensor
+
+    @property
+    def mmd(self) -> torch.Tensor:
+        return self.per_attribute[0]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self.per_attribute[1]
+
+    @property
+    def sparse(self) -> torch.Tensor:
+        return self.per_attribute[2]
+
+    @property
+    def ortho(self) -> torch.Tensor:
+        return self.per_attribute[3]
+
+    def totals(self) -> dict[str, float]:
+        """Each term summed over attributes (unweighted), and the weighted total, as floats."""
+        sums = self.per_attribute.detach().sum(-1).tolist()
+        return {**dict(zip(TERMS, sums)), "total": float(self.total.detach())}
+
+
+def weight_vector(lambdas: Mapping[str, float], device: torch.device | str | None = None) -> torch.Tensor:
+    """``[4]`` float32 weights (λ_mmd, λ_pos, λ_sparse, λ_ortho) from a mapping with keys :data:`TERMS`."""
+    return torch.tensor([float(lambdas[k]) for k in TERMS], dtype=torch.float32, device=device)
+
+
+def loss_terms(
+    theta: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    *,
+    sigma: float,
+    lambdas: torch.Tensor,
+    variant: str = "paper",
+    preserve_norm: bool = True,
+    pos_mmd: torch.Tensor | None = None,
+    inv_scale: torch.Tensor | None = None,
+) -> LossTerms:
+    """All four terms per attribute and the weighted total, in one batched expression.
+
+    pos ``[T, n, d]``, neg ``[T, m, d]``; theta/weight ``[T, d]``; bias ``[T]``; lambdas ``[4]``
+    (see :func:`weight_vector`). ``pos_mmd [T, n', d]``: positives the MMD compares against (the reference
+    variant's freshly resampled positives); default ``pos``. Negatives are steered by :func:`apply_steering`
+    (all T gates from the original activation, optional norm preservation) before the MMD.
+    """
+    check_variant(variant)
+    steered, neg_gates = apply_steering(neg, theta, weight, bias, preserve_norm=preserve_norm)  # [T,m,d], [T,m,T]
+    if variant == "paper":
+        pos_gates = own_gates(pos, weight, bias)  # [T, n]
+    else:
+        pos_gates = torch.sigmoid(pos @ weight.T + bias)  # [T, n, T]
+    mmd = alignment_loss(pos if pos_mmd is None else pos_mmd, steered, sigma, variant, inv_scale)
+    lpos = positive_preservation(pos_gates, variant)
+    lsparse = negative_sparsity(neg_gates, variant)
+    lortho = orthogonality(theta, variant)
+    stacked = torch.stack([mmd, lpos, lsparse, lortho])  # [4, T]
+    return LossTerms(stacked, (lambdas @ stacked).sum())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Closed-form gradients (the trainer's fast path)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FusedObjective:
+    """The same objective as :func:`loss_terms`, with its exact gradients for (θ, W, b) in closed form.
+
+    Why: each training step works on tiny tensors (``[T, 16, d]``), so time goes into per-op dispatch, not
+    arithmetic. Autograd roughly doubles the op count and adds graph bookkeeping; writing the backward pass by
+    hand (MMD through the joint Gram matrix, norm preservation, sigmoid gates, orthogonality) gives about a third
+    of the ops. No autograd graph is built: call it under ``torch.no_grad()`` / ``inference_mode()``. The tests
+    check values and gradients against autograd on :func:`loss_terms` for both variants.
+
+    Built once for fixed shapes: T attributes, n positives (``n_mmd`` positives in the MMD; the reference
+    variant's resampled set), m negatives per attribute.
+    """
+
+    def __init__(
+        self,
+        T: int,
+        n: int,
+        m: int,
+        *,
+        sigma: float,
+        lambdas: Mapping[str, float],
+        variant: str = "paper",
+        preserve_norm: bool = True,
+        inv_scale: torch.Tensor | None = None,
+        n_mmd: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.variant = check_variant(variant)
+        self.T, self.n, self.m = T, n, m
+        self.n_mmd = n if n_mmd is None else n_mmd
+        self.preserve_norm = preserve_norm
+        paper = variant == "paper"
+        f32 = {"dtype": dtype, "device": device}
+        lam = {k: float(lambdas[k]) for k in TERMS}
+        # Coordinates are pre-multiplied by q = inv_scale / σ so that k = exp(-‖Δz‖²/2).
+        self.q = (inv_scale.to(**f32) / sigma) if inv_scale is not None else torch.tensor(1.0 / sigma, **f32)
+        alpha_mmd = lam["mmd"] * (1.0 if paper else 1.0 / T)
+        self.coef = self.q * (2.0 * alpha_mmd / m)  # dL/dy = coef ⊙ (v_i z_i - (K w z)_i)
+        self.w = torch.cat([torch.full((self.n_mmd,), 1.0 / self.n_mmd, **f32), torch.full((m,), -1.0 / m, **f32)])
+        self.wcol = self.w.view(1, -1, 1)
+        if paper:  # d L_sparse / d G[t, i, t'] = λ_s/m on t' = t (own gate) only
+            eye = torch.eye(T, **f32)
+            self.sparse_grad = (eye.repeat_interleave(m, dim=0) * (lam["sparse"] / m)).contiguous()  # [T*m, T]
+            self.pos_coef = 2.0 * lam["pos"] / n
+        else:  # all gates of all rows
+            self.sparse_grad = torch.full((1, 1), lam["sparse"] / (T * m * T), **f32)
+            self.pos_coef = 2.0 * lam["pos"] / (T * n * T)
+        self.offdiag = 1.0 - torch.eye(T, **f32)
+        self.ortho_coef = 4.0 * lam["ortho"] * (1.0 if paper else 0.5)
+        # Per-attribute factors turning the raw per-step values into each variant's terms (rows: TERMS).
+        self.term_scale = torch.tensor([[1.0], [1.0], [1.0], [1.0]] if paper else [[1 / T], [1 / T], [1 / T], [0.5]], **f32)
+
+    def __call__(
+        self,
+        theta: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        pos_mmd: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(per_attribute [4, T], dL/dθ [T, d], dL/dW [T, d], dL/db [T])`` for pos ``[T, n, d]``, neg ``[T, m, d]``."""
+        T, m, n, d = self.T, self.m, self.n, neg.shape[-1]
+        ref = pos if pos_mmd is None else pos_mmd
+        a = neg.reshape(T * m, d)
+        # Steering of negatives: all T gates from the original activation.
+        gn = torch.sigmoid(torch.addmm(bias, a, weight.t()))  # [T*m, T]
+        u = torch.addmm(a, gn, theta)  # [T*m, d]
+        if self.preserve_norm:
+            an = torch.linalg.vector_norm(a, dim=1, keepdim=True)
+            s = an / torch.linalg.vector_norm(u, dim=1, keepdim=True).clamp_min_(_EPS)
+            y = u * s
+        else:
+            y = u
+        # MMD² per attribute on the joint Gram matrix of q ⊙ [ref; y].
+        z = torch.cat([ref, y.view(T, m, d)], dim=1).mul_(self.q)  # [T, N, d]
+        half_sq = (z * z).sum(-1).mul_(0.5)  # [T, N]
+        k = torch.bmm(z, z.transpose(1, 2))
+        k.sub_(half_sq.unsqueeze(2)).sub_(half_sq.unsqueeze(1)).clamp_max_(0.0).exp_()  # [T, N, N]
+        v = torch.matmul(k, self.w)  # [T, N]
+        mmd = torch.matmul(v, self.w)  # [T]
+        # dL/dy for the steered rows (i ≥ n_mmd); the kernel is symmetric, hence the factor 2 inside coef.
+        nr = self.n_mmd
+        kwz = torch.bmm(k[:, nr:], z * self.wcol)  # [T, m, d]
+        gy = (z[:, nr:] * v[:, nr:].unsqueeze(2)).sub_(kwz).mul_(self.coef).view(T * m, d)
+        if self.preserve_norm:
+            # y = ‖a‖ u/‖u‖  =>  dL/du = s (g - ŷ (ŷ·g)), ŷ = y/‖a‖.
+            dot = torch.linalg.vecdot(y, gy).unsqueeze(1)
+            gu = (gy - y * (dot / (an * an).clamp_min_(_EPS * _EPS))).mul_(s)
+        else:
+            gu = gy
+        g_theta = torch.mm(gn.t(), gu)  # [T, d]
+        g_zn = torch.ops.aten.sigmoid_backward(torch.addmm(self.sparse_grad, gu, theta.t()), gn)  # [T*m, T]
+        g_weight = torch.mm(g_zn.t(), a)  # [T, d]
+        g_bias = g_zn.sum(0)
+        # Gates on positives.
+        if self.variant == "paper":
+            gp = torch.sigmoid(torch.baddbmm(bias.view(T, 1, 1), pos, weight.unsqueeze(2)))  # [T, n, 1]
+            g_zp = torch.ops.aten.sigmoid_backward(gp * self.pos_coef, gp)
+            g_weight = g_weight + torch.bmm(g_zp.transpose(1, 2), pos).squeeze(1)
+            g_bias = g_bias + g_zp.sum((1, 2))
+            pos_term = (gp * gp).mean((1, 2))
+            sparse_term = gn.view(T, m, T).diagonal(dim1=0, dim2=2).mean(0)
+        else:
+            p2 = pos.reshape(T * n, d)
+            gp = torch.sigmoid(torch.addmm(bias, p2, weight.t()))  # [T*n, T]
+            g_zp = torch.ops.aten.sigmoid_backward(gp * self.pos_coef, gp)
+            g_weight = torch.addmm(g_weight, g_zp.t(), p2)
+            g_bias = g_bias + g_zp.sum(0)
+            pos_term = (gp * gp).view(T, n * T).mean(1)
+            sparse_term = gn.view(T, m * T).mean(1)
+        # Orthogonality: L = c Σ_{t≠t'} cos², dL/dû = 4c C_off û, then through û = θ/‖θ‖.
+        tn = torch.linalg.vector_norm(theta, dim=1, keepdim=True).clamp_min(_EPS)
+        unit = theta / tn
+        c_off = torch.mm(unit, unit.t()).mul_(self.offdiag)
+        g_unit = torch.mm(c_off, unit).mul_(self.ortho_coef)
+        g_theta += (g_unit - unit * torch.linalg.vecdot(unit, g_unit).unsqueeze(1)) / tn
+        raw = torch.stack([mmd, pos_term, sparse_term, (c_off * c_off).sum(1)])  # [4, T]
+        return raw.mul_(self.term_scale), g_theta, g_weight, g_bias
