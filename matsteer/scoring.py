@@ -174,6 +174,24 @@ def cache_questions(
     return out
 
 
+def cache_texts(model: Any, tokenizer: Any, texts: Sequence[str], site: Site) -> CachedQuestion:
+    """Neutral texts as one cached batch: every token is query (steered) and every token but the first is scored."""
+    rows = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+    k, width = len(rows), max(len(r) for r in rows)
+    ids = torch.zeros((k, width), dtype=torch.long)
+    mask = torch.zeros((k, width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        hidden = site_activations(model, site, ids.to(device), mask.to(device),
+                                  torch.arange(width, device=device).expand(k, width))
+    answer = mask.bool().clone()
+    answer[:, 0] = False
+    return CachedQuestion(hidden, ids, mask, mask.bool(), answer)
+
+
 @contextmanager
 def _layers_above(model: Any, layer: int) -> Iterator[None]:
     """Temporarily give the base model only the decoder blocks above ``layer`` (restored on exit)."""
@@ -187,28 +205,46 @@ def _layers_above(model: Any, layer: int) -> Iterator[None]:
         setattr(parent, name, layers)
 
 
-def upper_logprobs(model: Any, site: Site, cached: CachedQuestion, edit: Any = None, positions: str = "prompt"
-                   ) -> torch.Tensor:
-    """Summed answer log-probs ``[K]`` after editing the cached activations and running the layers above the site.
-
-    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the selected positions
-    (``"prompt"``: query tokens, ``"all"``: query and answer tokens).
-    """
+def _upper_hidden(model: Any, site: Site, cached: CachedQuestion, edit: Any, positions: str) -> torch.Tensor:
+    """Final hidden states ``[K, W, d]`` (after the last norm) from the edited site activations."""
+    if positions not in ("prompt", "all"):
+        raise ConfigError(f"Cached scoring steers 'prompt' or 'all' positions, got {positions!r}.")
     device = next(model.parameters()).device
     hidden = cached.hidden
     if edit is not None:
-        where = cached.query if positions == "prompt" else cached.mask.bool()
+        where = (cached.query if positions == "prompt" else cached.mask.bool()).to(hidden.device)
         hidden = hidden.clone()
-        hidden[where.to(hidden.device)] = edit(hidden[where.to(hidden.device)])
+        hidden[where] = edit(hidden[where])
     k, width = cached.input_ids.shape
-    positions_ids = torch.arange(width, device=device).expand(k, width)
+    position_ids = torch.arange(width, device=device).expand(k, width)
     with _layers_above(model, site.layer):
-        logits = model(inputs_embeds=hidden, attention_mask=cached.mask.to(device), position_ids=positions_ids,
-                       use_cache=False).logits
-    logp = torch.log_softmax(logits.float(), -1)[:, :-1]  # position j predicts token j + 1
-    target = cached.input_ids[:, 1:].to(device)
-    picked = logp.gather(-1, target[..., None])[..., 0]
-    return (picked * cached.answer[:, 1:].to(device)).sum(-1).cpu()
+        return model.base_model(inputs_embeds=hidden, attention_mask=cached.mask.to(device),
+                                position_ids=position_ids, use_cache=False).last_hidden_state
+
+
+def upper_logits(model: Any, site: Site, cached: CachedQuestion, edit: Any = None, positions: str = "prompt"
+                 ) -> torch.Tensor:
+    """Logits ``[K, W, V]`` after editing the cached activations and running only the layers above the site.
+
+    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the selected positions
+    (``"prompt"``: query tokens, ``"all"``: every non-pad token).
+    """
+    return model.get_output_embeddings()(_upper_hidden(model, site, cached, edit, positions))
+
+
+def upper_logprobs(model: Any, site: Site, cached: CachedQuestion, edit: Any = None, positions: str = "prompt"
+                   ) -> torch.Tensor:
+    """Summed answer-token log-probs ``[K]`` (see :func:`upper_logits`).
+
+    The vocabulary projection runs only at positions that predict an answer token: with a 49k vocabulary it
+    would otherwise cost more than the decoder layers.
+    """
+    final = _upper_hidden(model, site, cached, edit, positions)[:, :-1]  # position j predicts token j + 1
+    scored = cached.answer[:, 1:].to(final.device)
+    logp = torch.log_softmax(model.get_output_embeddings()(final[scored]).float(), -1)  # [n, V]
+    picked = logp.gather(-1, cached.input_ids[:, 1:].to(final.device)[scored][:, None])[:, 0]
+    rows = torch.arange(scored.shape[0], device=final.device)[:, None].expand_as(scored)[scored]
+    return torch.zeros(scored.shape[0], dtype=picked.dtype, device=picked.device).index_add_(0, rows, picked).cpu()
 
 
 def steering_edit(steerer: Any, scale: torch.Tensor | None = None, forced: torch.Tensor | None = None,

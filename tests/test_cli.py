@@ -1,0 +1,50 @@
+"""The CLI end to end on a tiny saved model: extract -> train -> generate, and clear errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from matsteer.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    from conftest import tiny_model_for
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model_for("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_extract_train_generate(tmp_path, tiny_dir, capsys):
+    feats = []
+    for ds in ("truthfulqa", "bbq"):
+        out = tmp_path / ds
+        assert main(["extract", "--model", str(tiny_dir), "--dataset", ds, "--split", "train", "--layer", "1",
+                     "--tokens", "answer", "--limit", "4", "--out", str(out)]) == 0
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["site"] == {"layer": 1, "component": "residual"} and manifest["rows"] > 0
+        feats.append(str(out))
+    steerer = tmp_path / "steerer"
+    assert main(["train", "--features", *feats, "--out", str(steerer), "--epochs", "2", "--batch_size", "8",
+                 "--sigma", "median", "--seed", "3"]) == 0
+    manifest = json.loads((steerer / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["attributes"]] == ["truthfulness", "bias"]
+    assert manifest["training"]["config"]["seed"] == 3 and manifest["training"]["config"]["sigma"] == "median"
+    assert main(["generate", "--steerer", str(steerer), "--model", str(tiny_dir), "--prompt", "what is the sun ?",
+                 "--multiplier", "2", "--multiplier", "truthfulness=0", "--max-new-tokens", "3", "--raw"]) == 0
+    out = capsys.readouterr().out
+    assert "unsteered:" in out and "steered  :" in out
+
+
+def test_errors_exit_2_with_message(tmp_path, tiny_dir, capsys):
+    code = main(["extract", "--model", str(tiny_dir), "--dataset", "truthfulqa", "--layer", "99", "--limit", "2",
+                 "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["train", "--features", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["extract", "--model", "./no/such/model", "--dataset", "bbq", "--limit", "1"]) == 2
