@@ -148,6 +148,17 @@ class Experiment:
         raise ConfigError(f"Unknown baseline {name!r}.")
 
 
+def select_training_default(ex: Experiment) -> dict[str, Any]:
+    """Train each (loss variant, σ) candidate with the first seed, tune its multiplier on dev, keep the best."""
+    trials = []
+    for variant, sigma in ex.cfg.training_candidates:
+        steerer = ex.train_mat(ex.train_config(ex.cfg.seeds[0], variant, sigma))
+        best, grid = ex.tuned("mat_steer", ex.mat_candidates(steerer, "mat_steer"), kl_limit=float("inf"))
+        trials.append({"loss_variant": variant, "sigma": sigma, "dev_mean": max(g["dev_mean"] for g in grid),
+                       "multiplier": best.params["multiplier"], "grid": grid})
+    return {"trials": trials, "chosen": max(trials, key=lambda t: t["dev_mean"])}
+
+
 def _summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std over seeds of every metric, and per-question primary scores averaged over seeds."""
     out: dict[str, Any] = {}
@@ -171,15 +182,9 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict
     report: dict[str, Any] = {"config": cfg.to_dict(), "selection": {}, "methods": {}}
 
     # 1. MAT-Steer's training default, chosen on dev with seed 0 (never on test).
-    trials = []
-    for variant, sigma in cfg.training_candidates:
-        steerer = ex.train_mat(ex.train_config(cfg.seeds[0], variant, sigma))
-        best, grid = ex.tuned("mat_steer", ex.mat_candidates(steerer, "mat_steer"))
-        trials.append({"loss_variant": variant, "sigma": sigma, "dev_mean": max(g["dev_mean"] for g in grid),
-                       "multiplier": best.params["multiplier"]})
-    chosen = max(trials, key=lambda t: t["dev_mean"])
-    report["selection"]["training_default"] = {"trials": trials, "chosen": chosen}
-    variant, sigma = chosen["loss_variant"], chosen["sigma"]
+    selection = select_training_default(ex)
+    report["selection"]["training_default"] = selection
+    variant, sigma = selection["chosen"]["loss_variant"], selection["chosen"]["sigma"]
 
     # 2. Every method on test: trained ones per seed (tuned on dev per seed), closed-form ones per seed of pairing.
     results: dict[str, list[dict[str, Any]]] = {}

@@ -13,7 +13,6 @@ from matsteer.steerer import Steerer
 from matsteer.train import (
     HISTORY_TERMS,
     AttributeData,
-    FlatAdam,
     History,
     TrainConfig,
     _Sampler,
@@ -97,20 +96,6 @@ def test_fast_path_matches_autograd_adam():
                 opt.step()
         for x, y in zip(params(got), [steerer.theta, steerer.gate_weight, steerer.gate_bias]):
             torch.testing.assert_close(x, y.detach(), rtol=1e-4, atol=1e-5)
-
-
-def test_flat_adam_matches_torch_adam():
-    p1 = torch.randn(50)
-    p2 = torch.nn.Parameter(p1.clone())
-    ours = FlatAdam(p1, lr=0.1)
-    ref = torch.optim.Adam([p2], lr=0.1, foreach=False)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        grad = torch.randn(50, generator=g)
-        ours.step(grad)
-        p2.grad = grad.clone()
-        ref.step()
-    assert torch.equal(p1, p2.detach())
 
 
 # ---- learning ---------------------------------------------------------------------------------------------
