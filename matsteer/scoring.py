@@ -9,9 +9,8 @@ with no hooks at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any

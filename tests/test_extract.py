@@ -138,8 +138,8 @@ def test_resume_from_shards_and_refuse_partial(tmp_path, tiny_llama, tokenizer):
         load_features(out)
     partial = out / f".partial-{key[:16]}"
     partial.mkdir()
-    from matsteer.features import _save_rows
     from matsteer.extract import ActivationRows
+    from matsteer.features import _save_rows
 
     first = full.text_index < 2
     _save_rows(partial / "shard-00000.safetensors",
