@@ -27,10 +27,16 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The training benchmark uses the demo's QA features (layer 14, answer tokens, the demo's subsets; cached).
+FEATDIR := features/smollm2-135m-instruct
+FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 bench: setup
 	mkdir -p results/bench
 	$(BIN)/python benchmarks/bench_extract.py --json results/bench/extract.json
-	$(BIN)/python benchmarks/bench_train.py --json results/bench/train.json
+	$(BIN)/matsteer extract --dataset truthfulqa --split train --layer 14 --tokens answer
+	$(BIN)/matsteer extract --dataset toxigen --split train --layer 14 --tokens answer --limit 1200
+	$(BIN)/matsteer extract --dataset bbq --split train --layer 14 --tokens answer --limit 300
+	$(BIN)/python benchmarks/bench_train.py --features $(FEATS) --json results/bench/train.json
 	$(BIN)/python benchmarks/bench_generate.py --json results/bench/generate.json
 
 lint: setup

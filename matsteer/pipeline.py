@@ -129,7 +129,8 @@ class DemoConfig:
     # Groups (questions / statements / BBQ examples) per split in quick mode; None = whole split.
     limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": None, "toxigen": 1200, "bbq": 300})
     dev_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": None, "toxigen": 300, "bbq": 100})
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # σ = 2 (the reference default) is degenerate on this model's activations; see README "Defaults chosen on dev".
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(sigma="median"))
     features_dir: Path = Path("features")
     out_dir: Path = Path("results/demo")
     prompts: tuple[str, ...] = (

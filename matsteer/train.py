@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -526,6 +527,13 @@ def _train(
         sigma = median_sigma(data, inv_scale=inv_scale, max_rows=config.median_sample, seed=config.seed + _SEED_KERNEL)
     else:
         sigma = float(config.sigma)
+        # A fixed σ (the reference's 2.0) can be far below the activations' scale: say so before training.
+        scale = median_sigma(data, inv_scale=inv_scale, max_rows=256, seed=config.seed + _SEED_KERNEL)
+        if sigma < scale / 8:
+            warnings.warn(
+                f"sigma={sigma:g} is far below the median distance between these activations ({scale:.3g}): the "
+                "Gaussian kernel is ~0 for distinct points and the MMD gradient vanishes. Use sigma='median' or "
+                "standardize=True (see docs/losses.md).", stacklevel=2)
     inv_scale_dev = inv_scale.to(device) if inv_scale is not None else None
 
     # Pools on the device once (float32); batches are gathered from them with precomputed indices.

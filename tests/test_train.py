@@ -286,3 +286,10 @@ def test_sample_subsets_distinct_and_in_range():
     assert bool((idx[:, 0].sort(-1).values == torch.arange(16)).all())
     counts = torch.bincount(idx[:, 1].reshape(-1), minlength=40).float()
     assert float(counts.min()) > 0.5 * float(counts.mean())
+
+
+def test_degenerate_fixed_sigma_warns():
+    g = torch.Generator().manual_seed(0)
+    big = [AttributeData("a", 100 * torch.randn(40, 8, generator=g), 100 * torch.randn(40, 8, generator=g) + 50)]
+    with pytest.warns(UserWarning, match="MMD gradient vanishes"):
+        train(big, TrainConfig(epochs=1, sigma=2.0), progress=False)
