@@ -15,7 +15,6 @@ Steering acts on the query tokens (``positions="prompt"``) by default, as the pa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,14 +207,3 @@ def select_on_dev(
     ok = [i for i, t in enumerate(trials) if kl_limit is None or t["dev_kl"] <= kl_limit] or list(range(len(trials)))
     best = max(ok, key=lambda i: (trials[i]["dev_mean"], -i))
     return candidates[best], trials
-
-
-def strip_per_item(result: Mapping[str, Any]) -> dict[str, Any]:
-    """A result without per-question lists (for compact tables)."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "per_item"} if isinstance(v, Mapping) else v)
-            for k, v in result.items()}
-
-
-def finite_mean(values: Sequence[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")

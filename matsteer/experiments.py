@@ -17,7 +17,7 @@ import torch
 
 from .baselines import mass_mean_shift, mean_difference, pca_of_differences, sum_of_single, uniform_gates
 from .errors import ConfigError
-from .evaluate import PRIMARY, TASKS, Evaluator, Method, few_shot_prefix, select_on_dev, strip_per_item
+from .evaluate import PRIMARY, TASKS, Evaluator, Method, few_shot_prefix, select_on_dev
 from .io import write_json
 from .pipeline import DemoConfig, attribute_data, extract_splits
 from .sites import Site
@@ -282,10 +282,3 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "eval") -> N
     write_json(Path(out_dir) / f"{name}.json", report)
     with atomic_path(Path(out_dir) / f"{name}.md") as tmp:
         tmp.write_text(markdown_table(report), encoding="utf-8")
-
-
-def compact(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without per-question lists."""
-    out = dict(report)
-    out["methods"] = {n: {**m, "test": strip_per_item(m["test"])} for n, m in report["methods"].items()}
-    return out
