@@ -240,6 +240,9 @@ def _validate_manifest(manifest: Any, path: Path) -> None:
     model = manifest.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(model.get("hash"), str):
         raise _manifest_error(path, "'model' must be an object with 'name' and 'hash' strings")
+    tensors = manifest.get("tensors")
+    if tensors is not None and not (isinstance(tensors, dict) and isinstance(tensors.get("sha256", ""), str)):
+        raise _manifest_error(path, "'tensors' must be an object with a 'sha256' string")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
