@@ -132,8 +132,10 @@ def site_activations(
     """Run ``model`` up to ``site`` only and return the activation there, ``[B, L, d]``."""
     store: dict = {}
     handle = _capture_hook(site, model, store)
+    # A batch without padding needs no mask: attention then takes its plain causal path, which is faster.
+    mask = None if bool(attention_mask.all()) else attention_mask
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     except _StopForward:
         pass
     finally:
