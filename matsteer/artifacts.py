@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import ArtifactError
-from .io import read_json, sha256_file
+from .io import read_json, read_tensors, sha256_file
 from .sites import Site
 from .steerer import Steerer
 from .train import History, TrainConfig, TrainResult
@@ -273,12 +273,7 @@ def load_steerer(path: str | Path, *, verify_hash: bool = True) -> tuple[Steerer
             f"{tensor_path} does not match the sha256 recorded in {path / MANIFEST}: the file was modified or is "
             "corrupted. Re-save the steerer (or re-train it)."
         )
-    try:
-        tensors = load_file(str(tensor_path))
-    except Exception as exc:  # safetensors raises its own error types for truncated/corrupted headers
-        raise ArtifactError(
-            f"Cannot read {tensor_path}: the file is truncated or corrupted ({exc}). Re-save the steerer."
-        ) from exc
+    tensors, _ = read_tensors(tensor_path, "steerer tensor file")
     missing = [k for k in _TENSOR_KEYS if k not in tensors]
     if missing:
         raise ArtifactError(f"{tensor_path} lacks tensors {missing}; it is not a matsteer steerer. Re-save it.")
