@@ -139,11 +139,20 @@ class Evaluator:
                    preserve_norm=method.preserve_norm, positions=self.positions) as handle:
             return score_mc(m, self.loaded.tokenizer, questions, handle, choices=choices, progress=self.progress)
 
+    def _mc1_scores(self, task: str, method: Method, mc2: list[torch.Tensor]) -> list[torch.Tensor]:
+        """MC1 log-probs taken from the MC2 scores (in TruthfulQA v0 every MC1 choice is also an MC2 choice);
+        scored separately only where one is not."""
+        qs = self.questions[task]
+        if all(c in q.choices for q in qs for c in q.mc1_choices):
+            return [s[[q.choices.index(c) for c in q.mc1_choices]] for q, s in zip(qs, mc2)]
+        return self._scores(task, method, "mc1_choices")
+
     def task_scores(self, task: str, method: Method) -> dict[str, Any]:
         """Metrics of one task: means plus ``per_item`` (the primary metric per question, for bootstraps)."""
         qs = self.questions[task]
         if task == "truthfulqa":
-            res = truthfulqa_mc_from_questions(qs, self._scores(task, method), self._scores(task, method, "mc1_choices"))
+            mc2 = self._scores(task, method)
+            res = truthfulqa_mc_from_questions(qs, mc2, self._mc1_scores(task, method, mc2))
             return {"mc2": res.mean_mc2, "mc1": res.mean_mc1, "n": res.n, "per_item": res.mc2}
         if task == "bbq":
             res = bbq_accuracy_from_questions(qs, self._scores(task, method))
