@@ -81,3 +81,12 @@ def tiny_llama(tokenizer):
 
 def tiny_model_for(arch: str) -> torch.nn.Module:
     return _tiny(arch, len(make_tokenizer()))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A tiny Llama and its tokenizer saved as a local model folder (for the CLI and subprocesses)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model_for("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from matsteer.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    from conftest import tiny_model_for
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model_for("llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_extract_train_generate(tmp_path, tiny_dir, capsys):

@@ -34,16 +34,6 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    from conftest import tiny_model_for
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model_for("llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _run(tiny_dir, out, delay: float) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_dir), str(out), str(delay)], env=env,
