@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The demo's QA feature folders (layer 14, answer tokens, the demo's subsets; cached): bench and figures use them.
+FEATDIR := features/smollm2-135m-instruct
+FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo figures test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -21,15 +24,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/matsteer demo
 
+# Figures from the demo's saved steerer and features (run `make demo` first); no model passes.
+figures: setup
+	$(BIN)/matsteer figures --steerer results/demo/steerer --features $(FEATS) --out figures
+
 test: setup
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The training benchmark uses the demo's QA features (layer 14, answer tokens, the demo's subsets; cached).
-FEATDIR := features/smollm2-135m-instruct
-FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 bench: setup
 	mkdir -p results/bench
 	$(BIN)/python benchmarks/bench_extract.py --json results/bench/extract.json

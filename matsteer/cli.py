@@ -124,6 +124,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Figures from a saved steerer and its feature folders (no model forward passes)."""
+    from .artifacts import load_history, load_steerer
+    from .features import load_features
+    from .viz import (
+        gate_sets,
+        plot_gate_distributions,
+        plot_orthogonality,
+        plot_pca,
+        plot_training_curves,
+        save_figure,
+        steered_sets,
+    )
+
+    steerer, _ = load_steerer(args.steerer)
+    sets = [load_features(p) for p in args.features]
+    figures = {
+        "orthogonality": plot_orthogonality(steerer.theta.detach(), steerer.attributes),
+        "pca_steered": plot_pca(steered_sets(steerer, sets)),
+        "gate_distributions": plot_gate_distributions(gate_sets(steerer, sets)),
+    }
+    history = load_history(args.steerer)
+    if history is not None:
+        figures["training_curves"] = plot_training_curves(history)
+    for name, fig in figures.items():
+        save_figure(fig, name, args.out)
+        print(f"{args.out}/{name}.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matsteer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--allow-model-mismatch", action="store_true", help="steer a model other than the one trained on")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("figures", help="regenerate figures from a saved steerer and its feature folders")
+    p.add_argument("--steerer", required=True)
+    p.add_argument("--features", nargs="+", required=True, help="the feature folders it was trained on")
+    p.add_argument("--out", default="figures")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
     p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")
