@@ -26,6 +26,10 @@ def test_extract_train_generate(tmp_path, tiny_dir, capsys):
                  "--multiplier", "2", "--multiplier", "truthfulness=0", "--max-new-tokens", "3", "--raw"]) == 0
     out = capsys.readouterr().out
     assert "unsteered:" in out and "steered  :" in out
+    figs = tmp_path / "figs"
+    assert main(["figures", "--steerer", str(steerer), "--features", *feats, "--out", str(figs)]) == 0
+    for name in ("orthogonality", "pca_steered", "gate_distributions", "training_curves"):
+        assert (figs / f"{name}.png").stat().st_size > 0 and (figs / f"{name}.pdf").stat().st_size > 0
 
 
 def test_errors_exit_2_with_message(tmp_path, tiny_dir, capsys):
