@@ -1189,6 +1189,16 @@ def _select(
     return [it for it in items if it.group in chosen]
 
 
+def _parsed_split(
+    dataset: str, split: str, data_dir: str | Path | None, seed: int, source: str | Path | None
+) -> tuple[_Parsed, set[str] | None]:
+    """The parsed data set and the group ids of ``split`` (None for ``all``): shared by the example and MC views."""
+    src = _resolve_source(dataset, source, data_dir)
+    parsed = _parse(dataset, src, data_dir)
+    keep = None if split == "all" else set(_split_for(dataset, parsed.examples, src, data_dir, seed)[split])
+    return parsed, keep
+
+
 def load_examples(
     dataset: str,
     split: str = "all",
@@ -1220,9 +1230,7 @@ def load_examples(
         raise ConfigError(
             f"{dataset} carries only the attribute {ATTRIBUTE_OF[dataset]!r}, not {attribute!r}"
         )
-    src = _resolve_source(dataset, source, data_dir)
-    parsed = _parse(dataset, src, data_dir)
-    keep = None if split == "all" else set(_split_for(dataset, parsed.examples, src, data_dir, seed)[split])
+    parsed, keep = _parsed_split(dataset, split, data_dir, seed, source)
     return _select(parsed.examples, keep, limit, seed, dataset)
 
 
@@ -1247,9 +1255,7 @@ def load_mc_questions(
     _check_limit(limit)
     if dataset not in _MC_DATASETS:
         raise ConfigError(f"no multiple-choice view for {dataset}; valid choices: {', '.join(_MC_DATASETS)}")
-    src = _resolve_source(dataset, source, data_dir)
-    parsed = _parse(dataset, src, data_dir)
-    keep = None if split == "all" else set(_split_for(dataset, parsed.examples, src, data_dir, seed)[split])
+    parsed, keep = _parsed_split(dataset, split, data_dir, seed, source)
     return _select(parsed.questions, keep, limit, seed, dataset)
 
 
