@@ -37,7 +37,7 @@ from .scoring import (
     score_mc,
     steering_edit,
     supports_upper_pass,
-    upper_logits,
+    text_logits,
 )
 from .sites import Site
 from .steerer import Steerer
@@ -169,8 +169,8 @@ class Evaluator:
         m = self.loaded.model
         with torch.inference_mode():
             if self._neutral_base is None:
-                self._neutral_base = upper_logits(m, self.site, c, None, "all").float()
-            steered = self._neutral_base if method.steerer is None else upper_logits(m, self.site, c, method.edit(), "all")
+                self._neutral_base = text_logits(m, self.site, c).float()
+            steered = self._neutral_base if method.steerer is None else text_logits(m, self.site, c, method.edit())
         mask = c.mask.to(steered.device)
         return {"ce": cross_entropy(steered, c.input_ids.to(steered.device), mask),
                 "kl": next_token_kl(self._neutral_base, steered, mask)}
@@ -200,19 +200,3 @@ class Evaluator:
         if side_effects:
             out["side_effects"] = self.side_effects(method)
         return out
-
-
-def select_on_dev(
-    evaluator: Evaluator, candidates: Sequence[Method], *, kl_limit: float | None = None
-) -> tuple[Method, list[dict[str, Any]]]:
-    """The candidate with the best dev mean (optionally among those with KL ≤ ``kl_limit``), and every trial."""
-    if not candidates:
-        raise ConfigError("No candidate settings to select from.")
-    trials = []
-    for m in candidates:
-        res = evaluator.evaluate(m, side_effects=kl_limit is not None)
-        trials.append({"params": m.params, "dev_mean": res["mean"],
-                       **({"dev_kl": res["side_effects"]["kl"]} if kl_limit is not None else {})})
-    ok = [i for i, t in enumerate(trials) if kl_limit is None or t["dev_kl"] <= kl_limit] or list(range(len(trials)))
-    best = max(ok, key=lambda i: (trials[i]["dev_mean"], -i))
-    return candidates[best], trials

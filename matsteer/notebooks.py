@@ -279,54 +279,29 @@ def loss_table(history: Any, split: str = "train") -> Any:
 
 
 def quick_evaluation(wb: Workbench, *, progress: bool = False) -> dict[str, Any]:
-    """Run the method comparison (``run_evaluation``) at the notebook's settings; quick = a small, cheap version.
+    """Run the method comparison (:func:`matsteer.experiments.run_evaluation`) at the notebook's settings.
 
-    Quick mode: one seed, one multiplier, one training setting, few questions, a short bootstrap. Features are
-    shared with notebooks 01/02 (same folders and limits). Writes ``eval.json`` / ``eval.md`` under
+    Quick mode: one seed, one multiplier, the notebook's training setting, few questions, a short bootstrap.
+    Features are shared with notebooks 01/02 (same folders and limits). Writes ``eval.json`` / ``eval.md`` under
     ``wb.results_dir`` and returns the report.
     """
-    EvalConfig, run_evaluation = evaluation_api()
-    cfg = EvalConfig()
-    settings: dict[str, Any] = {"demo": copy.deepcopy(wb.demo), "out_dir": wb.results_dir}
+    from .experiments import EvalConfig, run_evaluation
+
+    cfg = EvalConfig(demo=copy.deepcopy(wb.demo), out_dir=Path(wb.results_dir))
     if wb.quick:
-        settings.update(seeds=(wb.seed,), dev_limits=dict(wb.eval_limits), test_limits=dict(wb.eval_limits),
-                        multipliers=(1.0,), iti_alphas=(1.0,), icl_shots=(1,), n_boot=200,
-                        training_candidates=((wb.demo.train.loss_variant, wb.demo.train.sigma),))
-    for name, value in settings.items():
-        if hasattr(cfg, name):  # the evaluation's config is still growing: set what it has
-            setattr(cfg, name, value)
+        cfg.seeds, cfg.multipliers, cfg.iti_alphas, cfg.icl_shots = (wb.seed,), (1.0,), (1.0,), (1,)
+        cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)
+        cfg.training_candidates, cfg.n_boot = ({},), 200
     return run_evaluation(cfg, progress=progress)
-
-
-def evaluation_api() -> tuple[Any, Any]:
-    """``(EvalConfig, run_evaluation)`` from :mod:`matsteer.evaluate` (or :mod:`matsteer.experiments`)."""
-    import importlib
-
-    for module in ("matsteer.evaluate", "matsteer.experiments"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        if hasattr(mod, "EvalConfig") and hasattr(mod, "run_evaluation"):
-            return mod.EvalConfig, mod.run_evaluation
-    raise ConfigError("The evaluation entry point run_evaluation/EvalConfig is not available in this matsteer "
-                      "(matsteer.evaluate / matsteer.experiments).")
 
 
 def markdown_report(report: Mapping[str, Any], results_dir: str | Path | None = None) -> str:
     """The evaluation's markdown table: ``eval.md`` beside the report when written, else rebuilt from the report."""
+    from .experiments import markdown_table
+
     if results_dir is not None and (Path(results_dir) / "eval.md").is_file():
         return (Path(results_dir) / "eval.md").read_text(encoding="utf-8")
-    import importlib
-
-    for module in ("matsteer.evaluate", "matsteer.experiments"):
-        try:
-            fn = getattr(importlib.import_module(module), "markdown_table", None)
-        except ImportError:
-            fn = None
-        if fn is not None:
-            return fn(report)
-    raise ConfigError("No eval.md was written and no markdown_table function is available.")
+    return markdown_table(report)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -92,24 +92,26 @@ def score_mc(
     scores = []
     with torch.inference_mode():
         for q in tqdm(questions, desc=desc, disable=not progress, leave=False):
-            answers = list(getattr(q, choices))
-            text, start, _ = _fill(q, answers[0])
-            context, _ = split_prompt(text, start)
-            conts = []
-            for a in answers:
-                t, s, _ = _fill(q, a)
-                ctx, cont = split_prompt(t, s)
-                if ctx != context:
-                    raise ConfigError(f"Choices of one question must share the prompt; template {q.template!r}.")
-                conts.append(cont)
+            context, conts = _prompt_and_continuations(q, list(getattr(q, choices)))
             scores.append(continuation_logprobs(model, tokenizer, context, conts, steering).cpu())
     return scores
 
 
-def _fill(q: Any, answer: str) -> tuple[str, int, int]:
+def _prompt_and_continuations(q: Any, answers: Sequence[str]) -> tuple[str, list[str]]:
+    """The question's shared context and each answer's continuation (see :func:`split_prompt`)."""
     from .data import fill_template
 
-    return fill_template(q.template, q.prompt, answer)
+    context, conts = None, []
+    for a in answers:
+        text, start, _ = fill_template(q.template, q.prompt, a)
+        ctx, cont = split_prompt(text, start)
+        if context is not None and ctx != context:
+            raise ConfigError(f"Choices of one question must share the prompt; template {q.template!r}.")
+        context = ctx
+        conts.append(cont)
+    if context is None:
+        raise ConfigError(f"Question {q.prompt[:60]!r} has no choices to score.")
+    return context, conts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,27 +119,55 @@ def _fill(q: Any, answer: str) -> tuple[str, int, int]:
 #
 # Activations below the steered site do not depend on the steering method, so each question's choices are run
 # once up to the site (early exit) and cached; every method then edits the cached activations with the same
-# steering function the pyvene intervention uses and runs only the layers above the site. This needs a residual
-# site of a Llama-style model whose ``inputs_embeds`` enter the decoder layers unchanged (Llama, Mistral, Qwen2);
-# other sites and architectures use :func:`score_mc` through pyvene.
+# steering function the pyvene intervention uses and runs only the layers above the site. Above the site the
+# choices of one question share their prompt: the prompt runs once (filling a KV cache for the upper layers) and
+# only the answer tokens run per choice, and single-token answers (ToxiGen's Yes/No) need no second pass at all.
+# This needs a residual site of a Llama-style model whose ``inputs_embeds`` enter the decoder layers unchanged
+# (Llama, Mistral, Qwen2); other sites and architectures use :func:`score_mc` through pyvene.
 
 UPPER_PASS_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @dataclass
 class CachedQuestion:
-    """One question's choices at the site: hidden ``[K, W, d]`` (right-padded), ids/mask ``[K, W]``,
-    ``query [K, W]`` True at prompt (query) tokens, ``answer [K, W]`` True at answer tokens."""
+    """One question at the site: the shared prompt ``prompt [P, d]`` (token ids ``prompt_ids [P]``) and the
+    answers ``answers [K, W, d]``, right-padded, with ids and mask ``answer_ids``/``answer_mask`` ``[K, W]``."""
+
+    prompt: torch.Tensor
+    prompt_ids: torch.Tensor
+    answers: torch.Tensor
+    answer_ids: torch.Tensor
+    answer_mask: torch.Tensor
+
+
+@dataclass
+class CachedTexts:
+    """Independent texts at the site (no shared prompt): hidden ``[N, W, d]``, ids and mask ``[N, W]``."""
 
     hidden: torch.Tensor
     input_ids: torch.Tensor
     mask: torch.Tensor
-    query: torch.Tensor
-    answer: torch.Tensor
 
 
 def supports_upper_pass(model: Any, site: Site) -> bool:
     return site.component == "residual" and getattr(model.config, "model_type", "") in UPPER_PASS_MODELS
+
+
+def _padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and mask ``[N, W]`` (pads are id 0 under mask 0)."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    return ids, mask
+
+
+def _site_rows(model: Any, site: Site, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    positions = torch.arange(ids.shape[1], device=device).expand(ids.shape)
+    return site_activations(model, site, ids.to(device), mask.to(device), positions)
 
 
 def cache_questions(
@@ -148,102 +178,137 @@ def cache_questions(
     if not supports_upper_pass(model, site):
         raise ConfigError(f"Cached scoring needs a residual site on a {'/'.join(UPPER_PASS_MODELS)} model; "
                           "use score_mc with a steering handle instead.")
-    device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
         for q in tqdm(questions, desc="cache", disable=not progress, leave=False):
-            rows, n_ctx = [], []
-            for a in getattr(q, choices):
-                text, start, _ = _fill(q, a)
-                context, cont = split_prompt(text, start)
-                ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
-                rows.append(ctx + tokenizer(cont, add_special_tokens=False)["input_ids"])
-                n_ctx.append(len(ctx))
-            k, width = len(rows), max(len(r) for r in rows)
-            ids = torch.zeros((k, width), dtype=torch.long)
-            mask = torch.zeros((k, width), dtype=torch.long)
-            query = torch.zeros((k, width), dtype=torch.bool)
-            for r, row in enumerate(rows):
-                ids[r, : len(row)] = torch.tensor(row)
-                mask[r, : len(row)] = 1
-                query[r, : n_ctx[r]] = True
-            positions = torch.arange(width).expand(k, width)
-            hidden = site_activations(model, site, ids.to(device), mask.to(device), positions.to(device))
-            out.append(CachedQuestion(hidden, ids, mask, query, mask.bool() & ~query))
+            context, conts = _prompt_and_continuations(q, list(getattr(q, choices)))
+            ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+            answers = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]
+            if any(len(a) == 0 for a in answers):
+                raise ConfigError(f"A choice of {context[:60]!r} is empty after tokenization.")
+            ids, mask = _padded([ctx + a for a in answers])
+            hidden = _site_rows(model, site, ids, mask)
+            answer_ids, answer_mask = _padded(answers)
+            n = len(ctx)
+            out.append(CachedQuestion(hidden[0, :n].clone(), torch.tensor(ctx), hidden[:, n:].clone(), answer_ids,
+                                      answer_mask))
     return out
 
 
-def cache_texts(model: Any, tokenizer: Any, texts: Sequence[str], site: Site) -> CachedQuestion:
-    """Neutral texts as one cached batch: every token is query (steered) and every token but the first is scored."""
-    rows = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-    k, width = len(rows), max(len(r) for r in rows)
-    ids = torch.zeros((k, width), dtype=torch.long)
-    mask = torch.zeros((k, width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
-    device = next(model.parameters()).device
+def cache_texts(model: Any, tokenizer: Any, texts: Sequence[str], site: Site) -> CachedTexts:
+    """Neutral texts as one cached batch (every token is steered and every token but the first is scored)."""
+    ids, mask = _padded([tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts])
     with torch.inference_mode():
-        hidden = site_activations(model, site, ids.to(device), mask.to(device),
-                                  torch.arange(width, device=device).expand(k, width))
-    answer = mask.bool().clone()
-    answer[:, 0] = False
-    return CachedQuestion(hidden, ids, mask, mask.bool(), answer)
+        return CachedTexts(_site_rows(model, site, ids, mask), ids, mask)
 
 
 @contextmanager
 def _layers_above(model: Any, layer: int) -> Iterator[None]:
-    """Temporarily give the base model only the decoder blocks above ``layer`` (restored on exit)."""
+    """Temporarily give the base model only the decoder blocks above ``layer``, renumbered from 0 so that a KV
+    cache sees them as a whole model (all restored on exit)."""
     layers, path = decoder_layers(model)
     parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
     name = path.rsplit(".", 1)[-1]
-    setattr(parent, name, nn.ModuleList(list(layers)[layer + 1:]))
+    upper = list(layers)[layer + 1:]
+    numbered = [(m, m.layer_idx) for block in upper for m in block.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    setattr(parent, name, nn.ModuleList(upper))
+    for m, idx in numbered:
+        m.layer_idx = idx - (layer + 1)
     try:
         yield
     finally:
+        for m, idx in numbered:
+            m.layer_idx = idx
         setattr(parent, name, layers)
 
 
-def _upper_hidden(model: Any, site: Site, cached: CachedQuestion, edit: Any, positions: str) -> torch.Tensor:
-    """Final hidden states ``[K, W, d]`` (after the last norm) from the edited site activations."""
+def _edited(hidden: torch.Tensor, where: torch.Tensor | None, edit: Any) -> torch.Tensor:
+    """``hidden [..., d]`` with ``edit`` applied at ``where [...]`` (all positions when None)."""
+    if edit is None:
+        return hidden
+    if where is None:
+        return edit(hidden.reshape(-1, hidden.shape[-1])).reshape(hidden.shape)
+    hidden = hidden.clone()
+    hidden[where] = edit(hidden[where])
+    return hidden
+
+
+def _check_positions(positions: str) -> None:
     if positions not in ("prompt", "all"):
         raise ConfigError(f"Cached scoring steers 'prompt' or 'all' positions, got {positions!r}.")
+
+
+def _stack(rows: Sequence[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``[n_i, ...]`` tensors to ``[len(rows), width, ...]`` plus a mask ``[len(rows), width]``."""
+    out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r[:width]
+        mask[i, : min(r.shape[0], width)] = 1
+    return out, mask
+
+
+def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit: Any = None,
+                   positions: str = "prompt") -> list[torch.Tensor]:
+    """Summed answer-token log-probs ``[K_q]`` of each question in ``batch``, after editing the cached activations
+    and running only the layers above the site: the batch's prompts once (right-padded, filling a KV cache), then
+    every answer against its own prompt's cache rows.
+
+    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the prompt tokens (``"prompt"``) or to
+    every real token (``"all"``). The vocabulary projection runs only where an answer token is predicted: with a
+    49k vocabulary it would otherwise cost more than the decoder layers.
+    """
+    from transformers import DynamicCache
+
+    _check_positions(positions)
     device = next(model.parameters()).device
-    hidden = cached.hidden
-    if edit is not None:
-        where = (cached.query if positions == "prompt" else cached.mask.bool()).to(hidden.device)
-        hidden = hidden.clone()
-        hidden[where] = edit(hidden[where])
-    k, width = cached.input_ids.shape
-    position_ids = torch.arange(width, device=device).expand(k, width)
+    head, base = model.get_output_embeddings(), model.base_model
+    lengths = torch.tensor([c.prompt.shape[0] for c in batch])
+    prompts, pmask = _stack([c.prompt for c in batch], int(lengths.max()))
+    prompts, pmask = prompts.to(device), pmask.to(device)
+    prompts = _edited(prompts, pmask.bool(), edit)
+    counts = torch.tensor([c.answer_ids.shape[0] for c in batch])
+    rows = torch.repeat_interleave(torch.arange(len(batch)), counts)  # answer row -> its question
+    width = max(c.answer_ids.shape[1] for c in batch)
+    ids = torch.cat([nn.functional.pad(c.answer_ids, (0, width - c.answer_ids.shape[1])) for c in batch]).to(device)
+    amask = torch.cat([nn.functional.pad(c.answer_mask, (0, width - c.answer_mask.shape[1])) for c in batch]).to(device)
     with _layers_above(model, site.layer):
-        return model.base_model(inputs_embeds=hidden, attention_mask=cached.mask.to(device),
-                                position_ids=position_ids, use_cache=False).last_hidden_state
+        cache = DynamicCache()
+        final = base(inputs_embeds=prompts, attention_mask=pmask,
+                     position_ids=torch.arange(prompts.shape[1], device=device).expand(pmask.shape), use_cache=True,
+                     **{_cache_kwarg(base): cache}).last_hidden_state
+        last = final[torch.arange(len(batch), device=device), lengths.to(device) - 1]  # [B, d]
+        first = torch.log_softmax(head(last).float(), -1)  # predicts every answer's first token
+        totals = first[rows.to(device), ids[:, 0]]  # [R]
+        if width > 1:
+            # Answer token j predicts token j + 1: only the first width - 1 answer tokens need to run.
+            answers = torch.cat([nn.functional.pad(c.answers[:, : width - 1],
+                                                   (0, 0, 0, max(0, width - 1 - c.answers.shape[1])))
+                                 for c in batch]).to(device)
+            run_mask = amask[:, : width - 1]
+            answers = _edited(answers, run_mask.bool(), edit if positions == "all" else None)
+            cache.batch_select_indices(rows.to(device))
+            hidden = base(inputs_embeds=answers, attention_mask=torch.cat([pmask[rows.to(device)], run_mask], 1),
+                          position_ids=lengths[rows].to(device)[:, None] + torch.arange(width - 1, device=device),
+                          use_cache=True, **{_cache_kwarg(base): cache}).last_hidden_state
+            scored = amask[:, 1:].bool()
+            logp = torch.log_softmax(head(hidden[scored]).float(), -1)  # [m, V]
+            picked = logp.gather(-1, ids[:, 1:][scored][:, None])[:, 0]
+            owner = torch.arange(len(rows), device=device)[:, None].expand_as(scored)[scored]
+            totals = totals.index_add(0, owner, picked.to(totals.dtype))
+    return list(totals.cpu().split(counts.tolist()))
 
 
-def upper_logits(model: Any, site: Site, cached: CachedQuestion, edit: Any = None, positions: str = "prompt"
-                 ) -> torch.Tensor:
-    """Logits ``[K, W, V]`` after editing the cached activations and running only the layers above the site.
-
-    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the selected positions
-    (``"prompt"``: query tokens, ``"all"``: every non-pad token).
-    """
-    return model.get_output_embeddings()(_upper_hidden(model, site, cached, edit, positions))
-
-
-def upper_logprobs(model: Any, site: Site, cached: CachedQuestion, edit: Any = None, positions: str = "prompt"
-                   ) -> torch.Tensor:
-    """Summed answer-token log-probs ``[K]`` (see :func:`upper_logits`).
-
-    The vocabulary projection runs only at positions that predict an answer token: with a 49k vocabulary it
-    would otherwise cost more than the decoder layers.
-    """
-    final = _upper_hidden(model, site, cached, edit, positions)[:, :-1]  # position j predicts token j + 1
-    scored = cached.answer[:, 1:].to(final.device)
-    logp = torch.log_softmax(model.get_output_embeddings()(final[scored]).float(), -1)  # [n, V]
-    picked = logp.gather(-1, cached.input_ids[:, 1:].to(final.device)[scored][:, None])[:, 0]
-    rows = torch.arange(scored.shape[0], device=final.device)[:, None].expand_as(scored)[scored]
-    return torch.zeros(scored.shape[0], dtype=picked.dtype, device=picked.device).index_add_(0, rows, picked).cpu()
+def text_logits(model: Any, site: Site, cached: CachedTexts, edit: Any = None) -> torch.Tensor:
+    """Logits ``[N, W, V]`` of cached texts after editing every real token and running the layers above."""
+    device = next(model.parameters()).device
+    hidden = _edited(cached.hidden.to(device), cached.mask.bool().to(device), edit)
+    k, width = cached.input_ids.shape
+    with _layers_above(model, site.layer):
+        final = model.base_model(inputs_embeds=hidden, attention_mask=cached.mask.to(device),
+                                 position_ids=torch.arange(width, device=device).expand(k, width),
+                                 use_cache=False).last_hidden_state
+    return model.get_output_embeddings()(final)
 
 
 def steering_edit(steerer: Any, scale: torch.Tensor | None = None, forced: torch.Tensor | None = None,
@@ -257,8 +322,23 @@ def steering_edit(steerer: Any, scale: torch.Tensor | None = None, forced: torch
 
 
 def score_cached(model: Any, site: Site, cached: Sequence[CachedQuestion], edit: Any = None,
-                 positions: str = "prompt", progress: bool = False, desc: str = "score") -> list[torch.Tensor]:
-    """:func:`upper_logprobs` for every cached question."""
+                 positions: str = "prompt", progress: bool = False, desc: str = "score",
+                 batch_tokens: int = 2048) -> list[torch.Tensor]:
+    """:func:`upper_logprobs` for every cached question, in batches of similar prompt length of about
+    ``batch_tokens`` padded tokens (small CPU matmuls waste most of the cores' throughput)."""
+    order = sorted(range(len(cached)), key=lambda i: cached[i].prompt.shape[0])
+    batches, current = [], []
+    for i in order:
+        rows = max(len(current) + 1, 1) * cached[i].prompt.shape[0]  # padded prompt tokens if i joins
+        if current and rows > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    out: list[torch.Tensor | None] = [None] * len(cached)
     with torch.inference_mode():
-        return [upper_logprobs(model, site, c, edit, positions)
-                for c in tqdm(cached, desc=desc, disable=not progress, leave=False)]
+        for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            for i, scores in zip(b, upper_logprobs(model, site, [cached[i] for i in b], edit, positions)):
+                out[i] = scores
+    return out  # type: ignore[return-value]

@@ -14,7 +14,6 @@ from matsteer.errors import ConfigError
 from matsteer.notebooks import (
     NOTEBOOKS,
     NotebookExecutionError,
-    evaluation_api,
     notebook_parameters,
     notebooks_dir,
     project_root,
@@ -235,10 +234,6 @@ def test_05_tuner_generates_headless(executed):
 
 @pytest.mark.slow
 def test_04_evaluates(executed):
-    try:
-        evaluation_api()
-    except ConfigError as exc:
-        pytest.skip(f"run_evaluation/EvalConfig not importable from matsteer.evaluate or matsteer.experiments: {exc}")
     base, shared, _ = executed
     nb = next(n for n in NOTEBOOKS if n.startswith("04"))
     declared = notebook_parameters(FOLDER / nb)

@@ -77,3 +77,27 @@ def test_cached_upper_pass_equals_full_forward_and_pyvene(tokenizer):
     assert not torch.allclose(fast[0], plain[0])
     # The model is whole again afterwards.
     assert len(model.model.layers) == 4
+
+
+def test_cached_all_positions_and_single_token_answers_equal_pyvene(tokenizer):
+    """positions="all" edits the answer tokens too; one-token answers take the prompt-only path."""
+    from conftest import tiny_model_for
+
+    from matsteer.scoring import cache_questions, score_cached, steering_edit
+
+    model = tiny_model_for("qwen2")
+    qs = _questions() + [MCQuestion(dataset="toxigen", prompt="the old man is kind . is this toxic ?",
+                                    choices=["yes", "no"], labels=[0, 1], group="2",
+                                    template="Q: {prompt} A: {answer}")]
+    site = Site(2)
+    cached = cache_questions(model, tokenizer, qs, site, progress=False)
+    assert cached[1].answer_ids.shape[1] == 1
+    torch.manual_seed(2)
+    steerer = Steerer(["truthfulness", "toxicity"], d=32)
+    for positions in ("all", "prompt"):
+        with steer(model, steerer, site=site, positions=positions) as h:
+            want = score_mc(model, tokenizer, qs, h, progress=False)
+        got = score_cached(model, site, cached, steering_edit(steerer), positions=positions)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    assert [m.self_attn.layer_idx for m in model.model.layers] == list(range(len(model.model.layers)))
