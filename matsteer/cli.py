@@ -125,7 +125,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    """Figures from a saved steerer and its feature folders (no model forward passes)."""
+    """Figures from a saved steerer and its feature folders, and/or from saved results (no model passes)."""
+    from .viz import save_figure
+
+    if not args.steerer and not args.results:
+        raise ConfigError("Pass --steerer DIR --features DIR... (gate and vector figures) and/or --results DIR "
+                          "(evaluation and ablation figures).")
+    figures = {}
+    if args.steerer:
+        if not args.features:
+            raise ConfigError("--steerer needs --features: the feature folders it was trained on.")
+        figures.update(_steerer_figures(args.steerer, args.features))
+    if args.results:
+        figures.update(_result_figures(Path(args.results)))
+    for name, fig in figures.items():
+        save_figure(fig, name, args.out)
+        print(f"{args.out}/{name}.png")
+    return 0
+
+
+def _steerer_figures(steerer_dir: str, feature_dirs: Sequence[str]) -> dict:
     from .artifacts import load_history, load_steerer
     from .features import load_features
     from .viz import (
@@ -134,23 +153,100 @@ def cmd_figures(args: argparse.Namespace) -> int:
         plot_orthogonality,
         plot_pca,
         plot_training_curves,
-        save_figure,
         steered_sets,
     )
 
-    steerer, _ = load_steerer(args.steerer)
-    sets = [load_features(p) for p in args.features]
+    steerer, _ = load_steerer(steerer_dir)
+    sets = [load_features(p) for p in feature_dirs]
     figures = {
         "orthogonality": plot_orthogonality(steerer.theta.detach(), steerer.attributes),
         "pca_steered": plot_pca(steered_sets(steerer, sets)),
         "gate_distributions": plot_gate_distributions(gate_sets(steerer, sets)),
     }
-    history = load_history(args.steerer)
+    history = load_history(steerer_dir)
     if history is not None:
         figures["training_curves"] = plot_training_curves(history)
-    for name, fig in figures.items():
-        save_figure(fig, name, args.out)
-        print(f"{args.out}/{name}.png")
+    return figures
+
+
+def _result_figures(folder: Path) -> dict:
+    """``eval.json`` -> method table and bars; ``ablations/<name>.json`` -> that ablation's figure."""
+    from .ablations import ABLATIONS
+    from .io import read_json
+    from .viz import figures_from_ablation, figures_from_report
+
+    figures = {}
+    if (folder / "eval.json").is_file():
+        figures.update(figures_from_report(read_json(folder / "eval.json")))
+    for name in ABLATIONS:
+        path = folder / "ablations" / f"{name}.json"
+        if path.is_file():
+            figures[f"ablation_{name}"] = figures_from_ablation(name, read_json(path))
+    if not figures:
+        raise ConfigError(f"{folder} holds no eval.json or ablations/*.json; run `matsteer compare` or "
+                          "`matsteer ablate` first.")
+    return figures
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .experiments import EvalConfig, run_evaluation
+
+    cfg = EvalConfig.full() if args.full else EvalConfig()
+    cfg.out_dir = Path(args.out)
+    if args.seeds:
+        cfg.seeds = tuple(args.seeds)
+    report = run_evaluation(cfg)
+    print((cfg.out_dir / "eval.md").read_text(encoding="utf-8"))
+    print(f"wrote {cfg.out_dir / 'eval.json'} and eval.md; best baseline by dev: {report['best_baseline']['name']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """One saved steerer (and, with --baseline, the unsteered model) on the named tasks of one split."""
+    from .artifacts import TENSORS, check_compatible, load_steerer
+    from .evaluate import PRIMARY, Evaluator, Method
+    from .io import sha256_file, write_json
+    from .models import load_model
+    from .sites import Site
+
+    steerer, manifest = load_steerer(args.steerer)
+    loaded = load_model(args.model or manifest["model"]["name"], dtype=args.dtype, device=args.device,
+                        device_map=args.device_map)
+    site = Site.from_dict(manifest["site"])
+    for warning in check_compatible(manifest, model_name=loaded.name, model_hash=loaded.weight_hash,
+                                    d=loaded.hidden_size, site=site, allow_model_mismatch=args.allow_model_mismatch):
+        print(f"warning: {warning}", file=sys.stderr)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    global_m, per = _parse_multipliers(args.multiplier)
+    evaluator = Evaluator(loaded, site, args.split, dict.fromkeys(tasks, args.limit), tasks=tasks,
+                          positions=args.positions)
+    methods = ([Method("none")] if args.baseline else []) + [Method("mat_steer", steerer, per, global_m)]
+    results = {m.name: evaluator.evaluate(m) for m in methods}
+    for name, res in results.items():
+        print(f"{name:<10} " + "  ".join(f"{t} {PRIMARY[t]} {res[t][PRIMARY[t]] * 100:.2f}" for t in tasks)
+              + f"  mean {res['mean'] * 100:.2f}  KL {res['side_effects']['kl']:.4f}  CE {res['side_effects']['ce']:.3f}")
+    if args.json:
+        write_json(Path(args.json), {
+            "steerer": str(args.steerer), "split": args.split, "tasks": tasks, "limit": args.limit,
+            "positions": args.positions, "multipliers": {"global": global_m, **per}, "results": results,
+            "provenance": {"model": {"name": loaded.name, "weight_hash": loaded.weight_hash},
+                           "steerer": {"sha256": sha256_file(Path(args.steerer) / TENSORS),
+                                       "model": manifest["model"], "site": manifest["site"]}}})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablations import describe, run_ablations
+    from .experiments import EvalConfig
+
+    cfg = EvalConfig.full() if args.full else EvalConfig()
+    eval_json = None if args.from_eval == "none" else args.from_eval
+    options = {"layers": {"candidates": args.layers}} if args.layers else {}
+    out = run_ablations(args.names, cfg, seeds=args.seeds, eval_json=eval_json, out_dir=args.out, options=options)
+    for name, res in out.items():
+        print(f"{name} (setting from {res['setting']['source']}):\n{describe(res)}")
+    print(f"wrote {', '.join(f'{args.out}/{n}.json' for n in out)}")
     return 0
 
 
@@ -205,11 +301,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-model-mismatch", action="store_true", help="steer a model other than the one trained on")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("figures", help="regenerate figures from a saved steerer and its feature folders")
-    p.add_argument("--steerer", required=True)
-    p.add_argument("--features", nargs="+", required=True, help="the feature folders it was trained on")
+    p = sub.add_parser("figures", help="regenerate figures from a saved steerer and/or saved results")
+    p.add_argument("--steerer", default=None)
+    p.add_argument("--features", nargs="+", default=None, help="the feature folders the steerer was trained on")
+    p.add_argument("--results", default=None, help="folder with eval.json and/or ablations/*.json")
     p.add_argument("--out", default="figures")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("compare", help="the paper's method comparison: all methods tuned on dev, 3 seeds on test")
+    p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")
+    _add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--steerer", required=True)
+    p.add_argument("--tasks", default="truthfulqa,toxigen,bbq", help="comma-separated: truthfulqa,toxigen,bbq,hh_rlhf")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    p.add_argument("--limit", type=int, default=None, help="first N questions per task (default: all)")
+    p.add_argument("--baseline", action="store_true", help="also score the unsteered model")
+    p.add_argument("--multiplier", action="append", help="global NUMBER, or NAME=NUMBER per attribute (repeatable)")
+    p.add_argument("--positions", default="prompt", choices=("prompt", "all", "last", "random"),
+                   help="tokens to steer while scoring (the paper: the prompt)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--allow-model-mismatch", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    from .ablations import ABLATIONS
+
+    p = sub.add_parser("ablate", help="ablations and analyses: " + ", ".join(ABLATIONS))
+    p.add_argument("names", nargs="+", choices=ABLATIONS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--from-eval", dest="from_eval", default="results/eval.json",
+                   help="eval.json whose dev-chosen MAT-Steer setting to use, or none for the defaults")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers for the layer sweep")
+    p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
+    p.add_argument("--out", default="results/ablations")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
     p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")

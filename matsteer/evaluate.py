@@ -43,8 +43,11 @@ from .sites import Site
 from .steerer import Steerer
 
 TASKS: tuple[str, ...] = ("truthfulqa", "toxigen", "bbq")
+#: Tasks an evaluator accepts: the three QA tasks, and HH-RLHF harmless (chosen vs rejected response, accuracy)
+#: for the number-of-attributes ablation.
+MC_TASKS: tuple[str, ...] = (*TASKS, "hh_rlhf")
 #: The metric each task is ranked by (the paper reports MC2 for TruthfulQA and accuracy elsewhere).
-PRIMARY: dict[str, str] = {"truthfulqa": "mc2", "toxigen": "accuracy", "bbq": "accuracy"}
+PRIMARY: dict[str, str] = {"truthfulqa": "mc2", "toxigen": "accuracy", "bbq": "accuracy", "hh_rlhf": "accuracy"}
 NEUTRAL_DATASET = "paradetox"
 
 
@@ -60,6 +63,7 @@ class Method:
     force: dict[str, bool] = field(default_factory=dict)
     prefix: dict[str, str] = field(default_factory=dict)  # task -> demonstration block (ICL)
     params: dict[str, Any] = field(default_factory=dict)  # what was chosen on dev, for the record
+    positions: str | None = None  # which tokens to steer; None = the evaluator's policy
 
     def edit(self) -> Any:
         if self.steerer is None:
@@ -100,9 +104,9 @@ class Evaluator:
         neutral: int = 48,
         progress: bool = True,
     ) -> None:
-        unknown = sorted(set(tasks) - set(TASKS))
+        unknown = sorted(set(tasks) - set(MC_TASKS))
         if unknown:
-            raise ConfigError(f"Unknown tasks {unknown}; choose from {', '.join(TASKS)}.")
+            raise ConfigError(f"Unknown tasks {unknown}; choose from {', '.join(MC_TASKS)}.")
         self.loaded, self.site, self.split, self.tasks, self.positions = loaded, site, split, list(tasks), positions
         self.progress = progress
         self.fast = supports_upper_pass(loaded.model, site)
@@ -129,14 +133,14 @@ class Evaluator:
             if key not in self._cache:
                 self._cache[key] = cache_questions(m, self.loaded.tokenizer, questions, self.site, choices=choices,
                                                    progress=self.progress)
-            return score_cached(m, self.site, self._cache[key], method.edit(), self.positions)
+            return score_cached(m, self.site, self._cache[key], method.edit(), method.positions or self.positions)
         if method.steerer is None:
             return score_mc(m, self.loaded.tokenizer, questions, choices=choices, progress=self.progress)
         from .intervention import steer
 
         with steer(m, method.steerer, site=self.site, multipliers=method.multipliers,
                    global_multiplier=method.global_multiplier, force=method.force,
-                   preserve_norm=method.preserve_norm, positions=self.positions) as handle:
+                   preserve_norm=method.preserve_norm, positions=method.positions or self.positions) as handle:
             return score_mc(m, self.loaded.tokenizer, questions, handle, choices=choices, progress=self.progress)
 
     def _mc1_scores(self, task: str, method: Method, mc2: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -233,9 +233,31 @@ def _edited(hidden: torch.Tensor, where: torch.Tensor | None, edit: Any) -> torc
     return hidden
 
 
+#: Which tokens the cached scorer edits: the prompt (the paper), every token, the last prompt token, or a seeded
+#: random half of the prompt tokens (the last two are the paper's Table 4 controls).
+CACHED_POSITIONS = ("prompt", "all", "last", "random")
+
+
 def _check_positions(positions: str) -> None:
-    if positions not in ("prompt", "all"):
-        raise ConfigError(f"Cached scoring steers 'prompt' or 'all' positions, got {positions!r}.")
+    if positions not in CACHED_POSITIONS:
+        raise ConfigError(f"Cached scoring steers one of {CACHED_POSITIONS} positions, got {positions!r}.")
+
+
+def _prompt_edit_mask(batch: Sequence[CachedQuestion], lengths: torch.Tensor, pmask: torch.Tensor,
+                      positions: str) -> torch.Tensor:
+    """Which prompt tokens ``[B, P]`` to edit. ``"random"`` draws each question's half from a generator seeded by
+    the question's token ids, so the choice does not depend on how questions are batched."""
+    if positions in ("prompt", "all"):
+        return pmask.bool()
+    where = torch.zeros_like(pmask, dtype=torch.bool)
+    for i, c in enumerate(batch):
+        n = int(lengths[i])
+        if positions == "last":
+            where[i, n - 1] = True
+        else:
+            g = torch.Generator().manual_seed(int(c.prompt_ids.sum()) * 7919 + n)
+            where[i, :n] = (torch.rand(n, generator=g) < 0.5).to(where.device)
+    return where
 
 
 def _stack(rows: Sequence[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,8 +276,8 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
     and running only the layers above the site: the batch's prompts once (right-padded, filling a KV cache), then
     every answer against its own prompt's cache rows.
 
-    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the prompt tokens (``"prompt"``) or to
-    every real token (``"all"``). The vocabulary projection runs only where an answer token is predicted: with a
+    edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the tokens named by ``positions`` (see
+    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens). The vocabulary projection runs only where an answer token is predicted: with a
     49k vocabulary it would otherwise cost more than the decoder layers.
     """
     from transformers import DynamicCache
@@ -266,7 +288,7 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
     lengths = torch.tensor([c.prompt.shape[0] for c in batch])
     prompts, pmask = _stack([c.prompt for c in batch], int(lengths.max()))
     prompts, pmask = prompts.to(device), pmask.to(device)
-    prompts = _edited(prompts, pmask.bool(), edit)
+    prompts = _edited(prompts, _prompt_edit_mask(batch, lengths, pmask, positions).to(device), edit)
     counts = torch.tensor([c.answer_ids.shape[0] for c in batch])
     rows = torch.repeat_interleave(torch.arange(len(batch)), counts)  # answer row -> its question
     width = max(c.answer_ids.shape[1] for c in batch)

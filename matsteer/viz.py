@@ -49,6 +49,8 @@ __all__ = [
     "TokenGateRun",
     "attribute_colors",
     "edit_norms",
+    "figures_from_ablation",
+    "figures_from_report",
     "gate_sets",
     "generate_with_gates",
     "gate_table_stats",
@@ -967,3 +969,58 @@ def plot_method_table(
             row_colors.append(cmap(0.1 + 0.6 * (frac if higher_is_better else 1 - frac)))
         colors.append(row_colors)
     return _table_figure(cells, rows, cols, title, colors=colors, bold=bold)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figures from saved results (``matsteer figures --results``)
+# --------------------------------------------------------------------------------------------------------------
+
+_ABLATION_TITLES = {
+    "components": "Loss components (Table 3), test, %", "tokens": "Which tokens to steer (Table 4), test, %",
+    "interference": "Steer one attribute, score every task (test, %)",
+}
+
+
+def _rows_percent(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Ablation rows ``{setting: {task|"mean": {"mean", "std"}, "kl": ...}}`` as percentages, KL dropped."""
+    return {s: {t: (v["mean"] * 100, v["std"] * 100) for t, v in row.items() if t != "kl"} for s, row in rows.items()}
+
+
+def _curves_percent(curves: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[float, tuple[float, float]]]:
+    return {name: {float(x): (p["mean"] * 100, p["std"] * 100) for x, p in pts.items()} for name, pts in curves.items()}
+
+
+def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
+    """The figure of one saved ablation (``results/ablations/<name>.json``, see :mod:`matsteer.ablations`)."""
+    r = saved["result"]
+    ref = {k: v * 100 for k, v in r.get("reference", {}).items()}
+    if name in _ABLATION_TITLES:
+        return plot_ablation(_rows_percent(r["rows"]), ylabel="score (%)", title=_ABLATION_TITLES[name],
+                             baseline=r.get("baseline"))
+    if name == "data_efficiency":
+        return plot_data_efficiency(_curves_percent(r["curves"]), reference=ref, ylabel="three-task mean (%)",
+                                    title="Data efficiency (test)")
+    if name == "num_attributes":
+        fig = plot_num_attributes({k: {int(x): v for x, v in c.items()} for k, c in _curves_percent(r["curves"]).items()},
+                                  chance=ref.get("No steering"), ylabel="four-task mean (%)",
+                                  title="Number of steered attributes (test; dotted: no steering)")
+        return fig
+    if name == "layers":
+        fig = plot_num_attributes({k: {int(x): v for x, v in c.items()} for k, c in _curves_percent(r["curves"]).items()},
+                                  chance=ref.get("No steering"), ylabel="three-task mean (%), dev",
+                                  title="Layer sweep (dev; dotted: no steering)")
+        fig.axes[0].set_xlabel("layer")
+        return fig
+    if name == "paradetox_gates":
+        return plot_gate_table(r["table"], title=f"ParaDetox gates (intervened: toxicity gate ≥ {r['threshold']})")
+    if name == "multiplier_sweep":
+        return plot_multiplier_sweep(r["sweep"])
+    raise ConfigError(f"No figure for ablation {name!r}.")
+
+
+def figures_from_report(report: Mapping[str, Any]) -> dict[str, Figure]:
+    """The method table (Table 1 style) and grouped bars of an evaluation report (``results/eval.json``)."""
+    table = method_table_from_report(report, scale=100)
+    return {"method_table": plot_method_table(table, title="Test scores (%), mean ± std over seeds"),
+            "method_comparison": plot_ablation(table, ylabel="score (%)", title="Methods on the test questions",
+                                               baseline=report["methods"].get("none", {}).get("label"))}

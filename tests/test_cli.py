@@ -26,6 +26,13 @@ def test_extract_train_generate(tmp_path, tiny_dir, capsys):
                  "--multiplier", "2", "--multiplier", "truthfulness=0", "--max-new-tokens", "3", "--raw"]) == 0
     out = capsys.readouterr().out
     assert "unsteered:" in out and "steered  :" in out
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--steerer", str(steerer), "--model", str(tiny_dir), "--tasks", "truthfulqa,toxigen",
+                 "--split", "dev", "--limit", "3", "--baseline", "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert set(report["results"]) == {"none", "mat_steer"} and report["tasks"] == ["truthfulqa", "toxigen"]
+    assert report["results"]["none"]["side_effects"]["kl"] == 0.0
+    assert "mat_steer" in capsys.readouterr().out
     figs = tmp_path / "figs"
     assert main(["figures", "--steerer", str(steerer), "--features", *feats, "--out", str(figs)]) == 0
     for name in ("orthogonality", "pca_steered", "gate_distributions", "training_curves"):
@@ -40,3 +47,8 @@ def test_errors_exit_2_with_message(tmp_path, tiny_dir, capsys):
     assert main(["train", "--features", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["extract", "--model", "./no/such/model", "--dataset", "bbq", "--limit", "1"]) == 2
+    capsys.readouterr()
+    assert main(["figures", "--results", str(tmp_path)]) == 2
+    assert "no eval.json" in capsys.readouterr().err
+    assert main(["figures", "--out", str(tmp_path)]) == 2
+    assert "--results" in capsys.readouterr().err

@@ -1,0 +1,329 @@
+"""The paper's ablations and analyses on the default model, each a function returning a figure-ready result.
+
+Every ablation reuses one :class:`~matsteer.experiments.Experiment` (model, features, question caches) and the
+MAT-Steer setting the main comparison chose on dev (:func:`chosen_setting` reads it from ``results/eval.json``,
+or falls back to the training defaults at multiplier 1, and says which). Scores are on the test questions except
+where a choice is being made (the layer sweep and the multiplier sweep use dev), and every row carries the
+three-task mean and the KL on neutral text next to the accuracies.
+
+=================  ==========================================================  ===================================
+name               what                                                        figure (``matsteer.viz``)
+=================  ==========================================================  ===================================
+components         Table 3: loss terms removed / added one at a time            ``plot_ablation``
+tokens             Table 4: which tokens to steer (random, last, all, gated)     ``plot_ablation``
+data_efficiency    Fig. 4: 10%..100% of the training texts                       ``plot_data_efficiency``
+num_attributes     Fig. 7's question: 1..4 attributes, HH-RLHF harmless 4th      ``plot_num_attributes``
+paradetox_gates    Table 2: gates on toxic vs neutral ParaDetox sentences        ``plot_gate_table``
+layers             layer sweep on dev (MAT-Steer and CAA at each layer)          ``plot_num_attributes``-style curve
+interference       steer one attribute (others forced off), score every task     ``plot_ablation``
+multiplier_sweep   one attribute's multiplier swept on dev, accuracy and KL      ``plot_multiplier_sweep``
+=================  ==========================================================  ===================================
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .baselines import mean_difference, sum_of_single, uniform_gates
+from .errors import ConfigError
+from .evaluate import PRIMARY, Evaluator, Method
+from .experiments import EvalConfig, Experiment, provenance
+from .io import write_json
+from .pipeline import attribute_data, extract_splits
+from .sites import Site
+from .stats import mean_std
+from .train import AttributeData
+
+ABLATIONS = ("components", "tokens", "data_efficiency", "num_attributes", "paradetox_gates", "layers",
+             "interference", "multiplier_sweep")
+
+
+@dataclass
+class Setting:
+    """The MAT-Steer setting an ablation starts from: training overrides and global multiplier, and their source."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
+    multiplier: float = 1.0
+    caa_multiplier: float = 1.0
+    source: str = "defaults (no results/eval.json)"
+
+
+def chosen_setting(eval_json: str | Path | None) -> Setting:
+    """The setting the main comparison chose on dev, read from its ``eval.json``; defaults when absent."""
+    if eval_json is None or not Path(eval_json).is_file():
+        return Setting()
+    from .io import read_json
+
+    report = read_json(Path(eval_json))
+    try:
+        sel = report["selection"]
+        return Setting(dict(sel["training_default"]["chosen"]["overrides"]),
+                       float(sel["mat_steer"]["chosen"]["multiplier"]),
+                       float(sel.get("caa", {}).get("chosen", {}).get("multiplier", 1.0)), str(eval_json))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{eval_json} has no MAT-Steer selection ({exc}); rerun `matsteer compare` or pass "
+                          "--from-eval none.") from exc
+
+
+def _summary(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """``{task: {mean, std}, "mean": {...}, "kl": {...}}`` of the primary metrics over seeds."""
+    out = {t: asdict(mean_std([r[t][PRIMARY[t]] for r in runs])) for t in tasks}
+    out["mean"] = asdict(mean_std([sum(r[t][PRIMARY[t]] for t in tasks) / len(tasks) for r in runs]))
+    out["kl"] = asdict(mean_std([r["side_effects"]["kl"] for r in runs]))
+    return out
+
+
+def _score(evaluator: Evaluator, build: Callable[[int], Method], seeds: Sequence[int]) -> dict[str, Any]:
+    return _summary([evaluator.evaluate(build(s)) for s in seeds], evaluator.tasks)
+
+
+def _caa(data: Sequence[AttributeData], multiplier: float) -> Method:
+    return Method("caa", mean_difference({a.name: (a.positives, a.negatives) for a in data}, multiplier),
+                  preserve_norm=False)
+
+
+def _mat(ex: Experiment, setting: Setting, seed: int, extra: dict[str, Any] | None = None,
+         data: Sequence[AttributeData] | None = None) -> Method:
+    overrides = {**setting.overrides, **(extra or {})}
+    steerer = ex.steerer(seed, overrides, data)
+    return Method("mat_steer", steerer, global_multiplier=setting.multiplier,
+                  preserve_norm=overrides.get("preserve_norm", True))
+
+
+# -- Table 3 -----------------------------------------------------------------------------------------------------
+COMPONENTS: dict[str, dict[str, Any] | None] = {
+    "Base": None,
+    "MMD only": {"lambda_pos": 0.0, "lambda_sparse": 0.0, "lambda_ortho": 0.0},
+    "+ Pos": {"lambda_sparse": 0.0, "lambda_ortho": 0.0},
+    "+ Sparse": {"lambda_pos": 0.0, "lambda_ortho": 0.0},
+    "+ Orth": {"lambda_pos": 0.0, "lambda_sparse": 0.0},
+    "w/o Pos": {"lambda_pos": 0.0},
+    "w/o Sparse": {"lambda_sparse": 0.0},
+    "w/o Orth": {"lambda_ortho": 0.0},
+    "w/o Normalization": {"preserve_norm": False},
+    "Full": {},
+}
+
+
+def components(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, Any]:
+    """Table 3: each loss term removed (or only MMD plus one term), trained per seed, scored on test."""
+    rows = {}
+    for name, extra in COMPONENTS.items():
+        build = (lambda s: Method("none")) if extra is None else (lambda s, e=extra: _mat(ex, setting, s, e))
+        rows[name] = _score(ex.test, build, seeds[:1] if extra is None else seeds)
+    return {"rows": rows, "baseline": "Base"}
+
+
+# -- Table 4 -----------------------------------------------------------------------------------------------------
+def tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, Any]:
+    """Table 4: MAT-Steer's vectors with always-on gates on random / the last / all prompt tokens, vs its gates."""
+
+    def uniform(positions: str) -> Callable[[int], Method]:
+        def build(seed: int) -> Method:
+            m = _mat(ex, setting, seed)
+            return Method(f"uniform_{positions}", uniform_gates(m.steerer), global_multiplier=m.global_multiplier,
+                          positions=positions)
+        return build
+
+    rows = {"Base": _score(ex.test, lambda s: Method("none"), seeds[:1]),
+            "Random tokens": _score(ex.test, uniform("random"), seeds),
+            "Last prompt token only": _score(ex.test, uniform("last"), seeds),
+            "All tokens (uniform)": _score(ex.test, uniform("prompt"), seeds),
+            "MAT-Steer gating": _score(ex.test, lambda s: _mat(ex, setting, s), seeds)}
+    return {"rows": rows, "baseline": "Base"}
+
+
+# -- Fig. 4 ------------------------------------------------------------------------------------------------------
+def subsample(fs: Any, fraction: float, seed: int) -> AttributeData:
+    """One attribute's rows from a seeded ``fraction`` of its positive texts and of its negative texts (at least
+    one of each): whole texts, so that rows of one text never straddle the cut."""
+    g = torch.Generator().manual_seed(seed)
+    sides = []
+    for label in (1, 0):
+        texts = fs.text_index[fs.labels == label].unique()
+        keep = texts[torch.randperm(len(texts), generator=g)[: max(1, round(fraction * len(texts)))]]
+        sides.append(fs.activations[(fs.labels == label) & torch.isin(fs.text_index, keep)])
+    if not all(len(s) for s in sides):
+        raise ConfigError(f"{fs.attribute}: the training features lack one side; extract more texts.")
+    return AttributeData(fs.attribute, sides[0], sides[1], fs.positive_side)
+
+
+def data_efficiency(ex: Experiment, setting: Setting, seeds: Sequence[int],
+                    fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0)) -> dict[str, Any]:
+    """Fig. 4: the three-task test mean of MAT-Steer and CAA trained on a fraction of each attribute's texts."""
+    detail: dict[str, dict[str, Any]] = {"MAT-Steer": {}, "CAA": {}}
+    for f in fractions:
+        data = {s: [subsample(fs, f, s) for fs in ex.train_sets] for s in seeds}
+        detail["MAT-Steer"][str(f)] = _score(ex.test, lambda s, d=data: _mat(ex, setting, s, data=d[s]), seeds)
+        detail["CAA"][str(f)] = _score(ex.test, lambda s, d=data: _caa(d[s], setting.caa_multiplier), seeds)
+    none = _score(ex.test, lambda s: Method("none"), seeds[:1])
+    curves = {name: {f: row["mean"] for f, row in pts.items()} for name, pts in detail.items()}
+    return {"curves": curves, "detail": detail, "reference": {"No steering": none["mean"]["mean"]},
+            "fractions": list(fractions)}
+
+
+# -- Fig. 7 ------------------------------------------------------------------------------------------------------
+FOURTH = "hh_rlhf"
+
+
+def num_attributes(ex: Experiment, setting: Setting, seeds: Sequence[int], limit: int = 200,
+                   test_limit: int = 60) -> dict[str, Any]:
+    """Fig. 7's question: steer the first k of truthfulness, toxicity, bias, harmlessness (HH-RLHF harmless, its
+    ``limit`` training pairs); score all four tasks on test. Curves: four-task mean of MAT-Steer and of the sum of
+    single-attribute steerers against k (and, per k, the mean over the k steered tasks)."""
+    demo = copy.deepcopy(ex.cfg.demo)
+    demo.datasets = (FOURTH,)
+    extra = extract_splits(ex.loaded, demo, "train", {FOURTH: limit}, ex.progress)
+    data = ex.train_data + [attribute_data(fs) for fs in extra]
+    tasks = (*ex.test.tasks, FOURTH)
+    evaluator = Evaluator(ex.loaded, ex.site, "test", {**ex.cfg.test_limits, FOURTH: test_limit}, tasks=tasks,
+                          positions=ex.cfg.positions, progress=ex.progress)
+    curves: dict[str, dict[str, Any]] = {"MAT-Steer": {}, "Sum of single": {}}
+    steered: dict[str, dict[str, Any]] = {"MAT-Steer": {}, "Sum of single": {}}
+    for k in range(1, len(data) + 1):
+        subset = data[:k]
+
+        def single(s: int, subset: list = subset) -> Method:
+            return Method("sum_single", sum_of_single([ex.steerer(s, setting.overrides, [a]) for a in subset]),
+                          global_multiplier=setting.multiplier)
+
+        for name, build in (("MAT-Steer", lambda s, subset=subset: _mat(ex, setting, s, data=subset)),
+                            ("Sum of single", single)):
+            runs = [evaluator.evaluate(build(s)) for s in seeds]
+            curves[name][str(k)] = _summary(runs, tasks)["mean"]
+            steered[name][str(k)] = _summary(runs, tasks[:k])["mean"]
+    none = _summary([evaluator.evaluate(Method("none"))], tasks)
+    return {"curves": curves, "steered_tasks_mean": steered, "reference": {"No steering": none["mean"]["mean"]},
+            "attributes": [a.name for a in data], "tasks": list(tasks)}
+
+
+# -- Table 2 -----------------------------------------------------------------------------------------------------
+def paradetox_gates(ex: Experiment, setting: Setting, seeds: Sequence[int], n: int = 100,
+                    threshold: float = 0.5) -> dict[str, Any]:
+    """Table 2: mean toxicity gate vs the other gates, and tokens whose toxicity gate is ≥ ``threshold``, on ``n``
+    toxic and ``n`` neutral ParaDetox test sentences (never trained on), for the first seed's steerer."""
+    from .data import load_examples
+    from .viz import gate_table_stats, text_gates
+
+    examples = load_examples("paradetox", "test")
+    groups = {"Toxic": [e.text for e in examples if e.label == 0][:n],
+              "Non-toxic": [e.text for e in examples if e.label == 1][:n]}
+    steerer = _mat(ex, setting, seeds[0]).steerer
+    gates = {g: text_gates(ex.loaded, steerer, ex.site, texts) for g, texts in groups.items()}
+    table = gate_table_stats(gates, steerer.attributes, target="toxicity", threshold=threshold)
+    return {"table": table, "threshold": threshold, "n": {g: len(t) for g, t in groups.items()}}
+
+
+# -- layer sweep -------------------------------------------------------------------------------------------------
+def layers(ex: Experiment, setting: Setting, seeds: Sequence[int],
+           candidates: Sequence[int] = (6, 10, 14, 18, 22)) -> dict[str, Any]:
+    """Dev three-task mean of MAT-Steer and CAA with features extracted, trained and steered at each layer (the
+    paper's grid search over layers, on dev)."""
+    curves: dict[str, dict[str, Any]] = {"MAT-Steer": {}, "CAA": {}}
+    none = None
+    for layer in candidates:
+        demo = copy.deepcopy(ex.cfg.demo)
+        demo.layer = layer
+        sets = extract_splits(ex.loaded, demo, "train", demo.limits, ex.progress)
+        data = [attribute_data(fs) for fs in sets]
+        dev = Evaluator(ex.loaded, Site(layer, demo.site), "dev", ex.cfg.dev_limits, positions=ex.cfg.positions,
+                        progress=ex.progress)
+        curves["MAT-Steer"][str(layer)] = _score(dev, lambda s, d=data: _mat(ex, setting, s, data=d), seeds)["mean"]
+        curves["CAA"][str(layer)] = _score(dev, lambda s, d=data: _caa(d, setting.caa_multiplier), seeds[:1])["mean"]
+        none = none or _score(dev, lambda s: Method("none"), seeds[:1])["mean"]["mean"]
+    return {"curves": curves, "reference": {"No steering": none}, "layers": list(candidates)}
+
+
+# -- interference ------------------------------------------------------------------------------------------------
+def interference(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, Any]:
+    """Steer one attribute (the others' gates forced off), score every task on test: off-diagonal changes are
+    interference. Rows: "none", each attribute alone, all attributes."""
+
+    def only(attr: str | None) -> Callable[[int], Method]:
+        def build(seed: int) -> Method:
+            m = _mat(ex, setting, seed)
+            if attr is not None:
+                m.force = {a: False for a in m.steerer.attributes if a != attr}
+            return m
+        return build
+
+    rows = {"none": _score(ex.test, lambda s: Method("none"), seeds[:1])}
+    for attr in (a.name for a in ex.train_data):
+        rows[f"{attr} only"] = _score(ex.test, only(attr), seeds)
+    rows["all"] = _score(ex.test, only(None), seeds)
+    return {"rows": rows, "baseline": "none"}
+
+
+# -- multiplier sweep --------------------------------------------------------------------------------------------
+def multiplier_sweep(ex: Experiment, setting: Setting, seeds: Sequence[int],
+                     values: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0)) -> dict[str, Any]:
+    """Each attribute's multiplier swept (the others at 1, the chosen global multiplier kept), on dev."""
+    sweep = {}
+    for attr in (a.name for a in ex.train_data):
+        runs = []
+        for v in values:
+            def build(seed: int, v: float = v, attr: str = attr) -> Method:
+                m = _mat(ex, setting, seed)
+                m.multipliers = {attr: v}
+                return m
+            runs.append(_score(ex.dev, build, seeds))
+        sweep[attr] = {"multipliers": list(values),
+                       "accuracy": {t: [r[t]["mean"] for r in runs] for t in ex.dev.tasks},
+                       "kl": [r["kl"]["mean"] for r in runs]}
+    return {"sweep": sweep}
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "components": components, "tokens": tokens, "data_efficiency": data_efficiency,
+    "num_attributes": num_attributes, "paradetox_gates": paradetox_gates, "layers": layers,
+    "interference": interference, "multiplier_sweep": multiplier_sweep,
+}
+
+
+def run_ablations(names: Sequence[str], cfg: EvalConfig | None = None, *, seeds: Sequence[int] = (0,),
+                  eval_json: str | Path | None = "results/eval.json", out_dir: str | Path = "results/ablations",
+                  options: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the named ablations on one shared :class:`Experiment`; write ``<name>.json`` (and wall times in
+    ``<name>-timings.json``) under ``out_dir``. ``options`` passes keyword arguments to one ablation, e.g.
+    ``{"layers": {"candidates": [10, 14]}}``. Returns ``{name: result}``."""
+    unknown = sorted(set(names) - set(RUNNERS))
+    if unknown or not names:
+        raise ConfigError(f"Unknown ablations {unknown or '(none given)'}; choose from {', '.join(ABLATIONS)}.")
+    if not seeds:
+        raise ConfigError("Pass at least one seed.")
+    cfg = cfg or EvalConfig()
+    setting = chosen_setting(eval_json)
+    ex = Experiment(cfg, progress)
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        kwargs = (options or {}).get(name, {})
+        result = RUNNERS[name](ex, setting, list(seeds), **kwargs)
+        out[name] = {"name": name, "setting": asdict(setting), "seeds": list(seeds), "options": kwargs,
+                     "result": result,
+                     "limits": {"dev": cfg.dev_limits, "test": cfg.test_limits, "train": cfg.demo.limits},
+                     "provenance": provenance(ex)}
+        write_json(Path(out_dir) / f"{name}.json", out[name])
+        write_json(Path(out_dir) / f"{name}-timings.json", {"wall_s": time.perf_counter() - t0})
+    return out
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A short plain-text rendering of an ablation result (for the CLI)."""
+    r = result["result"]
+    if "rows" in r:
+        return "\n".join(f"  {k:<24} mean {v['mean']['mean'] * 100:6.2f}  KL {v['kl']['mean']:.4f}  "
+                         + "  ".join(f"{t} {v[t]['mean'] * 100:.2f}" for t in v if t not in ("mean", "kl"))
+                         for k, v in r["rows"].items())
+    if "curves" in r:
+        return "\n".join(f"  {name:<14} " + "  ".join(f"{x}: {p['mean'] * 100:.2f}" for x, p in pts.items())
+                         for name, pts in r["curves"].items())
+    return json.dumps(r, indent=1, default=str)[:2000]

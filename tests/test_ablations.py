@@ -1,0 +1,82 @@
+"""Every ablation runs on a tiny saved model and returns the shape its figure needs; shared rows agree exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import matsteer.ablations as A
+from matsteer.errors import ConfigError
+from matsteer.experiments import EvalConfig
+from matsteer.pipeline import DemoConfig
+from matsteer.train import TrainConfig
+
+LIMITS = {"truthfulqa": 4, "toxigen": 6, "bbq": 6}
+OPTIONS = {"data_efficiency": {"fractions": [0.5, 1.0]}, "num_attributes": {"limit": 6, "test_limit": 3},
+           "paradetox_gates": {"n": 4}, "layers": {"candidates": [1, 2]}, "multiplier_sweep": {"values": [0.0, 2.0]}}
+
+
+@pytest.fixture(scope="module")
+def results(tiny_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablations")
+    demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(LIMITS), dev_limits=dict(LIMITS),
+                      train=TrainConfig(epochs=2, sigma="median", batch_per_side=2), features_dir=tmp / "features")
+    cfg = EvalConfig(demo=demo, dev_limits=dict(LIMITS), test_limits=dict(LIMITS))
+    return A.run_ablations(A.ABLATIONS, cfg, seeds=(0, 1), eval_json=None, out_dir=tmp / "results" / "ablations",
+                           options=OPTIONS, progress=False), tmp / "results" / "ablations"
+
+
+def test_every_ablation_writes_a_figure_ready_result(results):
+    out, folder = results
+    assert set(out) == set(A.ABLATIONS)
+    for name in A.ABLATIONS:
+        saved = json.loads((folder / f"{name}.json").read_text())
+        assert saved["result"] == json.loads(json.dumps(out[name]["result"]))
+        assert saved["setting"]["source"].startswith("defaults")
+    comp = out["components"]["result"]["rows"]
+    assert list(comp) == list(A.COMPONENTS)
+    # The unsteered rows of different ablations come from the same evaluator: exactly equal.
+    assert comp["Base"] == out["interference"]["result"]["rows"]["none"] == out["tokens"]["result"]["rows"]["Base"]
+    assert comp["Base"]["kl"]["mean"] == 0.0
+    assert set(out["data_efficiency"]["result"]["curves"]["MAT-Steer"]) == {"0.5", "1.0"}
+    assert list(out["num_attributes"]["result"]["curves"]["MAT-Steer"]) == ["1", "2", "3", "4"]
+    assert out["num_attributes"]["result"]["attributes"][-1] == "harmlessness"
+    table = out["paradetox_gates"]["result"]["table"]
+    assert set(table["Mean toxicity gate"]) == {"Toxic", "Non-toxic"}
+    assert set(out["layers"]["result"]["curves"]["CAA"]) == {"1", "2"}
+    sweep = out["multiplier_sweep"]["result"]["sweep"]
+    assert set(sweep) == {"truthfulness", "toxicity", "bias"}
+    assert all(len(v["kl"]) == 2 for v in sweep.values())
+
+
+def test_figures_from_saved_results(results, tmp_path):
+    from matsteer.cli import main
+
+    _, folder = results
+    assert main(["figures", "--results", str(folder.parent), "--out", str(tmp_path)]) == 0
+    for name in A.ABLATIONS:
+        assert (tmp_path / f"ablation_{name}.png").stat().st_size > 0
+
+
+def test_subsample_keeps_whole_texts_and_is_seeded(tiny_dir, tmp_path):
+    from matsteer.data import load_examples
+    from matsteer.features import extract_to_folder
+    from matsteer.models import load_model
+    from matsteer.sites import Site
+
+    fs = extract_to_folder(load_model(str(tiny_dir), progress=False), load_examples("toxigen", "train", limit=10),
+                           Site(1), tmp_path / "f", tokens="answer", dataset="toxigen", split="train", progress=False)
+    a, b = A.subsample(fs, 0.5, seed=3), A.subsample(fs, 0.5, seed=3)
+    assert torch.equal(a.positives, b.positives) and torch.equal(a.negatives, b.negatives)
+    assert 0 < len(a.positives) + len(a.negatives) < len(fs.activations)
+
+
+def test_unknown_ablation_and_bad_eval_json(tmp_path):
+    with pytest.raises(ConfigError, match="Unknown ablations"):
+        A.run_ablations(["table9"], eval_json=None)
+    bad = tmp_path / "eval.json"
+    bad.write_text("{}")
+    with pytest.raises(ConfigError, match="no MAT-Steer selection"):
+        A.chosen_setting(bad)
