@@ -72,6 +72,77 @@ def _is_replaceable(path: Path) -> bool:
     return path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))
 
 
+# Work folders of a save sit beside the target as ``.<name>.<pid>.<8 random chars><suffix>``: ``.tmp`` while the new
+# folder is written, ``.old`` for the previous folder while it is swapped out. The pid lets a later run tell the
+# leftovers of a killed process from the work of a live one.
+_TMP, _OLD = ".tmp", ".old"
+
+
+def _work_dir(path: Path, suffix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; or not a pid at all: leave it alone
+        return True
+    return True
+
+
+def _orphans(path: Path, suffix: str) -> list[Path]:
+    """Work folders of ``path`` (with ``suffix``) left by processes that no longer run."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}{re.escape(suffix)}$")
+    if not path.parent.is_dir():
+        return []
+    found = []
+    for entry in sorted(path.parent.iterdir()):
+        m = pattern.match(entry.name)
+        if m and entry.is_dir() and not _pid_alive(int(m.group(1))):
+            found.append(entry)
+    return found
+
+
+def recover_interrupted_save(path: str | Path) -> bool:
+    """Finish what a killed :func:`save_steerer` left behind at ``path``; True if a previous steerer was restored.
+
+    A save killed while swapping folders can leave the target missing and the previous steerer in a ``.old``
+    folder: it is moved back (nothing is lost). Other leftovers of dead processes (``.tmp`` folders never renamed
+    into place, ``.old`` folders whose replacement did land) are removed. Work folders of live processes are
+    left alone.
+    """
+    path = Path(path)
+    restored = False
+    for old in _orphans(path, _OLD):
+        if not path.exists() and (old / MANIFEST).is_file():
+            try:
+                os.replace(old, path)
+                restored = True
+                continue
+            except OSError:  # read-only folder, or another process restored it first
+                pass
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in _orphans(path, _TMP):
+        shutil.rmtree(tmp, ignore_errors=True)
+    return restored
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_steerer(
     path: str | Path,
     steerer: Steerer,
@@ -84,6 +155,7 @@ def save_steerer(
     data_info: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     sigma_used: float | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a steerer folder at ``path`` atomically; replace an existing steerer folder there. Returns the path.
 
@@ -91,9 +163,13 @@ def save_steerer(
     their positive side means, the training config (hyperparameters, loss variant), ``sigma_used`` (the numeric
     σ; needed when ``config.sigma == "median"``), ``data_info`` (splits and their hashes), library versions, the
     final losses (from ``history``) and the safetensors file's sha256. ``history`` is also saved in full as
-    ``history.json``. Identical inputs give byte-identical files.
+    ``history.json``. ``provenance`` (default: :func:`matsteer.provenance.collect` for the data sets named in
+    ``data_info`` and the training seed: data file and split hashes, library versions, Python/platform, git
+    commit) is recorded under ``"provenance"``. Identical inputs give byte-identical files (no timestamps).
+    A killed earlier save to ``path`` is recovered first (:func:`recover_interrupted_save`).
     """
     path = Path(path)
+    recover_interrupted_save(path)
     if path.exists() and not _is_replaceable(path):
         raise ArtifactError(
             f"{path} exists and is not a matsteer steerer folder (no {MANIFEST}); refusing to overwrite it. "
@@ -137,10 +213,12 @@ def save_steerer(
             "shapes": {k: list(v.shape) for k, v in tensors.items()},
         },
         "extra": dict(extra) if extra is not None else {},
+        "provenance": dict(provenance) if provenance is not None else _default_provenance(
+            model_name, model_hash, config, data_info),
     }
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _work_dir(path, _TMP)
     backup: Path | None = None
     try:
         save_file(tensors, str(tmp / TENSORS), metadata={"format": KIND})
@@ -158,7 +236,7 @@ def save_steerer(
         os.chmod(tmp, 0o755)  # mkdtemp creates 0o700
         if path.exists():
             # Move the old folder aside first so the target is never half-written; restore it on failure.
-            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            backup = _work_dir(path, _OLD)
             os.rmdir(backup)
             os.replace(path, backup)
             try:
@@ -169,12 +247,22 @@ def save_steerer(
                 raise
         else:
             os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         if backup is not None and backup.exists():
             shutil.rmtree(backup, ignore_errors=True)
     return path
+
+
+def _default_provenance(
+    model_name: str, model_hash: str, config: TrainConfig | None, data_info: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    from .provenance import collect, datasets_in
+
+    return collect(model_name=model_name, model_hash=model_hash, datasets=datasets_in(data_info),
+                   seeds={"train": config.seed} if config is not None else {})
 
 
 def save_training_result(
@@ -248,6 +336,8 @@ def _validate_manifest(manifest: Any, path: Path) -> None:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and validate a steerer folder's manifest (no tensors loaded)."""
     path = Path(path)
+    if not path.exists():
+        recover_interrupted_save(path)  # a save killed mid-swap left the previous steerer beside the path
     if not path.is_dir():
         raise ArtifactError(f"Steerer folder not found: {path}. Check the path, or train and save a steerer there.")
     manifest = read_json(path / MANIFEST, what="Steerer manifest")

@@ -171,6 +171,10 @@ _RESTORE_FIX = (
 )
 
 
+# A user's own file (source=...): restoring data/ would not help.
+_OWN_FILE_FIX = "correct the file at that place (or pass another file), or leave source unset to use the files in data/"
+
+
 class DataWarning(UserWarning):
     """A saved split could not be used as is (its source files changed) and was recomputed."""
 
@@ -315,9 +319,22 @@ class _Parsed:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fail(path: Path | str, where: str | None, problem: str, fix: str = _RESTORE_FIX) -> DataError:
+def _fail(path: Path | str, where: str | None, problem: str, fix: str | None = None) -> DataError:
+    """A DataError naming the file and location; the default fix depends on whose file it is."""
     loc = f"{path}, {where}" if where else f"{path}"
+    if fix is None:
+        fix = _RESTORE_FIX if _is_shipped(path) else _OWN_FILE_FIX
     return DataError(f"{loc}: {problem}. Fix: {fix}.")
+
+
+def _is_shipped(path: Path | str) -> bool:
+    """Whether ``path`` is one of the shipped files (in any data folder): restoring that copy is then the fix."""
+    if isinstance(path, str) and path.startswith("hub:"):
+        return False
+    posix = Path(path).as_posix()
+    shipped = [*(rel for rels in SOURCE_FILES.values() for rel in rels), TRUTHFULQA_CSV,
+               *(f"splits/{name}.json" for name in SOURCE_FILES)]
+    return any(posix == rel or posix.endswith("/" + rel) for rel in shipped)
 
 
 def default_data_dir() -> Path:

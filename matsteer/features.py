@@ -8,6 +8,7 @@ is streamed to ``.partial-<key>/`` shards (each written atomically), which an in
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ArtifactError, DataError
+from .errors import ArtifactError, ConfigError, DataError
 from .extract import ActivationRows, encode_texts, extract_encoded
 from .io import read_json, read_tensors, sha256_json, write_json, write_tensors
 from .sites import Site
@@ -68,8 +69,20 @@ def _texts_fingerprint(examples: Sequence[Any]) -> str:
     return sha256_json([[e.text, e.answer_span, int(e.label), e.group] for e in examples])
 
 
+def _rows_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the row tensors (names, dtypes, shapes, bytes): safetensors itself has no checksum, so a
+    flipped byte in the data would otherwise load as silently wrong activations."""
+    h = hashlib.sha256()
+    for name in _TENSORS:
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _save_rows(path: Path, rows: ActivationRows, key: str) -> None:
-    write_tensors(path, {name: getattr(rows, name) for name in _TENSORS}, metadata={"cache_key": key})
+    tensors = {name: getattr(rows, name) for name in _TENSORS}
+    write_tensors(path, tensors, metadata={"cache_key": key, "sha256": _rows_digest(tensors)})
 
 
 def _load_rows(path: Path, key: str | None = None) -> ActivationRows:
@@ -79,26 +92,84 @@ def _load_rows(path: Path, key: str | None = None) -> ActivationRows:
     missing = [n for n in _TENSORS if n not in tensors]
     if missing:
         raise ArtifactError(f"{path} lacks tensors {missing}. Delete it and extract again.")
-    return ActivationRows(tensors["activations"], tensors["text_index"], tensors["token_index"], tensors["labels"])
+    # Files written before the digest existed have none; they are read as before.
+    if "sha256" in meta and meta["sha256"] != _rows_digest(tensors):
+        raise ArtifactError(f"{path} is corrupted (its tensors do not match the sha256 recorded in the file). "
+                            "Delete it and extract again.")
+    # A valid safetensors file can still hold tensors of the wrong rank or dtype (hand-made or from elsewhere).
+    acts = tensors["activations"]
+    if acts.dim() != 2 or not acts.is_floating_point():
+        raise ArtifactError(f"{path}: activations must be a float [rows, d] tensor, got {acts.dtype} "
+                            f"{tuple(acts.shape)}. Delete it and extract again.")
+    for name in ("labels", "text_index", "token_index"):
+        t = tensors[name]
+        if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ArtifactError(f"{path}: {name} must be an integer [rows] tensor, got {t.dtype} "
+                                f"{tuple(t.shape)}. Delete it and extract again.")
+    return ActivationRows(acts, tensors["text_index"].long(), tensors["token_index"].long(), tensors["labels"].long())
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a feature manifest's fields (None if nothing): checked before any field is used."""
+    if not isinstance(manifest, dict):
+        return "expected a JSON object"
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return f"format_version must be an integer >= 1, got {version!r}"
+    if not isinstance(manifest.get("cache_key"), str):
+        return f"cache_key must be a string, got {manifest.get('cache_key')!r}"
+    for name in ("rows", "d"):
+        value = manifest.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{name!r} must be a non-negative integer, got {value!r}"
+    attribute = manifest.get("attribute")
+    if not (isinstance(attribute, str) or (isinstance(attribute, list) and all(isinstance(a, str) for a in attribute))):
+        return f"'attribute' must be a string (or a list of strings), got {attribute!r}"
+    if not isinstance(manifest.get("positive_side", ""), str):
+        return f"'positive_side' must be a string, got {manifest.get('positive_side')!r}"
+    site = manifest.get("site")
+    if not isinstance(site, dict):
+        return f"'site' must be an object with 'layer' and 'component', got {site!r}"
+    try:
+        Site.from_dict(site)
+    except ConfigError as exc:
+        return f"bad site {site!r} ({exc})"
+    return None
 
 
 def load_features(path: str | Path) -> FeatureSet:
-    """Load a complete feature folder; refuses partial, stale or inconsistent ones."""
+    """Load a complete feature folder; refuses partial, stale, inconsistent or newer-format ones (ArtifactError)."""
     path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"Feature folder not found: {path}. Check the path, or extract features there "
+                            f"(extract_to_folder, or `matsteer extract ... --out {path}`).")
+    if not (path / "manifest.json").is_file() and any(path.glob(".partial-*")):
+        raise ArtifactError(
+            f"{path} holds an unfinished extraction (no manifest yet; it was interrupted or is still running). "
+            "Run the same extraction again to resume it."
+        )
     manifest = read_json(path / "manifest.json", "feature manifest")
     if not isinstance(manifest, dict) or "cache_key" not in manifest:
         raise ArtifactError(f"{path / 'manifest.json'} is not a matsteer feature manifest. Extract again.")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{path} was written by a newer matsteer (format {manifest['format_version']} > {FORMAT_VERSION}); upgrade matsteer."
+            f"{path} was written by a newer matsteer (format {version} > {FORMAT_VERSION}); upgrade matsteer "
+            "to read it, or extract again with this version."
         )
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ArtifactError(f"Malformed feature manifest {path / 'manifest.json'}: {problem}. Extract again.")
     rows = _load_rows(path / "activations.safetensors", manifest["cache_key"])
     m = len(rows)
-    if any(int(t.shape[0]) != m for t in (rows.labels, rows.text_index, rows.token_index)) or m != manifest.get("rows"):
-        raise ArtifactError(f"{path}: tensor lengths disagree with the manifest ({manifest.get('rows')} rows). Extract again.")
+    if any(int(t.shape[0]) != m for t in (rows.labels, rows.text_index, rows.token_index)) or m != manifest["rows"]:
+        raise ArtifactError(f"{path}: tensor lengths disagree with the manifest ({manifest['rows']} rows). Extract again.")
+    if m and int(rows.activations.shape[1]) != manifest["d"]:
+        raise ArtifactError(f"{path}: activations have d={int(rows.activations.shape[1])} but the manifest says "
+                            f"d={manifest['d']}. Extract again.")
     if not torch.isfinite(rows.activations).all():
         raise DataError(f"{path}: activations contain NaN or Inf (a numerically broken model or dtype?). Extract again in float32.")
-    return FeatureSet(rows.activations, rows.labels, rows.text_index, rows.token_index, manifest, path)
+    return FeatureSet(rows.activations.float(), rows.labels, rows.text_index, rows.token_index, manifest, path)
 
 
 def extract_to_folder(

@@ -530,6 +530,19 @@ def _resolve_site(steerer: Steerer, site: Site | Mapping[str, Any] | None) -> Si
     return site
 
 
+def _site_width(model: nn.Module, resolved: ResolvedSite) -> int | None:
+    """The hidden size d of the activations at a resolved site, when the module says it (else None)."""
+    module = resolved.module
+    if resolved.site.component == "residual":
+        return getattr(getattr(model, "config", None), "hidden_size", None)
+    if isinstance(module, nn.Linear):
+        return module.in_features if resolved.io == "input" else module.out_features
+    weight, nf = getattr(module, "weight", None), getattr(module, "nf", None)  # GPT-2's Conv1D: weight [in, out]
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2 and isinstance(nf, int):
+        return int(weight.shape[0]) if resolved.io == "input" else nf
+    return None
+
+
 @contextmanager
 def steer(
     model: nn.Module,
@@ -550,6 +563,12 @@ def steer(
     this created is gone, and the model's train/eval flags and ``requires_grad`` are as before.
     """
     resolved = _resolve_site(steerer, site).resolve(model)
+    width = _site_width(model, resolved)
+    if width is not None and width != steerer.d:  # the same check runs per call in forward; this one fails early
+        raise ConfigError(
+            f"The steerer has d={steerer.d} but the activations at {resolved.site} ({resolved.path}) have d={width}. "
+            "Steer a model with the hidden size the steerer was trained on, at the site it was trained for."
+        )
     param = next(resolved.module.parameters(), None)
     if param is not None and steerer.theta.device != param.device:
         steerer.to(param.device)
@@ -562,6 +581,9 @@ def steer(
     )
     recorder = GateRecorder(steerer.attributes) if record else None
     intervention = MatSteerIntervention(steerer, settings, recorder=recorder, site=resolved.site)
+    # Check multipliers, forced gates and the positions policy now: a bad name fails before any forward pass
+    # (otherwise it would surface from inside a hook, after e.g. an unsteered generation already ran).
+    intervention.prepare()
     state = _snapshot_model_state(model)
     handle: SteeringHandle | None = None
     try:

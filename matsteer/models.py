@@ -150,9 +150,13 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .train import resolve_device
+
     torch_dtype = resolve_dtype(dtype)
     if device is not None and device_map is not None:
         raise ModelError("Pass either device or device_map, not both (device_map='auto' spreads over all GPUs).")
+    if device is not None:
+        resolve_device(device)  # a CUDA device on a CPU-only machine fails here, before the weights are read
     info: dict[str, Any] = {}
     if name == DEFAULT_MODEL:
         source = str(_converted_default(progress))
@@ -168,11 +172,14 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # OSError: missing files / no hub; ValueError: unknown architecture
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         hint = " No model hub is reachable from here: use a local folder or the default model." if offline else ""
+        if Path(name).is_dir():  # a local folder that is not (all of) a transformers model
+            hint = " The folder must hold a transformers causal LM: config.json, weights and tokenizer files."
+        first = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(". ")
         raise ModelError(
-            f"Cannot load model {name!r}: {str(exc).splitlines()[0]}.{hint} Known local name: {DEFAULT_MODEL!r}."
+            f"Cannot load model {name!r}: {first}.{hint} Known local name: {DEFAULT_MODEL!r}."
         ) from exc
     if device is not None:
         model = model.to(device)

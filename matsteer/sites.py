@@ -60,7 +60,8 @@ class Site:
         if self.component not in COMPONENTS:
             raise ConfigError(f"Unknown site component {self.component!r}; choose one of {', '.join(COMPONENTS)}.")
         if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
-            raise ConfigError(f"Layer must be a non-negative integer, got {self.layer!r}.")
+            raise ConfigError(f"Layer must be a non-negative integer, got {self.layer!r}; pass a 0-based decoder block "
+                              "index.")
 
     def __str__(self) -> str:
         return f"layer {self.layer} {self.component}"
@@ -72,7 +73,7 @@ class Site:
     def from_dict(cls, data: dict[str, Any]) -> Site:
         try:
             return cls(layer=int(data["layer"]), component=str(data["component"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
             raise ConfigError(f"A site needs 'layer' (int) and 'component', got {data!r}.") from exc
 
     def resolve(self, model: nn.Module) -> ResolvedSite:
@@ -95,7 +96,8 @@ class Site:
         if proj_name is None:
             raise ModelError(
                 f"Site {self} needs the attention output projection, but block {block_path} "
-                f"({type(block).__name__}) has none of {_ATTENTION} x {_OUT_PROJ}. Use --site residual for this model."
+                f"({type(block).__name__}) has none of {_ATTENTION} x {_OUT_PROJ}. Use the 'residual' component (CLI: "
+                "--site residual) or a layer that has attention."
             )
         module = getattr(getattr(block, attn_name), proj_name)
         path = f"{block_path}.{attn_name}.{proj_name}"

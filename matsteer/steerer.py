@@ -110,10 +110,12 @@ class Steerer(nn.Module):
         multipliers = dict(multipliers or {})
         unknown = sorted(set(multipliers) - set(self.attributes))
         if unknown:
-            raise ConfigError(f"Multipliers given for unknown attributes {unknown}; this steerer has {self.attributes}.")
+            raise ConfigError(f"Multipliers given for unknown attributes {unknown}; this steerer has {self.attributes}. "
+                              "Use those names (or drop the others).")
         values = [float(multipliers.get(name, 1.0)) * float(global_multiplier) for name in self.attributes]
         if not all(math.isfinite(v) for v in values):
-            raise ConfigError(f"Multipliers must be finite numbers, got {values}.")
+            raise ConfigError(f"Multipliers must be finite numbers, got {values}; pass finite values (0 turns an "
+                              "attribute off).")
         return torch.tensor(values, dtype=torch.float32, device=self.theta.device)
 
     def forced_vector(self, force: Mapping[str, bool | float | None] | None = None) -> torch.Tensor | None:
@@ -123,7 +125,8 @@ class Steerer(nn.Module):
             return None
         unknown = sorted(set(force) - set(self.attributes))
         if unknown:
-            raise ConfigError(f"Gates forced for unknown attributes {unknown}; this steerer has {self.attributes}.")
+            raise ConfigError(f"Gates forced for unknown attributes {unknown}; this steerer has {self.attributes}. "
+                              "Use those names (or drop the others).")
         values = [float(force[name]) if name in force else math.nan for name in self.attributes]
         if any(not (math.isnan(v) or 0.0 <= v <= 1.0) for v in values):
             raise ConfigError(f"A forced gate must be on (True/1), off (False/0) or a value in [0, 1], got {force}.")

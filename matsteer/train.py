@@ -75,11 +75,12 @@ class TrainConfig:
             return isinstance(v, int) and not isinstance(v, bool)
 
         if not is_int(self.epochs) or self.epochs < 1:
-            raise ConfigError(f"epochs must be an integer ≥ 1, got {self.epochs!r}.")
+            raise ConfigError(f"epochs must be an integer ≥ 1, got {self.epochs!r}; pass e.g. epochs=100.")
         if not is_int(self.batch_per_side) or self.batch_per_side < 1:
-            raise ConfigError(f"batch_per_side must be an integer ≥ 1, got {self.batch_per_side!r}.")
+            raise ConfigError(f"batch_per_side must be an integer ≥ 1, got {self.batch_per_side!r}; pass e.g. 16 "
+                              "(rows per side per attribute).")
         if not _finite_number(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}; pass e.g. lr=1e-3.")
         if isinstance(self.sigma, str):
             if self.sigma != "median":
                 raise ConfigError(f"sigma must be a positive number or 'median', got {self.sigma!r}.")
@@ -90,7 +91,8 @@ class TrainConfig:
             )
         for name, value in self.lambdas().items():
             if not _finite_number(value) or value < 0:
-                raise ConfigError(f"lambda_{name} must be a finite number ≥ 0, got {value!r}.")
+                raise ConfigError(f"lambda_{name} must be a finite number ≥ 0, got {value!r}; pass a weight ≥ 0 "
+                                  "(0 turns that loss term off).")
         if self.loss_variant not in VARIANTS:
             raise ConfigError(f"loss_variant must be one of {', '.join(VARIANTS)}, got {self.loss_variant!r}.")
         if not is_int(self.seed):
@@ -126,6 +128,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"Unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N').") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but CUDA is not available here; use device='cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
     return dev
 
 

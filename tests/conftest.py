@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from transformers import (
+# Before transformers / huggingface_hub are imported: they read offline mode once, at import. Set later, it is
+# ignored and a hub id costs ~45 s of connection retries instead of failing at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers  # noqa: E402
+from transformers import (  # noqa: E402
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -16,8 +20,6 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WORDS = (
     "q a : the a an is are was of to in and or not yes no it this that statement toxic true false "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,76 @@ def test_import_refuses_pickled_objects(tmp_path):
     torch.save({"model_state_dict": _reference_state(1, 3), "args": argparse.Namespace(lr=0.1)}, tmp_path / "evil.pt")
     with pytest.raises(ArtifactError, match="unpickle"):
         import_reference_checkpoint(tmp_path / "evil.pt")
+
+
+# ---- nothing lost: leftovers of a killed save ---------------------------------------------------------------
+
+
+def _reaped_pid() -> int:
+    """The pid of a process that has exited and been reaped (so no process has it, barring reuse)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_save_killed_mid_swap_is_restored_not_lost(tmp_path, trained):
+    folder = save(tmp_path / "s", trained)
+    expected = (folder / TENSORS).read_bytes()
+    # A save killed between its two renames: the previous steerer sits in its backup, the target is missing.
+    backup = tmp_path / f".s.{_reaped_pid()}.abcd1234.old"
+    folder.rename(backup)
+    loaded, _ = load_steerer(folder)  # the load restores it
+    assert (folder / TENSORS).read_bytes() == expected and not backup.exists()
+    assert torch.equal(loaded.theta, trained.steerer.theta.detach())
+
+
+def test_next_save_removes_dead_leftovers_only(tmp_path, trained):
+    folder = save(tmp_path / "s", trained)
+    dead, live = _reaped_pid(), os.getpid()
+    stale_tmp = tmp_path / f".s.{dead}.zz_9x8y7.tmp"  # a killed save's half-written folder
+    stale_old = tmp_path / f".s.{dead}.k2j3h4g5.old"  # a killed save's backup whose replacement landed
+    busy_tmp = tmp_path / f".s.{live}.q1w2e3r4.tmp"  # a running save's folder: not ours to remove
+    for p in (stale_tmp, stale_old, busy_tmp):
+        p.mkdir()
+    (stale_tmp / TENSORS).write_bytes(b"half")
+    (stale_old / MANIFEST).write_text("{}")
+    assert read_manifest(folder)["d"] == 6  # loading an existing folder touches nothing
+    assert stale_tmp.exists() and stale_old.exists()
+    save(folder, trained)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s", busy_tmp.name])
+
+
+# ---- reproducibility and provenance -------------------------------------------------------------------------
+
+
+def test_two_trainings_same_seed_give_byte_identical_files(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    data = [AttributeData(f"attr{t}", torch.randn(48, 6, generator=g) + t, torch.randn(48, 6, generator=g) - t)
+            for t in range(2)]
+    info = {"train": {"attr0": {"dataset": "truthfulqa"}, "attr1": {"dataset": "bbq"}}}
+    folders = []
+    for run in ("a", "b"):  # two independent trainings, not one result saved twice
+        result = train(data, TrainConfig(epochs=3, sigma="median", lr=0.01, seed=11), progress=False)
+        folders.append(save_training_result(tmp_path / run, result, site=SITE, model_name="tiny", model_hash="ab" * 32,
+                                            data_info=info))
+    for name in (MANIFEST, TENSORS, HISTORY):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+
+
+def test_manifest_records_provenance(tmp_path, trained):
+    from matsteer.provenance import collect
+
+    info = {"train": {"attr0": {"dataset": "truthfulqa", "split": "train"}, "attr1": {"dataset": "bbq"}}}
+    folder = save_training_result(tmp_path / "s", trained, site=SITE, model_name="tiny", model_hash="ab" * 32,
+                                  data_info=info)
+    prov = read_manifest(folder)["provenance"]
+    assert prov == json.loads(json.dumps(collect(model_name="tiny", model_hash="ab" * 32,
+                                                 datasets=["bbq", "truthfulqa"], seeds={"train": 0})))
+    assert prov["seeds"] == {"train": trained.config.seed} and set(prov["data"]) == {"bbq", "truthfulqa"}
+    assert prov["data"]["truthfulqa"]["truthfulqa/mc_task.json"] and prov["split_files"]["bbq"] == "splits/bbq.json"
+    # An explicit record is stored as given.
+    own = save(tmp_path / "own", trained, provenance={"note": "made elsewhere"})
+    assert read_manifest(own)["provenance"] == {"note": "made elsewhere"}

@@ -1,4 +1,5 @@
-"""Kill extraction at a random moment: the folder is never read as complete, and the next run resumes to the same rows."""
+"""Kill extraction or training at a random moment: nothing partial is ever read, and the next run resumes or starts
+clean (extraction resumes to the same rows; a steerer folder is absent or complete, never lost mid-replace)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +64,78 @@ def test_killed_extraction_resumes_to_identical_rows(tmp_path, tiny_dir):
     resumed = load_features(out)
     assert torch.equal(resumed.activations, expected.activations)
     assert torch.equal(resumed.labels, expected.labels) and torch.equal(resumed.text_index, expected.text_index)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training and saving a steerer: a SIGKILL at any moment leaves the target absent or complete, never partial
+
+
+TRAIN_CHILD = textwrap.dedent("""
+    import itertools, sys
+    from matsteer.artifacts import save_training_result
+    from matsteer.sites import Site
+    sys.path.insert(0, sys.argv[2])
+    from test_interrupt import toy_data, toy_config
+    from matsteer.train import train
+    data = toy_data()
+    for i in itertools.count():  # train and save again and again until killed
+        save_training_result(sys.argv[1], train(data, toy_config(i), progress=False), site=Site(1), model_name="toy",
+                             model_hash="0" * 64, data_info={"train": {"a0": {"dataset": "truthfulqa"}}})
+        print(i, flush=True)
+""")
+
+
+def toy_data():
+    """Two attributes of 48 + 48 rows, d = 16 (seeded): training takes milliseconds, so saving dominates."""
+    from matsteer.train import AttributeData
+
+    g = torch.Generator().manual_seed(0)
+    return [AttributeData(f"a{t}", torch.randn(48, 16, generator=g) + t, torch.randn(48, 16, generator=g) - t)
+            for t in range(2)]
+
+
+def toy_config(i: int):
+    """The config of the child's i-th save: its seed is i, so the parent can re-train any saved steerer."""
+    from matsteer.train import TrainConfig
+
+    return TrainConfig(epochs=1 + i % 3, sigma="median", seed=i, batch_per_side=8)
+
+
+def _hidden_work_dirs(out) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+@pytest.mark.slow
+def test_killed_training_save_is_absent_or_complete(tmp_path):
+    from matsteer.artifacts import load_history, load_steerer, save_training_result
+    from matsteer.sites import Site
+    from matsteer.train import train
+
+    data = toy_data()
+    rng = random.Random()  # a different moment each run; every outcome below must hold whatever the moment
+    for attempt in range(2):
+        out = tmp_path / f"steerer{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(out), str(Path(__file__).parent)],
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()  # the first save has landed
+        assert first.strip() == "0", proc.stderr.read()
+        delay = rng.uniform(0.0, 0.6)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        saves = 1 + len(proc.stdout.read().split())
+        # The folder is complete: manifest, tensors (sha256 checked) and history agree, and they are exactly what
+        # the child trained with that seed; a save killed mid-swap is restored from its backup, never lost.
+        steerer, manifest = load_steerer(out)
+        seed = manifest["training"]["config"]["seed"]
+        # The last announced save, or the one after it if it landed before its announcement: never an older one.
+        assert seed in (saves - 1, saves), f"kill after {delay:.3f} s: steerer {seed}, last announced {saves - 1}"
+        expected = train(data, toy_config(seed), progress=False)
+        for key in ("theta", "gate_weight", "gate_bias"):
+            assert torch.equal(getattr(steerer, key), getattr(expected.steerer, key).detach()), (delay, key)
+        assert load_history(out) == expected.history
+        # The next run starts clean: leftovers of the killed process are removed, the save replaces the folder.
+        save_training_result(out, expected, site=Site(1), model_name="toy", model_hash="0" * 64)
+        assert _hidden_work_dirs(out) == [], delay
+        assert load_steerer(out)[1]["training"]["config"]["seed"] == seed

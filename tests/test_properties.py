@@ -1,11 +1,14 @@
-"""Property tests: malformed data files and steerer folders either load or raise a matsteer error, nothing else."""
+"""Property tests: malformed data files, steerer folders, feature folders (manifests, tensor files, shards) and notebook
+parameters either load or raise a matsteer error, nothing else."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +17,10 @@ from hypothesis import strategies as st
 from matsteer.artifacts import load_steerer, save_steerer
 from matsteer.data import load_examples
 from matsteer.errors import MatSteerError
+from matsteer.features import FeatureSet, extract_to_folder, load_features
+from matsteer.io import write_tensors
+from matsteer.models import LoadedModel, weight_fingerprint
+from matsteer.notebooks import NOTEBOOKS, _check_parameters, _parse_parameters, notebook_parameters
 from matsteer.sites import Site
 from matsteer.steerer import Steerer
 
@@ -95,3 +102,183 @@ def test_artifact_loader_on_corrupted_tensors(tmp_path_factory, steerer_dir, off
         load_steerer(folder)
     except MatSteerError:
         pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feature folders: malformed manifests, corrupted or odd tensor files, corrupted shards of an interrupted run
+
+
+@pytest.fixture(scope="module")
+def loaded_tiny(tiny_llama, tokenizer) -> LoadedModel:
+    return LoadedModel(tiny_llama, tokenizer, "tiny", weight_fingerprint(tiny_llama))
+
+
+EXAMPLES = load_examples("truthfulqa", "train", limit=3)
+
+
+def _extract(loaded: LoadedModel, out: Path) -> FeatureSet:
+    return extract_to_folder(loaded, EXAMPLES, Site(1), out, tokens="answer", dataset="truthfulqa", split="train",
+                             shard_texts=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def feature_dir(tmp_path_factory, loaded_tiny) -> Path:
+    path = tmp_path_factory.mktemp("features") / "f"
+    _extract(loaded_tiny, path)
+    return path
+
+
+def _same_rows(a: FeatureSet, b: FeatureSet) -> bool:
+    return all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("activations", "labels", "text_index", "token_index"))
+
+
+@SETTINGS
+@given(key=st.text(max_size=12), value=json_values, drop=st.booleans())
+def test_feature_loader_on_mutated_manifest(tmp_path_factory, feature_dir, key, value, drop):
+    folder = _copy(feature_dir, tmp_path_factory.mktemp("fm"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    keys = sorted(manifest)
+    target = key if key in manifest else keys[len(key) % len(keys)]
+    if drop:
+        manifest.pop(target, None)
+    else:
+        manifest[target] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        fs = load_features(folder)
+    except MatSteerError:
+        return
+    assert isinstance(fs.attribute, str) and isinstance(fs.positive_side, str) and isinstance(fs.site, Site)
+
+
+@SETTINGS
+@given(offset=st.integers(min_value=0), data=st.binary(min_size=1, max_size=16), truncate=st.booleans())
+def test_feature_loader_on_corrupted_tensors(tmp_path_factory, feature_dir, offset, data, truncate):
+    folder = _copy(feature_dir, tmp_path_factory.mktemp("ft"))
+    file = folder / "activations.safetensors"
+    blob = bytearray(file.read_bytes())
+    at = offset % len(blob)
+    blob = blob[:at] if truncate else blob[:at] + data + blob[at + len(data):]
+    file.write_bytes(bytes(blob))
+    try:
+        fs = load_features(folder)
+    except MatSteerError:
+        return
+    assert _same_rows(fs, load_features(feature_dir))  # whatever loads is the original, never altered rows
+
+
+_DTYPES = st.sampled_from([torch.float32, torch.float16, torch.int64, torch.int32, torch.bool, torch.uint8])
+_SHAPES = st.lists(st.integers(min_value=0, max_value=4), max_size=3)
+
+
+@SETTINGS
+@given(tensors=st.dictionaries(st.sampled_from(["activations", "labels", "text_index", "token_index", "extra"]),
+                               st.tuples(_SHAPES, _DTYPES), max_size=5),
+       rows=st.integers(min_value=0, max_value=4), with_digest=st.booleans())
+def test_feature_loader_on_wellformed_files_of_wrong_content(tmp_path_factory, feature_dir, tensors, rows, with_digest):
+    """A valid safetensors file with the right cache key but any tensors (shapes, dtypes, some missing)."""
+    from matsteer.features import _rows_digest
+
+    folder = _copy(feature_dir, tmp_path_factory.mktemp("fw"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    made = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in tensors.items()}
+    meta = {"cache_key": manifest["cache_key"]}
+    if with_digest and all(k in made for k in ("activations", "labels", "text_index", "token_index")):
+        meta["sha256"] = _rows_digest(made)
+    write_tensors(folder / "activations.safetensors", made, metadata=meta)
+    manifest["rows"] = rows
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        fs = load_features(folder)
+    except MatSteerError:
+        return
+    assert fs.activations.dim() == 2 and fs.labels.shape == fs.text_index.shape == (fs.activations.shape[0],)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(offset=st.integers(min_value=0), data=st.binary(min_size=1, max_size=8), truncate=st.booleans())
+def test_resume_from_corrupted_shard(tmp_path_factory, feature_dir, loaded_tiny, offset, data, truncate):
+    """An interrupted run's shard, damaged afterwards: resuming re-extracts it and gives the clean rows."""
+    from matsteer.features import _load_rows, _save_rows
+
+    clean = load_features(feature_dir)
+    key = clean.manifest["cache_key"]
+    out = tmp_path_factory.mktemp("fr") / "f"
+    shard = out / f".partial-{key[:16]}" / "shard-00000.safetensors"
+    shard.parent.mkdir(parents=True)
+    _save_rows(shard, _load_rows(feature_dir / "activations.safetensors", key), key)
+    blob = bytearray(shard.read_bytes())
+    at = offset % len(blob)
+    shard.write_bytes(bytes(blob[:at] if truncate else blob[:at] + data + blob[at + len(data):]))
+    try:
+        resumed = _extract(loaded_tiny, out)
+    except MatSteerError:
+        return
+    assert _same_rows(resumed, clean)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Notebook parameters: checked values either pass (and are plain literals of a declared type) or raise ConfigError
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+DECLARED = {name: notebook_parameters(NOTEBOOK_DIR / name) for name in NOTEBOOKS}
+
+parameter_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10) | st.binary(max_size=4)
+    | st.builds(Path, st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                          max_size=3),
+    max_leaves=8,
+)
+
+
+@SETTINGS
+@given(notebook=st.sampled_from(NOTEBOOKS), values=st.dictionaries(
+    st.one_of(st.sampled_from(sorted({k for d in DECLARED.values() for k in d})), st.text(max_size=8)),
+    parameter_values, max_size=4))
+def test_notebook_parameter_checking(notebook, values):
+    declared = DECLARED[notebook]
+    try:
+        checked = _check_parameters(declared, values, NOTEBOOK_DIR / notebook)
+    except MatSteerError:
+        return
+    for name, value in checked.items():
+        param = declared[name]
+        assert param.types is None or isinstance(value, param.types), (name, value)
+        assert ast.literal_eval(repr(value)) == value
+
+
+_ANNOTATIONS = ["", ": int", ": float", ": str", ": bool", ": int | None", ": float | str", ": list[str]", ": dict",
+                ": Path", ": None", ": 'int'", ": Foo", ": 3", ": int[str] | None"]
+
+
+@SETTINGS
+@given(lines=st.lists(st.one_of(
+    st.tuples(st.from_regex(r"[a-z_][a-z0-9_]{0,6}", fullmatch=True), st.sampled_from(_ANNOTATIONS),
+              json_values.map(repr) | st.sampled_from(["1 + 1", "f(x)", "[x]", "{1, 2}", "b'x'", "-3", "...", ""])
+              ).map(lambda t: f"{t[0]}{t[1]} = {t[2]}"),
+    st.text(max_size=20)), max_size=5))
+def test_notebook_parameters_cell_parsing(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("nb") / "n.ipynb"
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("\n".join(lines))
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, str(path))
+    try:
+        declared = notebook_parameters(path)
+    except MatSteerError:
+        return
+    for param in declared.values():  # every declared default passes its own check
+        try:
+            param.check(param.default)
+        except MatSteerError:
+            pass  # a default of another type than its annotation (`x: int = 'a'`) is refused when passed back
+
+
+@pytest.mark.xfail(strict=True, raises=SyntaxError, reason="notebooks._annotation_types does not guard ast.parse of a "
+                   "string annotation (notebooks.py is being rewritten elsewhere; see the hardening report)")
+@pytest.mark.parametrize("source", ['x: "(" = 1', 'x: "" = 1'])
+def test_malformed_string_annotation_is_a_config_error(source):
+    with pytest.raises(MatSteerError):
+        _parse_parameters(source, "p.ipynb")
