@@ -527,6 +527,11 @@ def _generate(c: Ctx, folder: Path, *extra: str) -> list[str]:
             "--max-new-tokens", "2", "--raw", *extra]
 
 
+def _eval(c: Ctx, folder: Path, *extra: str) -> list[str]:
+    return ["eval", "--steerer", str(folder), "--model", str(c.tiny_dir), "--tasks", "truthfulqa", "--limit", "1",
+            *extra]
+
+
 CLI_CASES = {
     "extract: unknown model name": CliCase(lambda c: _extract(c, model="no-such-model-xyz"),
                                            r"Cannot load model 'no-such-model-xyz'", r"use a local folder"),
@@ -582,6 +587,12 @@ CLI_CASES = {
     "generate: multiplier for an unknown attribute": CliCase(
         lambda c: _generate(c, c.steerer, "--multiplier", "toxicity=2"),
         r"unknown attributes \['toxicity'\]", r"this steerer has \['truthfulness', 'bias'\]"),
+    "eval: truncated steerer": CliCase(lambda c: _eval(c, c.st_truncated), r"does not match the sha256",
+                                       r"Re-save the steerer"),
+    "eval: steerer of another width": CliCase(lambda c: _eval(c, c.narrow), r"hidden size d=6 .* d=32",
+                                              r"Train a steerer on this model's activations"),
+    "eval: multiplier for an unknown attribute": CliCase(lambda c: _eval(c, c.steerer, "--multiplier", "tox=1"),
+                                                         r"unknown attributes \['tox'\]", r"Use those names"),
     "generate: malformed multiplier": CliCase(lambda c: _generate(c, c.steerer, "--multiplier", "bias=lots"),
                                               r"Bad --multiplier 'bias=lots'", r"NAME=NUMBER"),
 }
@@ -595,8 +606,8 @@ def test_cli_layer(name, ctx, capsys, monkeypatch):
         monkeypatch.setenv(key, value)
     argv = case.argv(ctx)
     assert cli_main(argv) == 2
-    err = capsys.readouterr().err  # progress bars may come first
-    assert re.search(f"^matsteer {argv[0]}: error: ", err, re.M) and "Traceback" not in err, err
+    err = capsys.readouterr().err  # progress bars may come first (a closed bar ends in a carriage return)
+    assert re.search(f"(?:^|\r| )matsteer {argv[0]}: error: ", err, re.M) and "Traceback" not in err, err
     assert re.search(case.problem, err, re.S), f"problem not named: {err}"
     assert re.search(case.fix, err, re.S), f"fix not named: {err}"
 
