@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from matsteer.artifacts import load_steerer, save_steerer
 from matsteer.data import load_examples
 from matsteer.errors import MatSteerError
+from matsteer.extract import ActivationRows
 from matsteer.features import FeatureSet, extract_to_folder, load_features
 from matsteer.io import write_tensors
 from matsteer.models import LoadedModel, weight_fingerprint
@@ -72,10 +73,9 @@ def _copy(src: Path, tmp: Path) -> Path:
     return dst
 
 
-@SETTINGS
-@given(key=st.text(max_size=12), value=json_values, drop=st.booleans())
-def test_artifact_loader_on_mutated_manifest(tmp_path_factory, steerer_dir, key, value, drop):
-    folder = _copy(steerer_dir, tmp_path_factory.mktemp("m"))
+def _mutated_copy(src: Path, tmp: Path, key: str, value: object, drop: bool) -> Path:
+    """A copy of a folder whose manifest has one entry replaced by ``value`` (or dropped)."""
+    folder = _copy(src, tmp)
     manifest = json.loads((folder / "manifest.json").read_text())
     keys = sorted(manifest)
     target = key if key in manifest else keys[len(key) % len(keys)]
@@ -84,6 +84,20 @@ def test_artifact_loader_on_mutated_manifest(tmp_path_factory, steerer_dir, key,
     else:
         manifest[target] = value
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _damage(file: Path, offset: int, data: bytes, truncate: bool) -> None:
+    """Cut ``file`` at ``offset`` or overwrite bytes there with ``data``."""
+    blob = bytearray(file.read_bytes())
+    at = offset % len(blob)
+    file.write_bytes(bytes(blob[:at] if truncate else blob[:at] + data + blob[at + len(data):]))
+
+
+@SETTINGS
+@given(key=st.text(max_size=12), value=json_values, drop=st.booleans())
+def test_artifact_loader_on_mutated_manifest(tmp_path_factory, steerer_dir, key, value, drop):
+    folder = _mutated_copy(steerer_dir, tmp_path_factory.mktemp("m"), key, value, drop)
     try:
         load_steerer(folder)
     except MatSteerError:
@@ -94,10 +108,7 @@ def test_artifact_loader_on_mutated_manifest(tmp_path_factory, steerer_dir, key,
 @given(offset=st.integers(min_value=0), data=st.binary(min_size=1, max_size=16), truncate=st.booleans())
 def test_artifact_loader_on_corrupted_tensors(tmp_path_factory, steerer_dir, offset, data, truncate):
     folder = _copy(steerer_dir, tmp_path_factory.mktemp("t"))
-    blob = bytearray((folder / "steerer.safetensors").read_bytes())
-    at = offset % len(blob)
-    blob = blob[:at] if truncate else blob[:at] + data + blob[at + len(data):]
-    (folder / "steerer.safetensors").write_bytes(bytes(blob))
+    _damage(folder / "steerer.safetensors", offset, data, truncate)
     try:
         load_steerer(folder)
     except MatSteerError:
@@ -116,9 +127,12 @@ def loaded_tiny(tiny_llama, tokenizer) -> LoadedModel:
 EXAMPLES = load_examples("truthfulqa", "train", limit=3)
 
 
+SHARD_TEXTS = 4
+
+
 def _extract(loaded: LoadedModel, out: Path) -> FeatureSet:
     return extract_to_folder(loaded, EXAMPLES, Site(1), out, tokens="answer", dataset="truthfulqa", split="train",
-                             shard_texts=4, progress=False)
+                             shard_texts=SHARD_TEXTS, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +149,7 @@ def _same_rows(a: FeatureSet, b: FeatureSet) -> bool:
 @SETTINGS
 @given(key=st.text(max_size=12), value=json_values, drop=st.booleans())
 def test_feature_loader_on_mutated_manifest(tmp_path_factory, feature_dir, key, value, drop):
-    folder = _copy(feature_dir, tmp_path_factory.mktemp("fm"))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    keys = sorted(manifest)
-    target = key if key in manifest else keys[len(key) % len(keys)]
-    if drop:
-        manifest.pop(target, None)
-    else:
-        manifest[target] = value
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    folder = _mutated_copy(feature_dir, tmp_path_factory.mktemp("fm"), key, value, drop)
     try:
         fs = load_features(folder)
     except MatSteerError:
@@ -155,11 +161,7 @@ def test_feature_loader_on_mutated_manifest(tmp_path_factory, feature_dir, key, 
 @given(offset=st.integers(min_value=0), data=st.binary(min_size=1, max_size=16), truncate=st.booleans())
 def test_feature_loader_on_corrupted_tensors(tmp_path_factory, feature_dir, offset, data, truncate):
     folder = _copy(feature_dir, tmp_path_factory.mktemp("ft"))
-    file = folder / "activations.safetensors"
-    blob = bytearray(file.read_bytes())
-    at = offset % len(blob)
-    blob = blob[:at] if truncate else blob[:at] + data + blob[at + len(data):]
-    file.write_bytes(bytes(blob))
+    _damage(folder / "activations.safetensors", offset, data, truncate)
     try:
         fs = load_features(folder)
     except MatSteerError:
@@ -206,10 +208,11 @@ def test_resume_from_corrupted_shard(tmp_path_factory, feature_dir, loaded_tiny,
     out = tmp_path_factory.mktemp("fr") / "f"
     shard = out / f".partial-{key[:16]}" / "shard-00000.safetensors"
     shard.parent.mkdir(parents=True)
-    _save_rows(shard, _load_rows(feature_dir / "activations.safetensors", key), key)
-    blob = bytearray(shard.read_bytes())
-    at = offset % len(blob)
-    shard.write_bytes(bytes(blob[:at] if truncate else blob[:at] + data + blob[at + len(data):]))
+    rows = _load_rows(feature_dir / "activations.safetensors", key)
+    first = rows.text_index < SHARD_TEXTS  # the rows of shard 0's texts
+    _save_rows(shard, ActivationRows(rows.activations[first], rows.text_index[first], rows.token_index[first],
+                                     rows.labels[first]), key)
+    _damage(shard, offset, data, truncate)
     try:
         resumed = _extract(loaded_tiny, out)
     except MatSteerError:
