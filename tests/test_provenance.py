@@ -101,3 +101,28 @@ def test_datasets_in_nested_info():
             "dev": [{"dataset": "truthfulqa"}, {"dataset": "my-own-set"}], "dataset": 3}
     assert datasets_in(info) == ["bbq", "truthfulqa"]
     assert datasets_in(None) == []
+
+
+def test_steerer_from_feature_folders_records_their_data(tmp_path, tiny_llama, tokenizer):
+    """The CLI's path (pipeline.train_from_features -> save_training_result): the data sets of the feature folders
+    end up hashed in the steerer's manifest, with the training seed."""
+    from matsteer.artifacts import read_manifest, save_training_result
+    from matsteer.data import load_examples
+    from matsteer.features import extract_to_folder
+    from matsteer.models import LoadedModel, weight_fingerprint
+    from matsteer.pipeline import train_from_features
+    from matsteer.sites import Site
+    from matsteer.train import TrainConfig
+
+    loaded = LoadedModel(tiny_llama, tokenizer, "tiny", weight_fingerprint(tiny_llama))
+    folders = [extract_to_folder(loaded, load_examples(name, "train", limit=limit), Site(1), tmp_path / name,
+                                 tokens="answer", dataset=name, split="train", progress=False).path
+               for name, limit in (("truthfulqa", 2), ("bbq", 4))]
+    result, origin, info = train_from_features(folders, TrainConfig(epochs=1, sigma="median", batch_per_side=2, seed=4),
+                                               progress=False)
+    out = save_training_result(tmp_path / "s", result, site=Site(1), model_name="tiny", model_hash=loaded.weight_hash,
+                               data_info=info)
+    prov = read_manifest(out)["provenance"]
+    assert set(prov["data"]) == {"bbq", "truthfulqa"} and prov["seeds"] == {"train": 4}
+    assert prov["model"] == {"name": "tiny", "hash": loaded.weight_hash}
+    assert prov["data"]["bbq"]["splits/bbq.json"] == data_hashes(["bbq"])["bbq"]["splits/bbq.json"] is not None
