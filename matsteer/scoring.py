@@ -9,7 +9,6 @@ with no hooks at all.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .extract import site_activations
+from .extract import _cache_kwarg, site_activations
 from .sites import Site, decoder_layers
 
 
@@ -32,11 +31,6 @@ def split_prompt(text: str, answer_start: int) -> tuple[str, str]:
 
 def _call(model: Any, steering: Any, **inputs: Any) -> Any:
     return model(**inputs) if steering is None else steering(**inputs)
-
-
-def _cache_kwarg(model: Any) -> str:
-    """transformers >= 5.2x names the KV cache argument ``cache``; earlier 5.x releases ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def continuation_logprobs(
@@ -170,29 +164,87 @@ def _site_rows(model: Any, site: Site, ids: torch.Tensor, mask: torch.Tensor) ->
     return site_activations(model, site, ids.to(device), mask.to(device), positions)
 
 
+def _token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices grouped by length (sorted) so that ``len(batch) * longest`` stays within ``budget`` tokens."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _sub_cache(cache: Any, index: torch.Tensor) -> Any:
+    """A new KV cache holding the rows ``index`` of ``cache`` (rows may repeat)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, index), layer.values.index_select(0, index))
+                                        for layer in cache.layers])
+
+
+def _answer_chunks(lengths: Sequence[int], budget: int) -> list[torch.Tensor]:
+    """Answer rows grouped by length (padding stays small; answers of one question may land in different chunks)."""
+    return [torch.tensor(c) for c in _token_batches(lengths, budget)]
+
+
+def _cache_batch(model: Any, site: Site, prompts: Sequence[list[int]], answers: Sequence[list[list[int]]],
+                 budget: int) -> list[CachedQuestion]:
+    """The lower pass for a batch of questions, prompts shared as above: the prompts once (filling the KV cache of
+    the blocks up to the site), then the answers, grouped by length, against their own prompt's cache rows."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(p) for p in prompts])
+    pids, pmask = (t.to(device) for t in _padded(prompts))
+    cache = DynamicCache()
+    phidden = site_activations(model, site, pids, pmask, torch.arange(pids.shape[1], device=device).expand(pids.shape),
+                               cache=cache)
+    flat = [x for a in answers for x in a]
+    owner = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor([len(a) for a in answers]))
+    hidden: list[torch.Tensor | None] = [None] * len(flat)
+    for chunk in _answer_chunks([len(x) for x in flat], budget):
+        aids, amask = (t.to(device) for t in _padded([flat[i] for i in chunk]))
+        q = owner[chunk].to(device)
+        out = site_activations(model, site, aids, torch.cat([pmask[q], amask], 1),
+                               lengths.to(device)[q][:, None] + torch.arange(aids.shape[1], device=device),
+                               cache=_sub_cache(cache, q))
+        for j, i in enumerate(chunk.tolist()):
+            hidden[i] = out[j, : len(flat[i])]
+    result, start = [], 0
+    for i, p in enumerate(prompts):
+        k = len(answers[i])
+        ahidden, amask = _stack(hidden[start:start + k], max(len(x) for x in answers[i]))  # type: ignore[arg-type]
+        aids, _ = _padded(answers[i])
+        result.append(CachedQuestion(phidden[i, : len(p)].clone(), torch.tensor(p), ahidden, aids, amask))
+        start += k
+    return result
+
+
 def cache_questions(
     model: Any, tokenizer: Any, questions: Sequence[Any], site: Site, *, choices: str = "choices",
-    progress: bool = True,
+    progress: bool = True, batch_tokens: int = 2048,
 ) -> list[CachedQuestion]:
-    """Run each question's (prompt + choice) rows up to ``site`` once and keep the activations."""
+    """Run each question's prompt and answers up to ``site`` once and keep the activations (questions batched by
+    prompt length, about ``batch_tokens`` padded prompt tokens per batch)."""
     if not supports_upper_pass(model, site):
         raise ConfigError(f"Cached scoring needs a residual site on a {'/'.join(UPPER_PASS_MODELS)} model; "
                           "use score_mc with a steering handle instead.")
-    out = []
+    prompts, answers = [], []
+    for q in questions:
+        context, conts = _prompt_and_continuations(q, list(getattr(q, choices)))
+        prompts.append(tokenizer(context, add_special_tokens=True)["input_ids"])
+        answers.append([tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts])
+        if any(len(a) == 0 for a in answers[-1]):
+            raise ConfigError(f"A choice of {context[:60]!r} is empty after tokenization.")
+    out: list[CachedQuestion | None] = [None] * len(questions)
     with torch.inference_mode():
-        for q in tqdm(questions, desc="cache", disable=not progress, leave=False):
-            context, conts = _prompt_and_continuations(q, list(getattr(q, choices)))
-            ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
-            answers = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in conts]
-            if any(len(a) == 0 for a in answers):
-                raise ConfigError(f"A choice of {context[:60]!r} is empty after tokenization.")
-            ids, mask = _padded([ctx + a for a in answers])
-            hidden = _site_rows(model, site, ids, mask)
-            answer_ids, answer_mask = _padded(answers)
-            n = len(ctx)
-            out.append(CachedQuestion(hidden[0, :n].clone(), torch.tensor(ctx), hidden[:, n:].clone(), answer_ids,
-                                      answer_mask))
-    return out
+        for batch in tqdm(_token_batches([len(p) for p in prompts], batch_tokens), desc="cache",
+                          disable=not progress, leave=False):
+            for i, cq in zip(batch, _cache_batch(model, site, [prompts[i] for i in batch], [answers[i] for i in batch],
+                                                 batch_tokens)):
+                out[i] = cq
+    return out  # type: ignore[return-value]
 
 
 def cache_texts(model: Any, tokenizer: Any, texts: Sequence[str], site: Site) -> CachedTexts:
@@ -271,14 +323,14 @@ def _stack(rows: Sequence[torch.Tensor], width: int) -> tuple[torch.Tensor, torc
 
 
 def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit: Any = None,
-                   positions: str = "prompt") -> list[torch.Tensor]:
+                   positions: str = "prompt", batch_tokens: int = 2048) -> list[torch.Tensor]:
     """Summed answer-token log-probs ``[K_q]`` of each question in ``batch``, after editing the cached activations
     and running only the layers above the site: the batch's prompts once (right-padded, filling a KV cache), then
-    every answer against its own prompt's cache rows.
+    the answers, grouped by length, against their own prompt's cache rows.
 
     edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the tokens named by ``positions`` (see
-    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens). The vocabulary projection runs only where an answer token is predicted: with a
-    49k vocabulary it would otherwise cost more than the decoder layers.
+    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens). The vocabulary projection runs only where an
+    answer token is predicted: with a 49k vocabulary it would otherwise cost more than the decoder layers.
     """
     from transformers import DynamicCache
 
@@ -289,11 +341,10 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
     prompts, pmask = _stack([c.prompt for c in batch], int(lengths.max()))
     prompts, pmask = prompts.to(device), pmask.to(device)
     prompts = _edited(prompts, _prompt_edit_mask(batch, lengths, pmask, positions).to(device), edit)
-    counts = torch.tensor([c.answer_ids.shape[0] for c in batch])
-    rows = torch.repeat_interleave(torch.arange(len(batch)), counts)  # answer row -> its question
-    width = max(c.answer_ids.shape[1] for c in batch)
-    ids = torch.cat([nn.functional.pad(c.answer_ids, (0, width - c.answer_ids.shape[1])) for c in batch]).to(device)
-    amask = torch.cat([nn.functional.pad(c.answer_mask, (0, width - c.answer_mask.shape[1])) for c in batch]).to(device)
+    counts = [c.answer_ids.shape[0] for c in batch]
+    owner = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(counts))  # answer row -> its question
+    flat = [(c, r) for c in batch for r in range(c.answer_ids.shape[0])]
+    alen = [int(c.answer_mask[r].sum()) for c, r in flat]
     with _layers_above(model, site.layer):
         cache = DynamicCache()
         final = base(inputs_embeds=prompts, attention_mask=pmask,
@@ -301,24 +352,26 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
                      **{_cache_kwarg(base): cache}).last_hidden_state
         last = final[torch.arange(len(batch), device=device), lengths.to(device) - 1]  # [B, d]
         first = torch.log_softmax(head(last).float(), -1)  # predicts every answer's first token
-        totals = first[rows.to(device), ids[:, 0]]  # [R]
-        if width > 1:
-            # Answer token j predicts token j + 1: only the first width - 1 answer tokens need to run.
-            answers = torch.cat([nn.functional.pad(c.answers[:, : width - 1],
-                                                   (0, 0, 0, max(0, width - 1 - c.answers.shape[1])))
-                                 for c in batch]).to(device)
-            run_mask = amask[:, : width - 1]
+        totals = first[owner.to(device), torch.tensor([int(c.answer_ids[r, 0]) for c, r in flat], device=device)]
+        # Answer token j predicts token j + 1: only the first len - 1 tokens of each answer need to run.
+        longer = torch.tensor([i for i, n in enumerate(alen) if n > 1], dtype=torch.long)
+        for chunk in _answer_chunks([alen[i] - 1 for i in longer.tolist()], batch_tokens):
+            rows = longer[chunk].tolist()
+            answers, run_mask = _stack([flat[i][0].answers[flat[i][1], : alen[i] - 1] for i in rows],
+                                       max(alen[i] for i in rows) - 1)
+            ids, _ = _stack([flat[i][0].answer_ids[flat[i][1], : alen[i]] for i in rows], answers.shape[1] + 1)
+            answers, run_mask, ids = answers.to(device), run_mask.to(device), ids.to(device)
             answers = _edited(answers, run_mask.bool(), edit if positions == "all" else None)
-            cache.batch_select_indices(rows.to(device))
-            hidden = base(inputs_embeds=answers, attention_mask=torch.cat([pmask[rows.to(device)], run_mask], 1),
-                          position_ids=lengths[rows].to(device)[:, None] + torch.arange(width - 1, device=device),
-                          use_cache=True, **{_cache_kwarg(base): cache}).last_hidden_state
-            scored = amask[:, 1:].bool()
+            q = owner[rows].to(device)
+            hidden = base(inputs_embeds=answers, attention_mask=torch.cat([pmask[q], run_mask], 1),
+                          position_ids=lengths.to(device)[q][:, None] + torch.arange(answers.shape[1], device=device),
+                          use_cache=True, **{_cache_kwarg(base): _sub_cache(cache, q)}).last_hidden_state
+            scored = run_mask.bool()  # position j (a real token) predicts answer token j + 1
             logp = torch.log_softmax(head(hidden[scored]).float(), -1)  # [m, V]
             picked = logp.gather(-1, ids[:, 1:][scored][:, None])[:, 0]
-            owner = torch.arange(len(rows), device=device)[:, None].expand_as(scored)[scored]
-            totals = totals.index_add(0, owner, picked.to(totals.dtype))
-    return list(totals.cpu().split(counts.tolist()))
+            row_of = torch.tensor(rows, device=device)[:, None].expand_as(scored)[scored]
+            totals = totals.index_add(0, row_of, picked.to(totals.dtype))
+    return list(totals.cpu().split(counts))
 
 
 def text_logits(model: Any, site: Site, cached: CachedTexts, edit: Any = None) -> torch.Tensor:
@@ -348,19 +401,11 @@ def score_cached(model: Any, site: Site, cached: Sequence[CachedQuestion], edit:
                  batch_tokens: int = 2048) -> list[torch.Tensor]:
     """:func:`upper_logprobs` for every cached question, in batches of similar prompt length of about
     ``batch_tokens`` padded tokens (small CPU matmuls waste most of the cores' throughput)."""
-    order = sorted(range(len(cached)), key=lambda i: cached[i].prompt.shape[0])
-    batches, current = [], []
-    for i in order:
-        rows = max(len(current) + 1, 1) * cached[i].prompt.shape[0]  # padded prompt tokens if i joins
-        if current and rows > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    batches = _token_batches([c.prompt.shape[0] for c in cached], batch_tokens)
     out: list[torch.Tensor | None] = [None] * len(cached)
     with torch.inference_mode():
         for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            for i, scores in zip(b, upper_logprobs(model, site, [cached[i] for i in b], edit, positions)):
+            for i, scores in zip(b, upper_logprobs(model, site, [cached[i] for i in b], edit, positions,
+                                                   batch_tokens)):
                 out[i] = scores
     return out  # type: ignore[return-value]
