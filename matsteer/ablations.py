@@ -310,7 +310,7 @@ def run_ablations(names: Sequence[str], cfg: EvalConfig | None = None, *, seeds:
         out[name] = {"name": name, "setting": asdict(setting), "seeds": list(seeds), "options": kwargs,
                      "result": result,
                      "limits": {"dev": cfg.dev_limits, "test": cfg.test_limits, "train": cfg.demo.limits},
-                     "provenance": provenance(ex)}
+                     "provenance": provenance(ex, [FOURTH] if name == "num_attributes" else [])}
         write_json(Path(out_dir) / f"{name}.json", out[name])
         write_json(Path(out_dir) / f"{name}-timings.json", {"wall_s": time.perf_counter() - t0})
     return out

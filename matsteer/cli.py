@@ -207,6 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import PRIMARY, Evaluator, Method
     from .io import sha256_file, write_json
     from .models import load_model
+    from .provenance import collect
     from .sites import Site
 
     steerer, manifest = load_steerer(args.steerer)
@@ -229,9 +230,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_json(Path(args.json), {
             "steerer": str(args.steerer), "split": args.split, "tasks": tasks, "limit": args.limit,
             "positions": args.positions, "multipliers": {"global": global_m, **per}, "results": results,
-            "provenance": {"model": {"name": loaded.name, "weight_hash": loaded.weight_hash},
-                           "steerer": {"sha256": sha256_file(Path(args.steerer) / TENSORS),
-                                       "model": manifest["model"], "site": manifest["site"]}}})
+            "provenance": collect(model_name=loaded.name, model_hash=loaded.weight_hash, datasets=[*tasks, "paradetox"],
+                                  seeds=[], extra={"steerer_sha256": sha256_file(Path(args.steerer) / TENSORS),
+                                                   "steerer_model": manifest["model"], "site": manifest["site"]})})
         print(f"wrote {args.json}")
     return 0
 

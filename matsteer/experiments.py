@@ -7,7 +7,6 @@ scored on the held-out test questions over several seeds, with side effects and 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -93,16 +92,6 @@ class EvalConfig:
             raise ConfigError("seeds, training_candidates and multipliers must each hold at least one value.")
         for cand in self.training_candidates:
             TrainConfig(**{**self.demo.train.to_dict(), **cand}).validate()
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _key(*parts: Any) -> str:
@@ -285,17 +274,16 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict
     return report
 
 
-def provenance(ex: Experiment) -> dict[str, Any]:
-    from .artifacts import library_versions
+def provenance(ex: Experiment, datasets: Sequence[str] = ()) -> dict[str, Any]:
+    """Model hash, data and split hashes, seeds, library versions and git commit (:func:`matsteer.provenance.collect`),
+    plus the site and the training features' cache keys."""
+    from .provenance import collect
 
-    return {
-        "model": {"name": ex.loaded.name, "weight_hash": ex.loaded.weight_hash},
-        "site": ex.site.to_dict(),
-        "features": {fs.attribute: {"train_cache_key": fs.manifest["cache_key"],
-                                    "texts_sha256": fs.manifest["texts_sha256"]} for fs in ex.train_sets},
-        "git_commit": git_commit(),
-        "libraries": library_versions(),
-    }
+    features = {fs.attribute: {"cache_key": fs.manifest["cache_key"], "texts_sha256": fs.manifest["texts_sha256"]}
+                for fs in ex.train_sets}
+    return collect(model_name=ex.loaded.name, model_hash=ex.loaded.weight_hash,
+                   datasets=[*ex.cfg.demo.datasets, *ex.test.tasks, "paradetox", *datasets], seeds=list(ex.cfg.seeds),
+                   extra={"site": ex.site.to_dict(), "features": features})
 
 
 def _fmt(ms: dict[str, float], scale: float = 100.0) -> str:
