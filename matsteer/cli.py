@@ -96,13 +96,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .sites import Site
 
     steerer, manifest = load_steerer(args.steerer)
+    global_m, per = _parse_multipliers(args.multiplier)
+    steerer.scale_vector(per, global_m)  # unknown attributes fail here, before the model loads
     model_name = args.model or manifest["model"]["name"]
     loaded = load_model(model_name, dtype=args.dtype, device=args.device, device_map=args.device_map)
     site = Site.from_dict(manifest["site"])
     for warning in check_compatible(manifest, model_name=loaded.name, model_hash=loaded.weight_hash,
                                     d=loaded.hidden_size, site=site, allow_model_mismatch=args.allow_model_mismatch):
         print(f"warning: {warning}", file=sys.stderr)
-    global_m, per = _parse_multipliers(args.multiplier)
     gens = compare_generations(loaded, steerer, site, args.prompt, multipliers=per, global_multiplier=global_m,
                                max_new_tokens=args.max_new_tokens, chat=not args.raw, positions=args.positions)
     for g in gens:
@@ -211,6 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .sites import Site
 
     steerer, manifest = load_steerer(args.steerer)
+    global_m, per = _parse_multipliers(args.multiplier)
+    steerer.scale_vector(per, global_m)  # unknown attributes fail here, before the model loads
     loaded = load_model(args.model or manifest["model"]["name"], dtype=args.dtype, device=args.device,
                         device_map=args.device_map)
     site = Site.from_dict(manifest["site"])
@@ -218,7 +221,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     d=loaded.hidden_size, site=site, allow_model_mismatch=args.allow_model_mismatch):
         print(f"warning: {warning}", file=sys.stderr)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    global_m, per = _parse_multipliers(args.multiplier)
     evaluator = Evaluator(loaded, site, args.split, dict.fromkeys(tasks, args.limit), tasks=tasks,
                           positions=args.positions)
     methods = ([Method("none")] if args.baseline else []) + [Method("mat_steer", steerer, per, global_m)]
@@ -353,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MatSteerError as exc:
-        print(f"matsteer {args.command}: error: {exc}", file=sys.stderr)
+        print(f"\nmatsteer {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

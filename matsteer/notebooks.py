@@ -348,7 +348,12 @@ def _annotation_types(node: ast.expr) -> tuple[type, ...]:
     if isinstance(node, ast.Constant) and node.value is None:
         return (type(None),)
     if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a string annotation
-        return _annotation_types(ast.parse(node.value, mode="eval").body)
+        try:
+            parsed = ast.parse(node.value, mode="eval").body
+        except SyntaxError as exc:
+            raise ConfigError(f"Unsupported parameter annotation {node.value!r} ({exc.msg}); use builtin types, "
+                              "None and |.") from exc
+        return _annotation_types(parsed)
     if isinstance(node, ast.Subscript):  # list[str], dict[str, int]: check the container only
         return _annotation_types(node.value)
     if isinstance(node, ast.Name) and node.id in _TYPE_NAMES:
@@ -411,7 +416,7 @@ def _check_parameters(declared: Mapping[str, Parameter], values: Mapping[str, An
         try:
             if ast.literal_eval(repr(value)) != value:
                 raise ValueError
-        except (ValueError, SyntaxError) as exc:
+        except (ValueError, SyntaxError, RecursionError) as exc:
             raise ConfigError(f"Notebook parameter {name!r} must be a plain literal (str, number, bool, None, "
                               f"list, dict), got {value!r}.") from exc
         checked[name] = value
@@ -534,15 +539,19 @@ def run_all(
     """
     folder = Path(folder) if folder is not None else notebooks_dir()
     shared = {"quick": quick, **dict(parameters or {})}
-    runs = []
-    for name in NOTEBOOKS:
-        if only and not any(name.startswith(p) for p in only):
-            continue
-        path = folder / name
+    paths = [folder / n for n in NOTEBOOKS if not only or any(n.startswith(p) for p in only)]
+    # Check every notebook's values before running any, so a bad value for notebook 04 does not surface after 01-03.
+    plans = []
+    for path in paths:
         declared = notebook_parameters(path)
         mine = {k: v for k, v in shared.items() if k in declared}
-        runs.append(run_notebook(path, mine, out_dir, timeout, cwd=cwd, threads=threads))
-    return runs
+        _check_parameters(declared, mine, path)
+        plans.append((path, mine, declared))
+    unused = sorted(set(shared) - {k for _, _, d in plans for k in d})
+    if unused:
+        raise ConfigError(f"No selected notebook declares the parameter(s) {unused}; see each notebook's parameters "
+                          "cell.")
+    return [run_notebook(path, mine, out_dir, timeout, cwd=cwd, threads=threads) for path, mine, _ in plans]
 
 
 def strip_outputs(path: str | Path) -> bool:
@@ -587,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            threads=args.threads):
             print(f"{run.name}: {run.seconds:.1f} s -> {run.output}")
     except MatSteerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

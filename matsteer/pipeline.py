@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .features import FeatureSet, extract_to_folder, load_features
 from .sites import Site
 from .train import AttributeData, TrainConfig, TrainResult, train
@@ -57,6 +57,11 @@ def train_from_features(
     """Train on feature folders (one per attribute). Returns (result, origin {model, site, d}, data_info)."""
     sets = [load_features(p) for p in train_dirs]
     origin = check_same_origin(sets)
+    for fs in sets:
+        for side in ("positives", "negatives"):
+            if not fs.manifest.get(side):
+                raise DataError(f"{fs.path}: {fs.manifest.get('dataset')}/{fs.manifest.get('split')} has no {side} "
+                                f"for {fs.attribute}; extract a split or --limit that holds both labels.")
     dev = None
     info = {"train": data_info(sets)}
     if dev_dirs:

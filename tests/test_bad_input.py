@@ -557,8 +557,8 @@ CLI_CASES = {
     "train: newer feature format": CliCase(lambda c: _train_cli(c, c.newer), r"newer matsteer", r"upgrade matsteer"),
     "train: NaN in activations": CliCase(lambda c: _train_cli(c, c.nan), r"contain NaN or Inf", r"Extract again"),
     "train: split with one class only": CliCase(lambda c: _train_cli(c, c.tqa, c.one_class),
-                                                r"'toxicity' (positives|negatives) is empty",
-                                                r"Check its labels / split"),
+                                                r"has no (positives|negatives) for toxicity",
+                                                r"holds both labels"),
     "train: features of two models": CliCase(lambda c: _train_cli(c, c.tqa, c.other_d),
                                              r"Feature folders disagree on model", r"one model at one site"),
     "train: sigma = 0": CliCase(lambda c: [*_train_cli(c, c.good), "--sigma", "0"], r"sigma must be > 0",
@@ -628,3 +628,13 @@ def test_real_entry_point_exits_2_without_traceback(ctx):
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert re.search(r"^matsteer extract: error: Layer 99 is out of range.*Pick a layer", proc.stderr, re.S | re.M)
+
+
+def test_run_all_checks_every_notebook_before_running_any(tmp_path):
+    from matsteer.notebooks import run_all
+
+    with pytest.raises(ConfigError, match="must be"):
+        run_all(parameters={"results_dir": 3}, out_dir=tmp_path)  # only 04 declares it; refused before 01 runs
+    with pytest.raises(ConfigError, match="No selected notebook declares"):
+        run_all(parameters={"no_such_parameter": 1}, out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

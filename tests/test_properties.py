@@ -279,8 +279,6 @@ def test_notebook_parameters_cell_parsing(tmp_path_factory, lines):
             pass  # a default of another type than its annotation (`x: int = 'a'`) is refused when passed back
 
 
-@pytest.mark.xfail(strict=True, raises=SyntaxError, reason="notebooks._annotation_types does not guard ast.parse of a "
-                   "string annotation (notebooks.py is being rewritten elsewhere; see the hardening report)")
 @pytest.mark.parametrize("source", ['x: "(" = 1', 'x: "" = 1'])
 def test_malformed_string_annotation_is_a_config_error(source):
     with pytest.raises(MatSteerError):
