@@ -192,7 +192,8 @@ def num_attributes(ex: Experiment, setting: Setting, seeds: Sequence[int], limit
         subset = data[:k]
 
         def single(s: int, subset: list = subset) -> Method:
-            return Method("sum_single", sum_of_single([ex.steerer(s, setting.overrides, [a]) for a in subset]),
+            return Method("sum_single", sum_of_single([ex.steerer(s, ex.same_steps(setting.overrides, [a]), [a])
+                                                       for a in subset]),
                           global_multiplier=setting.multiplier)
 
         for name, build in (("MAT-Steer", lambda s, subset=subset: _mat(ex, setting, s, data=subset)),

@@ -7,6 +7,7 @@ scored on the held-out test questions over several seeds, with side effects and 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,13 +60,12 @@ class EvalConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     seeds: tuple[int, ...] = (0, 1, 2)
     dev_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 40, "toxigen": 60, "bbq": 60})
-    test_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 120, "toxigen": 200, "bbq": 150})
+    test_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 100, "toxigen": 200, "bbq": 120})
     multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     iti_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
     icl_shots: tuple[int, ...] = (1, 3)
     training_candidates: tuple[dict[str, Any], ...] = (
-        {"lambda_pos": 0.9, "lambda_sparse": 0.9}, {"lambda_pos": 0.3, "lambda_sparse": 0.3},
-        {"lambda_pos": 0.1, "lambda_sparse": 0.1})
+        {"lambda_pos": 0.9, "lambda_sparse": 0.9}, {"lambda_pos": 0.1, "lambda_sparse": 0.1})
     methods: tuple[str, ...] = METHODS
     positions: str = "prompt"
     out_dir: Path = Path("results")
@@ -141,6 +141,19 @@ class Experiment:
             self._timed("train_s", t0)
         return self._steerers[key]
 
+    def same_steps(self, overrides: dict[str, Any] | None, data: Sequence[Any]) -> dict[str, Any]:
+        """``overrides`` with the epochs that give training on ``data`` the optimizer steps of the joint training.
+
+        An epoch has ``ceil(smallest side / batch_per_side)`` steps, so one large attribute alone would otherwise
+        train ten times longer than it does inside the joint steerer (and cost ten times the time).
+        """
+        cfg = self.train_config(0, overrides)
+
+        def steps(ds: Sequence[Any]) -> int:
+            return math.ceil(min(min(a.positives.shape[0], a.negatives.shape[0]) for a in ds) / cfg.batch_per_side)
+
+        return {**(overrides or {}), "epochs": max(1, round(cfg.epochs * steps(self.train_data) / steps(data)))}
+
     # -- methods ----------------------------------------------------------------------------------------------
     def method(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None = None) -> Method:
         """One method at ``params`` (its multiplier / α / shots) for ``seed``; MAT-Steer-based methods train with
@@ -162,7 +175,7 @@ class Experiment:
         if name == "uniform_gates":
             return Method(name, uniform_gates(self.steerer(seed, overrides)), global_multiplier=m, params=params)
         if name == "sum_single":
-            singles = [self.steerer(seed, overrides, [a]) for a in self.train_data]
+            singles = [self.steerer(seed, self.same_steps(overrides, [a]), [a]) for a in self.train_data]
             return Method(name, sum_of_single(singles), global_multiplier=m, params=params)
         raise ConfigError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
 
