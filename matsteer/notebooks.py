@@ -529,7 +529,7 @@ def run_all(
     *,
     folder: str | Path | None = None,
     only: Sequence[str] | None = None,
-    timeout: int = 900,
+    timeout: int | None = None,
     cwd: str | Path | None = None,
     threads: int | None = None,
 ) -> list[NotebookRun]:
@@ -551,6 +551,8 @@ def run_all(
     if unused:
         raise ConfigError(f"No selected notebook declares the parameter(s) {unused}; see each notebook's parameters "
                           "cell.")
+    # Full mode runs the whole comparison in notebook 04's one cell (about 20 minutes on 2 cores).
+    timeout = timeout if timeout is not None else (900 if quick else 7200)
     return [run_notebook(path, mine, out_dir, timeout, cwd=cwd, threads=threads) for path, mine, _ in plans]
 
 
