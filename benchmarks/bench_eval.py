@@ -56,7 +56,7 @@ def plain_scores(loaded, questions) -> list[torch.Tensor]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", type=int, default=8, help="K: methods scored (the comparison has 8)")
-    parser.add_argument("--questions", type=int, nargs=3, default=(40, 60, 60), metavar=("TQA", "TOX", "BBQ"))
+    parser.add_argument("--questions", type=int, nargs=3, default=(20, 40, 30), metavar=("TQA", "TOX", "BBQ"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

@@ -981,9 +981,19 @@ _ABLATION_TITLES = {
 }
 
 
-def _rows_percent(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Ablation rows ``{setting: {task|"mean": {"mean", "std"}, "kl": ...}}`` as percentages, KL dropped."""
-    return {s: {t: (v["mean"] * 100, v["std"] * 100) for t, v in row.items() if t != "kl"} for s, row in rows.items()}
+# Saved JSON sorts keys; the rows are drawn in the paper's order (the reference row first, the full method last).
+_ROW_ORDER = {
+    "components": ["Base", "MMD only", "+ Pos", "+ Sparse", "+ Orth", "w/o Pos", "w/o Sparse", "w/o Orth",
+                   "w/o Normalization", "Full"],
+    "tokens": ["Base", "Random tokens", "Last prompt token only", "All tokens (uniform)", "MAT-Steer gating"],
+}
+
+
+def _rows_percent(name: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Ablation rows ``{setting: {task|"mean": {"mean", "std"}, "kl": ...}}`` as percentages, KL dropped, ordered."""
+    known = _ROW_ORDER.get(name, ["none"])
+    order = sorted(rows, key=lambda k: (known.index(k) if k in known else len(known), k == "all", k))
+    return {s: {t: (v["mean"] * 100, v["std"] * 100) for t, v in rows[s].items() if t != "kl"} for s in order}
 
 
 def _curves_percent(curves: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[float, tuple[float, float]]]:
@@ -995,7 +1005,7 @@ def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
     r = saved["result"]
     ref = {k: v * 100 for k, v in r.get("reference", {}).items()}
     if name in _ABLATION_TITLES:
-        return plot_ablation(_rows_percent(r["rows"]), ylabel="score (%)", title=_ABLATION_TITLES[name],
+        return plot_ablation(_rows_percent(name, r["rows"]), ylabel="score (%)", title=_ABLATION_TITLES[name],
                              baseline=r.get("baseline"))
     if name == "data_efficiency":
         return plot_data_efficiency(_curves_percent(r["curves"]), reference=ref, ylabel="three-task mean (%)",
@@ -1020,7 +1030,14 @@ def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
 
 def figures_from_report(report: Mapping[str, Any]) -> dict[str, Figure]:
     """The method table (Table 1 style) and grouped bars of an evaluation report (``results/eval.json``)."""
-    table = method_table_from_report(report, scale=100)
+    from .experiments import METHODS
+
+    methods = report["methods"]
+    ordered = {"methods": {m: methods[m] for m in sorted(methods, key=lambda m: METHODS.index(m)
+                                                                if m in METHODS else len(METHODS))}}
+    columns = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "mean")
+    table = {label: {c: row[c] for c in columns if c in row}
+             for label, row in method_table_from_report(ordered, scale=100).items()}
     return {"method_table": plot_method_table(table, title="Test scores (%), mean ± std over seeds"),
             "method_comparison": plot_ablation(table, ylabel="score (%)", title="Methods on the test questions",
                                                baseline=report["methods"].get("none", {}).get("label"))}
