@@ -158,6 +158,16 @@ def _padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def _stack(rows: Sequence[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``[n_i, ...]`` tensors to ``[len(rows), width, ...]`` plus a mask ``[len(rows), width]``."""
+    out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r[:width]
+        mask[i, : min(r.shape[0], width)] = 1
+    return out, mask
+
+
 def _site_rows(model: Any, site: Site, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     positions = torch.arange(ids.shape[1], device=device).expand(ids.shape)
@@ -310,16 +320,6 @@ def _prompt_edit_mask(batch: Sequence[CachedQuestion], lengths: torch.Tensor, pm
             g = torch.Generator().manual_seed(int(c.prompt_ids.sum()) * 7919 + n)
             where[i, :n] = (torch.rand(n, generator=g) < 0.5).to(where.device)
     return where
-
-
-def _stack(rows: Sequence[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``[n_i, ...]`` tensors to ``[len(rows), width, ...]`` plus a mask ``[len(rows), width]``."""
-    out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r[:width]
-        mask[i, : min(r.shape[0], width)] = 1
-    return out, mask
 
 
 def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit: Any = None,
