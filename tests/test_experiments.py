@@ -50,6 +50,10 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     md = (cfg.out_dir / "eval.md").read_text()
     assert "MAT-Steer" in md and "(paper)" in md
     assert "total_s" in json.loads((cfg.out_dir / "eval-timings.json").read_text())
+    from matsteer.viz import figures_from_report
+
+    figs = figures_from_report(json.loads((cfg.out_dir / "eval.json").read_text()))  # sorted keys, as saved
+    assert set(figs) == {"method_table", "method_comparison"} and all(f.axes for f in figs.values())
     # Same seeds and inputs: byte-identical result JSON (timings live in their own file).
     again = _config(tiny_dir, tmp_path, "again")
     E.run_evaluation(again, progress=False)
