@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, MatSteerError
 
@@ -89,21 +91,40 @@ def _parse_multipliers(items: Sequence[str] | None) -> tuple[float, dict[str, fl
     return global_m, per
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+@dataclass
+class _Steered:
+    steerer: Any
+    manifest: dict[str, Any]
+    loaded: Any
+    site: Any
+    global_m: float
+    per: dict[str, float]
+
+
+def _load_steered(args: argparse.Namespace) -> _Steered:
+    """The saved steerer, its multipliers (unknown attributes refused before the model loads), the model it was
+    trained on (or ``--model``) and its site, with compatibility warnings printed."""
     from .artifacts import check_compatible, load_steerer
     from .models import load_model
-    from .pipeline import compare_generations
     from .sites import Site
 
     steerer, manifest = load_steerer(args.steerer)
     global_m, per = _parse_multipliers(args.multiplier)
-    steerer.scale_vector(per, global_m)  # unknown attributes fail here, before the model loads
-    model_name = args.model or manifest["model"]["name"]
-    loaded = load_model(model_name, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    steerer.scale_vector(per, global_m)
+    loaded = load_model(args.model or manifest["model"]["name"], dtype=args.dtype, device=args.device,
+                        device_map=args.device_map)
     site = Site.from_dict(manifest["site"])
     for warning in check_compatible(manifest, model_name=loaded.name, model_hash=loaded.weight_hash,
                                     d=loaded.hidden_size, site=site, allow_model_mismatch=args.allow_model_mismatch):
         print(f"warning: {warning}", file=sys.stderr)
+    return _Steered(steerer, manifest, loaded, site, global_m, per)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import compare_generations
+
+    st = _load_steered(args)
+    loaded, steerer, site, per, global_m = st.loaded, st.steerer, st.site, st.per, st.global_m
     gens = compare_generations(loaded, steerer, site, args.prompt, multipliers=per, global_multiplier=global_m,
                                max_new_tokens=args.max_new_tokens, chat=not args.raw, positions=args.positions)
     for g in gens:
@@ -204,22 +225,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """One saved steerer (and, with --baseline, the unsteered model) on the named tasks of one split."""
-    from .artifacts import TENSORS, check_compatible, load_steerer
+    from .artifacts import TENSORS
     from .evaluate import PRIMARY, Evaluator, Method
     from .io import sha256_file, write_json
-    from .models import load_model
     from .provenance import collect
-    from .sites import Site
 
-    steerer, manifest = load_steerer(args.steerer)
-    global_m, per = _parse_multipliers(args.multiplier)
-    steerer.scale_vector(per, global_m)  # unknown attributes fail here, before the model loads
-    loaded = load_model(args.model or manifest["model"]["name"], dtype=args.dtype, device=args.device,
-                        device_map=args.device_map)
-    site = Site.from_dict(manifest["site"])
-    for warning in check_compatible(manifest, model_name=loaded.name, model_hash=loaded.weight_hash,
-                                    d=loaded.hidden_size, site=site, allow_model_mismatch=args.allow_model_mismatch):
-        print(f"warning: {warning}", file=sys.stderr)
+    st = _load_steered(args)
+    loaded, steerer, manifest, site, per, global_m = st.loaded, st.steerer, st.manifest, st.site, st.per, st.global_m
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     evaluator = Evaluator(loaded, site, args.split, dict.fromkeys(tasks, args.limit), tasks=tasks,
                           positions=args.positions)
