@@ -133,12 +133,18 @@ def tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, 
                           positions=positions)
         return build
 
-    rows = {"Base": _score(ex.test, lambda s: Method("none"), seeds[:1]),
-            "Random tokens": _score(ex.test, uniform("random"), seeds),
-            "Last prompt token only": _score(ex.test, uniform("last"), seeds),
-            "All tokens (uniform)": _score(ex.test, uniform("prompt"), seeds),
-            "MAT-Steer gating": _score(ex.test, lambda s: _mat(ex, setting, s), seeds)}
-    return {"rows": rows, "baseline": "Base"}
+    builds = {"Base": (lambda s: Method("none"), seeds[:1]), "Random tokens": (uniform("random"), seeds),
+              "Last prompt token only": (uniform("last"), seeds), "All tokens (uniform)": (uniform("prompt"), seeds),
+              "MAT-Steer gating": (lambda s: _mat(ex, setting, s), seeds)}
+    return {"rows": {name: _score(ex.test, build, s) for name, (build, s) in builds.items()}, "baseline": "Base"}
+
+
+#: Row order of the table-style ablations (saved JSON sorts keys; figures restore the paper's order).
+ROW_ORDER: dict[str, list[str]] = {
+    "components": list(COMPONENTS),
+    "tokens": ["Base", "Random tokens", "Last prompt token only", "All tokens (uniform)", "MAT-Steer gating"],
+    "interference": ["none"],  # then each attribute alone, then "all"
+}
 
 
 # -- Fig. 4 ------------------------------------------------------------------------------------------------------

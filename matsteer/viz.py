@@ -981,23 +981,19 @@ _ABLATION_TITLES = {
 }
 
 
-# Saved JSON sorts keys; the rows are drawn in the paper's order (the reference row first, the full method last).
-_ROW_ORDER = {
-    "components": ["Base", "MMD only", "+ Pos", "+ Sparse", "+ Orth", "w/o Pos", "w/o Sparse", "w/o Orth",
-                   "w/o Normalization", "Full"],
-    "tokens": ["Base", "Random tokens", "Last prompt token only", "All tokens (uniform)", "MAT-Steer gating"],
-}
-
-
 def _rows_percent(name: str, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
     """Ablation rows ``{setting: {task|"mean": {"mean", "std"}, "kl": ...}}`` as percentages, KL dropped, ordered."""
-    known = _ROW_ORDER.get(name, ["none"])
+    from .ablations import ROW_ORDER
+
+    known = ROW_ORDER.get(name, [])
     order = sorted(rows, key=lambda k: (known.index(k) if k in known else len(known), k == "all", k))
     return {s: {t: (v["mean"] * 100, v["std"] * 100) for t, v in rows[s].items() if t != "kl"} for s in order}
 
 
-def _curves_percent(curves: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[float, tuple[float, float]]]:
-    return {name: {float(x): (p["mean"] * 100, p["std"] * 100) for x, p in pts.items()} for name, pts in curves.items()}
+def _curves_percent(curves: Mapping[str, Mapping[str, Any]], x: type = float
+                    ) -> dict[str, dict[Any, tuple[float, float]]]:
+    """Saved curves ``{name: {"x": {"mean", "std"}}}`` as ``{name: {x: (mean %, std %)}}`` with numeric x."""
+    return {name: {x(k): (p["mean"] * 100, p["std"] * 100) for k, p in pts.items()} for name, pts in curves.items()}
 
 
 def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
@@ -1011,13 +1007,12 @@ def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
         return plot_data_efficiency(_curves_percent(r["curves"]), reference=ref, ylabel="three-task mean (%)",
                                     title="Data efficiency (test)")
     if name == "num_attributes":
-        fig = plot_num_attributes({k: {int(x): v for x, v in c.items()} for k, c in _curves_percent(r["curves"]).items()},
-                                  chance=ref.get("No steering"), ylabel="four-task mean (%)",
-                                  title="Number of steered attributes (test; dotted: no steering)")
-        return fig
+        return plot_num_attributes(_curves_percent(r["curves"], int), chance=ref.get("No steering"),
+                                   ylabel="four-task mean (%)",
+                                   title="Number of steered attributes (test; dotted: no steering)")
     if name == "layers":
-        fig = plot_num_attributes({k: {int(x): v for x, v in c.items()} for k, c in _curves_percent(r["curves"]).items()},
-                                  chance=ref.get("No steering"), ylabel="three-task mean (%), dev",
+        fig = plot_num_attributes(_curves_percent(r["curves"], int), chance=ref.get("No steering"),
+                                  ylabel="three-task mean (%), dev",
                                   title="Layer sweep (dev; dotted: no steering)")
         fig.axes[0].set_xlabel("layer")
         return fig
