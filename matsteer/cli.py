@@ -265,6 +265,26 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_winrates(args: argparse.Namespace) -> int:
+    from .experiments import EvalConfig
+    from .judge import OpenAICompatibleJudge
+    from .winrates import WinRateConfig, run_win_rates
+
+    cfg = EvalConfig()
+    if args.seeds:
+        cfg.seeds = tuple(args.seeds)
+    judge = None  # the default model itself, a weak judge
+    if args.judge_url:
+        if not args.judge_model:
+            raise ConfigError("--judge-url needs --judge-model (the model name the endpoint serves).")
+        judge = OpenAICompatibleJudge(args.judge_url, args.judge_model, api_key_env=args.judge_key_env or None)
+    wcfg = WinRateConfig(n_prompts=args.n, split=args.split, max_new_tokens=args.max_new_tokens)
+    run_win_rates(cfg, args.from_eval, wcfg, judge=judge, out_dir=Path(args.out))
+    print((Path(args.out) / "winrates.md").read_text(encoding="utf-8"))
+    print(f"wrote {Path(args.out) / 'winrates.json'} and winrates.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matsteer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -355,6 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
     p.add_argument("--out", default="results/ablations")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("winrates", help="generation win rates of MAT-Steer on HH-RLHF harmless prompts, judged")
+    p.add_argument("--from-eval", dest="from_eval", default="results/eval.json",
+                   help="eval.json whose dev-chosen settings the methods use")
+    p.add_argument("--n", type=int, default=40, help="number of held-out prompts")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--judge-url", dest="judge_url", default=None,
+                   help="an OpenAI-compatible endpoint (e.g. https://api.openai.com/v1); default: the default "
+                        "model as a weak local judge")
+    p.add_argument("--judge-model", dest="judge_model", default=None)
+    p.add_argument("--judge-key-env", dest="judge_key_env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key ('' for none)")
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=cmd_winrates)
 
     p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
     p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,8 @@ FIXED_SEED = 0
 
 @dataclass
 class EvalConfig:
-    """What the default evaluation runs (about 15 minutes on 2 CPU cores); :meth:`full` uses whole test splits.
+    """What the default evaluation runs (with extraction, under 20 minutes on 2 CPU cores; README *Evaluation*);
+    :meth:`full` uses the whole training and test splits.
 
     Every hyperparameter is chosen on the dev questions with the first seed, then kept for the other seeds:
     MAT-Steer's training setting (``training_candidates``, overrides of ``demo.train``) with its multiplier, each
@@ -59,8 +60,8 @@ class EvalConfig:
 
     demo: DemoConfig = field(default_factory=DemoConfig)
     seeds: tuple[int, ...] = (0, 1, 2)
-    dev_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 40, "toxigen": 60, "bbq": 60})
-    test_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 100, "toxigen": 200, "bbq": 120})
+    dev_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 30, "toxigen": 45, "bbq": 45})
+    test_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": 80, "toxigen": 160, "bbq": 100})
     multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     iti_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
     icl_shots: tuple[int, ...] = (1, 3)
@@ -334,9 +335,11 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out_dir: Path, name: str = "eval") -> None:
+def write_report(report: dict[str, Any], out_dir: Path, name: str = "eval",
+                 table: Callable[[dict[str, Any]], str] = markdown_table) -> None:
+    """``{name}.json`` and its markdown ``table`` as ``{name}.md``, each written whole or not at all."""
     from .io import atomic_path
 
     write_json(Path(out_dir) / f"{name}.json", report)
     with atomic_path(Path(out_dir) / f"{name}.md") as tmp:
-        tmp.write_text(markdown_table(report), encoding="utf-8")
+        tmp.write_text(table(report), encoding="utf-8")

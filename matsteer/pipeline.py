@@ -89,6 +89,41 @@ class Generation:
     steered: str
 
 
+def generate_texts(
+    loaded: Any,
+    prompts: Sequence[str],
+    *,
+    steerer: Any = None,
+    site: Site | None = None,
+    max_new_tokens: int = 48,
+    chat: bool = True,
+    batch_size: int | None = None,
+    **steering: Any,
+) -> list[str]:
+    """Greedy continuations of ``prompts``, unsteered or (with ``steerer``) inside :func:`steer` with ``steering``
+    (multipliers, global_multiplier, force, preserve_norm, positions). Left-padded batches of ``batch_size``."""
+    from .intervention import steer
+
+    tok, model = loaded.tokenizer, loaded.model
+    tok.padding_side = "left"
+    texts = [format_prompt(tok, p, chat) for p in prompts]
+    size = batch_size or max(1, len(texts))
+    gen = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    out: list[str] = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), size):
+            enc = tok(texts[i:i + size], return_tensors="pt", padding=True,
+                      add_special_tokens=not chat).to(next(model.parameters()).device)
+            if steerer is None:
+                ids = model.generate(**enc, **gen)
+            else:
+                with steer(model, steerer, site=site, **steering) as handle:
+                    ids = handle.generate(**enc, **gen)
+            width = enc["input_ids"].shape[1]
+            out += [tok.decode(row[width:], skip_special_tokens=True).strip() for row in ids]
+    return out
+
+
 def compare_generations(
     loaded: Any,
     steerer: Any,
@@ -102,24 +137,10 @@ def compare_generations(
     positions: str = "all",
 ) -> list[Generation]:
     """Greedy unsteered and steered continuations of ``prompts`` (one left-padded batch each)."""
-    from .intervention import steer
-
-    tok, model = loaded.tokenizer, loaded.model
-    tok.padding_side = "left"
-    texts = [format_prompt(tok, p, chat) for p in prompts]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(next(model.parameters()).device)
-    gen = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tok.pad_token_id}
-    with torch.inference_mode():
-        plain = model.generate(**enc, **gen)
-        with steer(model, steerer, site=site, multipliers=multipliers, global_multiplier=global_multiplier,
-                   positions=positions) as handle:
-            steered = handle.generate(**enc, **gen)
-    width = enc["input_ids"].shape[1]
-
-    def decode(ids: torch.Tensor) -> list[str]:
-        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in ids]
-
-    return [Generation(p, u, s) for p, u, s in zip(prompts, decode(plain), decode(steered))]
+    plain = generate_texts(loaded, prompts, max_new_tokens=max_new_tokens, chat=chat)
+    steered = generate_texts(loaded, prompts, steerer=steerer, site=site, max_new_tokens=max_new_tokens, chat=chat,
+                             multipliers=multipliers, global_multiplier=global_multiplier, positions=positions)
+    return [Generation(p, u, s) for p, u, s in zip(prompts, plain, steered)]
 
 
 @dataclass

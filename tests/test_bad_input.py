@@ -593,6 +593,10 @@ CLI_CASES = {
                                               r"Train a steerer on this model's activations"),
     "eval: multiplier for an unknown attribute": CliCase(lambda c: _eval(c, c.steerer, "--multiplier", "tox=1"),
                                                          r"unknown attributes \['tox'\]", r"Use those names"),
+    "winrates: no comparison yet": CliCase(lambda c: ["winrates", "--from-eval", str(c.root / "absent.json")],
+                                           r"absent\.json does not exist", r"run `matsteer compare` first"),
+    "winrates: endpoint without a model name": CliCase(lambda c: ["winrates", "--judge-url", "http://127.0.0.1:9/v1"],
+                                                       r"--judge-url needs --judge-model", r"the model name"),
     "generate: malformed multiplier": CliCase(lambda c: _generate(c, c.steerer, "--multiplier", "bias=lots"),
                                               r"Bad --multiplier 'bias=lots'", r"NAME=NUMBER"),
 }
