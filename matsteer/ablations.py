@@ -17,6 +17,7 @@ paradetox_gates    Table 2: gates on toxic vs neutral ParaDetox sentences       
 layers             layer sweep on dev (MAT-Steer and CAA at each layer)          ``plot_num_attributes``-style curve
 interference       steer one attribute (others forced off), score every task     ``plot_ablation``
 multiplier_sweep   one attribute's multiplier swept on dev, accuracy and KL      ``plot_multiplier_sweep``
+training_tokens    features of the answer tokens vs all tokens of x‖y (paper)     ``plot_ablation``
 =================  ==========================================================  ===================================
 """
 
@@ -43,7 +44,7 @@ from .stats import mean_std
 from .train import AttributeData
 
 ABLATIONS = ("components", "tokens", "data_efficiency", "num_attributes", "paradetox_gates", "layers",
-             "interference", "multiplier_sweep")
+             "interference", "multiplier_sweep", "training_tokens")
 
 
 @dataclass
@@ -139,11 +140,34 @@ def tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, 
     return {"rows": {name: _score(ex.test, build, s) for name, (build, s) in builds.items()}, "baseline": "Base"}
 
 
+# -- which tokens to train on -------------------------------------------------------------------------------------
+def training_tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, Any]:
+    """MAT-Steer trained on the answer tokens' activations (our default) and on every token of x‖y (the paper
+    §2.2), each with its gates and with always-on gates, scored on test (steering the query tokens in all rows)."""
+    rows = {"Base": _score(ex.test, lambda s: Method("none"), seeds[:1])}
+    for tokens, label in (("answer", "Answer tokens"), ("all", "All tokens of x‖y (paper)")):
+        data = None
+        if tokens != ex.cfg.demo.tokens:
+            demo = copy.deepcopy(ex.cfg.demo)
+            demo.tokens = tokens
+            data = [attribute_data(fs) for fs in extract_splits(ex.loaded, demo, "train", demo.limits, ex.progress)]
+
+        def uniform(seed: int, d: Any = data) -> Method:
+            m = _mat(ex, setting, seed, data=d)
+            return Method("uniform_gates", uniform_gates(m.steerer), global_multiplier=m.global_multiplier)
+
+        rows[f"{label}, gated"] = _score(ex.test, lambda s, d=data: _mat(ex, setting, s, data=d), seeds)
+        rows[f"{label}, uniform gates"] = _score(ex.test, uniform, seeds)
+    return {"rows": rows, "baseline": "Base"}
+
+
 #: Row order of the table-style ablations (saved JSON sorts keys; figures restore the paper's order).
 ROW_ORDER: dict[str, list[str]] = {
     "components": list(COMPONENTS),
     "tokens": ["Base", "Random tokens", "Last prompt token only", "All tokens (uniform)", "MAT-Steer gating"],
     "interference": ["none"],  # then each attribute alone, then "all"
+    "training_tokens": ["Base", "Answer tokens, gated", "Answer tokens, uniform gates",
+                        "All tokens of x‖y (paper), gated", "All tokens of x‖y (paper), uniform gates"],
 }
 
 
@@ -291,7 +315,7 @@ def multiplier_sweep(ex: Experiment, setting: Setting, seeds: Sequence[int],
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "components": components, "tokens": tokens, "data_efficiency": data_efficiency,
     "num_attributes": num_attributes, "paradetox_gates": paradetox_gates, "layers": layers,
-    "interference": interference, "multiplier_sweep": multiplier_sweep,
+    "interference": interference, "multiplier_sweep": multiplier_sweep, "training_tokens": training_tokens,
 }
 
 

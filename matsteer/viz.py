@@ -978,6 +978,7 @@ def plot_method_table(
 _ABLATION_TITLES = {
     "components": "Loss components (Table 3), test, %", "tokens": "Which tokens to steer (Table 4), test, %",
     "interference": "Steer one attribute, score every task (test, %)",
+    "training_tokens": "Which tokens to train on (test, %)",
 }
 
 

@@ -49,6 +49,11 @@ def test_every_ablation_writes_a_figure_ready_result(results):
     sweep = out["multiplier_sweep"]["result"]["sweep"]
     assert set(sweep) == {"truthfulness", "toxicity", "bias"}
     assert all(len(v["kl"]) == 2 for v in sweep.values())
+    rows = out["training_tokens"]["result"]["rows"]
+    assert list(rows) == A.ROW_ORDER["training_tokens"] and rows["Base"] == comp["Base"]
+    # The answer-token rows use the comparison's own features and setting: the same steerer as "Full".
+    assert rows["Answer tokens, gated"] == comp["Full"]
+    assert any((folder.parent.parent / "features").rglob("*-train-L1-residual-all"))  # extracted for the paper rows
 
 
 def test_figures_from_saved_results(results, tmp_path):
