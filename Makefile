@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FEATDIR := features/smollm2-135m-instruct
 FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 
-.PHONY: setup demo figures ablations test test-fast bench lint clean
+.PHONY: setup demo figures ablations winrates test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,13 @@ figures: setup
 
 # The paper's ablations at the setting `make demo` chose on dev (results/ablations/*.json), then their figures.
 ablations: setup
-	$(BIN)/matsteer ablate components tokens interference paradetox_gates multiplier_sweep data_efficiency num_attributes layers
+	$(BIN)/matsteer ablate components tokens interference paradetox_gates multiplier_sweep data_efficiency \
+		training_tokens num_attributes layers
 	$(BIN)/matsteer figures --results results --out figures
+
+# Generation win rates on HH-RLHF harmless prompts (results/winrates.*), judged by the default model (a weak judge).
+winrates: setup
+	$(BIN)/matsteer winrates
 
 test: setup
 	$(BIN)/python -m pytest -q

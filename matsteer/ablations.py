@@ -37,8 +37,9 @@ from .baselines import mean_difference, sum_of_single, uniform_gates
 from .errors import ConfigError
 from .evaluate import PRIMARY, Evaluator, Method
 from .experiments import EvalConfig, Experiment, provenance
+from .features import extract_to_folder
 from .io import write_json
-from .pipeline import attribute_data, extract_splits
+from .pipeline import attribute_data, extract_splits, feature_dir
 from .sites import Site
 from .stats import mean_std
 from .train import AttributeData
@@ -202,17 +203,32 @@ def data_efficiency(ex: Experiment, setting: Setting, seeds: Sequence[int],
 
 # -- Fig. 7 ------------------------------------------------------------------------------------------------------
 FOURTH = "hh_rlhf"
+MAX_LENGTH = 512  # extract_to_folder's token limit; longer texts would lose their answers to truncation
+
+
+def fitting_pairs(ex: Experiment, limit: int, max_length: int = MAX_LENGTH) -> list[Any]:
+    """The first ``limit`` HH-RLHF harmless training pairs (split order) whose chosen and rejected dialogues both
+    fit ``max_length`` tokens: some dialogues run to thousands of tokens, and a truncated one has no answer left."""
+    from .data import load_examples
+
+    tok = ex.loaded.tokenizer
+    examples = load_examples(FOURTH, "train")
+    too_long = {e.group for e in examples if len(tok(e.text)["input_ids"]) > max_length}
+    keep = [g for g in dict.fromkeys(e.group for e in examples) if g not in too_long][:limit]
+    chosen = set(keep)
+    return [e for e in examples if e.group in chosen]
 
 
 def num_attributes(ex: Experiment, setting: Setting, seeds: Sequence[int], limit: int = 200,
                    test_limit: int = 60) -> dict[str, Any]:
     """Fig. 7's question: steer the first k of truthfulness, toxicity, bias, harmlessness (HH-RLHF harmless, its
-    ``limit`` training pairs); score all four tasks on test. Curves: four-task mean of MAT-Steer and of the sum of
+    first ``limit`` training pairs that fit the extraction length); score all four tasks on test. Curves: four-task mean of MAT-Steer and of the sum of
     single-attribute steerers against k (and, per k, the mean over the k steered tasks)."""
-    demo = copy.deepcopy(ex.cfg.demo)
-    demo.datasets = (FOURTH,)
-    extra = extract_splits(ex.loaded, demo, "train", {FOURTH: limit}, ex.progress)
-    data = ex.train_data + [attribute_data(fs) for fs in extra]
+    folder = feature_dir(ex.cfg.demo.features_dir, ex.cfg.demo.model, FOURTH, "train", ex.site, ex.cfg.demo.tokens)
+    fourth = extract_to_folder(ex.loaded, fitting_pairs(ex, limit), ex.site, Path(f"{folder}-fit{MAX_LENGTH}"),
+                               tokens=ex.cfg.demo.tokens, dataset=FOURTH, split="train", max_length=MAX_LENGTH,
+                               progress=ex.progress)
+    data = [*ex.train_data, attribute_data(fourth)]
     tasks = (*ex.test.tasks, FOURTH)
     evaluator = Evaluator(ex.loaded, ex.site, "test", {**ex.cfg.test_limits, FOURTH: test_limit}, tasks=tasks,
                           positions=ex.cfg.positions, progress=ex.progress)

@@ -85,3 +85,20 @@ def test_unknown_ablation_and_bad_eval_json(tmp_path):
     bad.write_text("{}")
     with pytest.raises(ConfigError, match="no MAT-Steer selection"):
         A.chosen_setting(bad)
+
+
+def test_fitting_pairs_keeps_whole_pairs_that_fit(tokenizer):
+    from types import SimpleNamespace
+
+    from matsteer.data import load_examples
+
+    ex = SimpleNamespace(loaded=SimpleNamespace(tokenizer=tokenizer))
+    length = {e.group: max(len(tokenizer(x.text)["input_ids"]) for x in load_examples("hh_rlhf", "train")
+                           if x.group == e.group) for e in load_examples("hh_rlhf", "train")}
+    cut = sorted(length.values())[len(length) // 2]  # about half of the pairs fit
+    kept = A.fitting_pairs(ex, limit=10, max_length=cut)
+    groups = list(dict.fromkeys(e.group for e in kept))
+    assert len(groups) == 10 and len(kept) == 20  # whole pairs: chosen and rejected
+    assert all(length[g] <= cut for g in groups)
+    fitting_in_order = [g for g in dict.fromkeys(length) if length[g] <= cut]
+    assert groups == fitting_in_order[:10]
