@@ -207,14 +207,15 @@ MAX_LENGTH = 512  # extract_to_folder's token limit; longer texts would lose the
 
 
 def fitting_pairs(ex: Experiment, limit: int, max_length: int = MAX_LENGTH) -> list[Any]:
-    """The first ``limit`` HH-RLHF harmless training pairs (split order) whose chosen and rejected dialogues both
-    fit ``max_length`` tokens: some dialogues run to thousands of tokens, and a truncated one has no answer left."""
+    """The first ``limit`` HH-RLHF harmless training pairs (split order) whose chosen and rejected responses are both
+    non-empty and whose dialogues both fit ``max_length`` tokens: some dialogues run to thousands of tokens (a
+    truncated one has no answer left), and a few responses in the data set are empty (no tokens to extract)."""
     from .data import load_examples
 
     tok = ex.loaded.tokenizer
     examples = load_examples(FOURTH, "train")
-    too_long = {e.group for e in examples if len(tok(e.text)["input_ids"]) > max_length}
-    keep = [g for g in dict.fromkeys(e.group for e in examples) if g not in too_long][:limit]
+    unusable = {e.group for e in examples if not e.answer.strip() or len(tok(e.text)["input_ids"]) > max_length}
+    keep = [g for g in dict.fromkeys(e.group for e in examples) if g not in unusable][:limit]
     chosen = set(keep)
     return [e for e in examples if e.group in chosen]
 

@@ -99,6 +99,7 @@ def test_fitting_pairs_keeps_whole_pairs_that_fit(tokenizer):
     kept = A.fitting_pairs(ex, limit=10, max_length=cut)
     groups = list(dict.fromkeys(e.group for e in kept))
     assert len(groups) == 10 and len(kept) == 20  # whole pairs: chosen and rejected
-    assert all(length[g] <= cut for g in groups)
-    fitting_in_order = [g for g in dict.fromkeys(length) if length[g] <= cut]
+    assert all(length[g] <= cut for g in groups) and all(e.answer.strip() for e in kept)
+    empty = {e.group for e in load_examples("hh_rlhf", "train") if not e.answer.strip()}
+    fitting_in_order = [g for g in dict.fromkeys(length) if length[g] <= cut and g not in empty]
     assert groups == fitting_in_order[:10]
