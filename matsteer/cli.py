@@ -215,6 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig.full() if args.full else EvalConfig()
     cfg.out_dir = Path(args.out)
+    cfg.demo.layer = args.layer
     if args.seeds:
         cfg.seeds = tuple(args.seeds)
     report = run_evaluation(cfg)
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the paper's method comparison: all methods tuned on dev, 3 seeds on test")
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
     p.add_argument("--out", default="results")
     p.set_defaults(func=cmd_compare)
 

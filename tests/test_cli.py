@@ -52,3 +52,32 @@ def test_errors_exit_2_with_message(tmp_path, tiny_dir, capsys):
     assert "no eval.json" in capsys.readouterr().err
     assert main(["figures", "--out", str(tmp_path)]) == 2
     assert "--results" in capsys.readouterr().err
+
+
+def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
+    """The sub-commands are thin: the flags land in the configs that run_evaluation / run_win_rates receive."""
+    import matsteer.experiments as E
+    import matsteer.winrates as W
+
+    seen = {}
+
+    def fake_eval(cfg):
+        seen["eval"] = cfg
+        (cfg.out_dir / "eval.md").parent.mkdir(parents=True, exist_ok=True)
+        (cfg.out_dir / "eval.md").write_text("table\n")
+        return {"best_baseline": {"name": "caa"}}
+
+    def fake_win(cfg, eval_json, wcfg, judge=None, out_dir=None):
+        seen["win"] = (cfg, eval_json, wcfg, judge, out_dir)
+        (out_dir / "winrates.md").write_text("table\n")
+
+    monkeypatch.setattr(E, "run_evaluation", fake_eval)
+    monkeypatch.setattr(W, "run_win_rates", fake_win)
+    assert main(["compare", "--layer", "10", "--seeds", "4", "5", "--out", str(tmp_path)]) == 0
+    cfg = seen["eval"]
+    assert (cfg.demo.layer, cfg.seeds, cfg.out_dir) == (10, (4, 5), tmp_path)
+    assert main(["winrates", "--from-eval", "x.json", "--n", "7", "--max-new-tokens", "9", "--seeds", "1",
+                 "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--out", str(tmp_path)]) == 0
+    cfg, eval_json, wcfg, judge, out_dir = seen["win"]
+    assert (eval_json, wcfg.n_prompts, wcfg.max_new_tokens, cfg.seeds, out_dir) == ("x.json", 7, 9, (1,), tmp_path)
+    assert (judge.base_url, judge.model) == ("http://127.0.0.1:9/v1", "m")
