@@ -215,16 +215,16 @@ def fitting_pairs(ex: Experiment, limit: int, max_length: int = MAX_LENGTH) -> l
     tok = ex.loaded.tokenizer
     examples = load_examples(FOURTH, "train")
     unusable = {e.group for e in examples if not e.answer.strip() or len(tok(e.text)["input_ids"]) > max_length}
-    keep = [g for g in dict.fromkeys(e.group for e in examples) if g not in unusable][:limit]
-    chosen = set(keep)
-    return [e for e in examples if e.group in chosen]
+    keep = set([g for g in dict.fromkeys(e.group for e in examples) if g not in unusable][:limit])
+    return [e for e in examples if e.group in keep]
 
 
 def num_attributes(ex: Experiment, setting: Setting, seeds: Sequence[int], limit: int = 200,
                    test_limit: int = 60) -> dict[str, Any]:
     """Fig. 7's question: steer the first k of truthfulness, toxicity, bias, harmlessness (HH-RLHF harmless, its
-    first ``limit`` training pairs that fit the extraction length); score all four tasks on test. Curves: four-task mean of MAT-Steer and of the sum of
-    single-attribute steerers against k (and, per k, the mean over the k steered tasks)."""
+    first ``limit`` usable training pairs, :func:`fitting_pairs`); score all four tasks on test. Curves: four-task
+    mean of MAT-Steer and of the sum of single-attribute steerers against k (and, per k, the mean over the k steered
+    tasks)."""
     folder = feature_dir(ex.cfg.demo.features_dir, ex.cfg.demo.model, FOURTH, "train", ex.site, ex.cfg.demo.tokens)
     fourth = extract_to_folder(ex.loaded, fitting_pairs(ex, limit), ex.site, Path(f"{folder}-fit{MAX_LENGTH}"),
                                tokens=ex.cfg.demo.tokens, dataset=FOURTH, split="train", max_length=MAX_LENGTH,

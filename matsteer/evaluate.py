@@ -65,6 +65,11 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)  # what was chosen on dev, for the record
     positions: str | None = None  # which tokens to steer; None = the evaluator's policy
 
+    def steering(self, positions: str) -> dict[str, Any]:
+        """The settings :func:`matsteer.intervention.steer` takes besides the model, steerer and site."""
+        return {"multipliers": self.multipliers, "global_multiplier": self.global_multiplier, "force": self.force,
+                "preserve_norm": self.preserve_norm, "positions": positions}
+
     def edit(self) -> Any:
         if self.steerer is None:
             return None
@@ -138,9 +143,7 @@ class Evaluator:
             return score_mc(m, self.loaded.tokenizer, questions, choices=choices, progress=self.progress)
         from .intervention import steer
 
-        with steer(m, method.steerer, site=self.site, multipliers=method.multipliers,
-                   global_multiplier=method.global_multiplier, force=method.force,
-                   preserve_norm=method.preserve_norm, positions=method.positions or self.positions) as handle:
+        with steer(m, method.steerer, site=self.site, **method.steering(method.positions or self.positions)) as handle:
             return score_mc(m, self.loaded.tokenizer, questions, handle, choices=choices, progress=self.progress)
 
     def _mc1_scores(self, task: str, method: Method, mc2: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -190,9 +193,7 @@ class Evaluator:
             if method.steerer is None:
                 steered = base
             else:
-                with steer(m, method.steerer, site=self.site, multipliers=method.multipliers,
-                           global_multiplier=method.global_multiplier, force=method.force,
-                           preserve_norm=method.preserve_norm, positions="all") as handle:
+                with steer(m, method.steerer, site=self.site, **method.steering("all")) as handle:
                     steered = handle(**enc).logits.float()
         mask = enc["attention_mask"]
         return {"ce": cross_entropy(steered, enc["input_ids"], mask), "kl": next_token_kl(base, steered, mask)}

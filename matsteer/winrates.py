@@ -99,10 +99,7 @@ def run_win_rates(cfg: EvalConfig, eval_json: str | Path, wcfg: WinRateConfig | 
         method = ex.method(name, selection[name]["chosen"], seed, overrides)
         texts = generate_texts(ex.loaded, prompts, steerer=method.steerer, site=ex.site,
                                max_new_tokens=wcfg.max_new_tokens, batch_size=wcfg.batch_size,
-                               **({} if method.steerer is None else {
-                                   "multipliers": method.multipliers, "global_multiplier": method.global_multiplier,
-                                   "force": method.force, "preserve_norm": method.preserve_norm,
-                                   "positions": wcfg.positions}))
+                               **({} if method.steerer is None else method.steering(wcfg.positions)))
         scores = judge.score_many(prompts, texts, wcfg.attributes)
         runs.setdefault(name, []).append({"seed": seed, "responses": texts, "scores": scores})
 
