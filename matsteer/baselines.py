@@ -31,6 +31,13 @@ Methods (all vectors are computed in float64 and stored as float32):
 * :func:`uniform_gates`: a trained MAT-Steer steerer with every gate forced to 1 (paper Table 4,
   "all tokens").
 * :func:`few_shot_prompt` / :func:`with_demonstrations`: the in-context-learning (ICL) baseline.
+
+Two controls, the simplest things that do what MAT-Steer claims:
+
+* :func:`random_direction_steerer`: random unit directions scaled to given norms (MAT-Steer's ‖θ_t‖), always-on
+  gates. Any gain it shows comes from pushing the activations, not from the direction.
+* :func:`probe_gated_mean_difference`: CAA vectors behind a logistic-probe gate per attribute (open on the
+  attribute's negatives, shut on its positives): "steer only where needed" without any joint training.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, DataError
+from .probes import fit_logistic_gate
 from .steerer import Steerer
 
 __all__ = [
@@ -61,6 +69,8 @@ __all__ = [
     "mean_difference_vector",
     "pca_difference_vector",
     "pca_of_differences",
+    "probe_gated_mean_difference",
+    "random_direction_steerer",
     "random_pairs",
     "sum_of_single",
     "uniform_gates",
@@ -334,6 +344,44 @@ def pca_of_differences(
     return _build(
         sets, lambda n, cs: pca_difference_vector(cs.positives, cs.negatives, cs.pairs, mult[n], seed)
     )
+
+
+def random_direction_steerer(
+    attributes: Sequence[str], d: int, norms: Sequence[float] | torch.Tensor, seed: int = 0
+) -> Steerer:
+    """Control: one random unit direction per attribute, scaled to ``norms [T]``, behind always-on gates.
+
+    Directions are ``randn(d)`` normalised, from a private generator seeded with ``seed`` (the global RNG is not
+    touched). Pass MAT-Steer's ``θ.norm(dim=1)`` as ``norms`` to push as hard as MAT-Steer in a meaningless direction.
+    """
+    names = list(attributes)
+    norm = torch.as_tensor(norms, dtype=torch.float64).reshape(-1)
+    if norm.numel() != len(names):
+        raise ConfigError(f"random_direction_steerer needs one norm per attribute ({len(names)}), got {norm.numel()}.")
+    if not bool(torch.isfinite(norm).all()) or bool((norm < 0).any()):
+        raise ConfigError(f"norms must be finite and ≥ 0, got {norm.tolist()}.")
+    gen = torch.Generator().manual_seed(seed)
+    directions = torch.randn(len(names), d, generator=gen, dtype=torch.float64)
+    rows = directions / directions.norm(dim=1, keepdim=True) * norm.unsqueeze(1)
+    return make_uniform_steerer(dict(zip(names, rows)))
+
+
+def probe_gated_mean_difference(
+    data: Mapping[str, ContrastLike], multiplier: float | Mapping[str, float] = 1.0, seed: int = 0
+) -> Steerer:
+    """Control: CAA vectors ``θ_t = m_t (μ_pos − μ_neg)`` behind a logistic-probe gate per attribute.
+
+    Gate t is a logistic regression (:func:`matsteer.probes.fit_logistic_gate`) fitted to open on attribute t's
+    negatives and stay shut on its positives; nothing is trained jointly. Apply without norm preservation, like CAA.
+    """
+    sets = _as_sets(data)
+    steerer = mean_difference(sets, multiplier)
+    with torch.no_grad():
+        for t, cs in enumerate(sets.values()):
+            w, b = fit_logistic_gate(cs.negatives, cs.positives, seed=seed)
+            steerer.gate_weight[t].copy_(w)
+            steerer.gate_bias[t] = b
+    return steerer
 
 
 #: The closed-form baselines by short name (each ``(data, multiplier-or-alpha) -> Steerer``).

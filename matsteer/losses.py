@@ -29,7 +29,16 @@ Two variants (see ``docs/losses.md`` for the full comparison):
     Per-attribute split: MMD_t / T; for L_pos / L_sparse the share of attribute t's *data* (all T gates on
     attribute t's rows, divided by T); for L_ortho half of attribute t's row of cos².
 
-Total: ``L = λ_mmd L_MMD + λ_pos L_pos + λ_sparse L_sparse + λ_ortho L_ortho`` (λ_mmd = 1 in the paper).
+Extension (not the paper's): a **supervised gate** term ``L_gate`` (``gate_loss="supervised"``). The paper's gates
+get no direct signal about which side a token is on; this term is the logistic loss that opens gate t on attribute
+t's negatives and shuts it on t's positives and (``gate_scope="cross"``) on every other attribute's rows:
+
+    L_gate_t = ½ mean_{a∈B_t^n} BCE(G_t(a), 1) + ¼ mean_{a∈B_t^p} BCE(G_t(a), 0) + ¼ mean_{a∈B_{t'≠t}} BCE(G_t(a), 0)
+
+(``gate_scope="own"``, or T = 1: ½ own negatives + ½ own positives). See :func:`gate_targets`.
+
+Total: ``L = λ_mmd L_MMD + λ_pos L_pos + λ_sparse L_sparse + λ_ortho L_ortho + λ_gate L_gate`` (λ_mmd = 1 and
+λ_gate = 0 in the paper).
 
 MMD² is the biased V-statistic with diagonal terms (Eq. 10), Gaussian kernel ``k(x,y)=exp(-‖x-y‖²/(2σ²))``.
 An optional per-dimension ``inv_scale [d]`` rescales coordinates *inside the kernel only* (``standardize=True``
@@ -50,7 +59,8 @@ from .errors import ConfigError
 from .steerer import apply_steering
 
 VARIANTS: tuple[str, ...] = ("paper", "reference")
-TERMS: tuple[str, ...] = ("mmd", "pos", "sparse", "ortho")
+TERMS: tuple[str, ...] = ("mmd", "pos", "sparse", "ortho", "gate")
+GATE_SCOPES: tuple[str, ...] = ("own", "cross")
 _EPS = 1e-12
 
 
@@ -169,6 +179,41 @@ def orthogonality(theta: torch.Tensor, variant: str = "paper") -> torch.Tensor:
     return row if check_variant(variant) == "paper" else 0.5 * row
 
 
+def gate_targets(T: int, n: int, m: int, scope: str = "cross") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Targets and weights of the supervised gate term over a batch of T attributes (n positives, m negatives each).
+
+    Rows follow the flattened batch: negatives ``[T*m]`` (attribute t's rows are ``t*m .. t*m+m-1``), positives
+    ``[T*n]``; columns are the T gates. Returns ``(target_neg [T*m, T], weight_neg [T*m, T], weight_pos [T*n, T])``
+    with ``L_gate_t = Σ_rows weight · BCE(G_t, target)`` (the positives' target is 0 everywhere). Gate t is opened
+    on its own negatives (weight ½ in total), shut on its own positives (¼) and on the other attributes' rows (¼,
+    ``scope="cross"``); with ``scope="own"`` or T = 1 the own positives take the whole ½.
+    """
+    if scope not in GATE_SCOPES:
+        raise ConfigError(f"Unknown gate_scope {scope!r}; choose one of {', '.join(GATE_SCOPES)}.")
+    eye = torch.eye(T, dtype=torch.float64)  # float64 so that 1/m-style weights are exact before any cast
+    own_neg, own_pos = eye.repeat_interleave(m, dim=0), eye.repeat_interleave(n, dim=0)
+    cross = scope == "cross" and T > 1
+    pos_share = 0.25 if cross else 0.5
+    other = 0.25 / ((T - 1) * (n + m)) if cross else 0.0
+    weight_neg = own_neg * (0.5 / m) + (1 - own_neg) * other
+    weight_pos = own_pos * (pos_share / n) + (1 - own_pos) * other
+    return own_neg, weight_neg, weight_pos
+
+
+def supervised_gate_loss(
+    neg_logits: torch.Tensor, pos_logits: torch.Tensor, scope: str = "cross"
+) -> torch.Tensor:
+    """Per-gate logistic loss ``[T]`` from gate logits of all T gates on the batch negatives ``[T, m, T]`` and
+    positives ``[T, n, T]`` (rows: attribute of the data; last dim: gate). See :func:`gate_targets`."""
+    T, m, _ = neg_logits.shape
+    n = pos_logits.shape[1]
+    target, w_neg, w_pos = (x.to(neg_logits) for x in gate_targets(T, n, m, scope))
+    ln, lp = neg_logits.reshape(T * m, T), pos_logits.reshape(T * n, T)
+    bce_neg = torch.nn.functional.softplus(ln) - target * ln
+    bce_pos = torch.nn.functional.softplus(lp)
+    return (w_neg * bce_neg).sum(0) + (w_pos * bce_pos).sum(0)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Everything at once (the training hot path)
 # --------------------------------------------------------------------------------------------------------------
@@ -176,7 +221,7 @@ def orthogonality(theta: torch.Tensor, variant: str = "paper") -> torch.Tensor:
 
 @dataclass
 class LossTerms:
-    """Per-attribute loss terms ``per_attribute [4, T]`` (rows in :data:`TERMS` order) and the weighted total."""
+    """Per-attribute loss terms ``per_attribute [5, T]`` (rows in :data:`TERMS` order) and the weighted total."""
 
     per_attribute: torch.Tensor
     total: torch.Tensor
@@ -197,6 +242,10 @@ class LossTerms:
     def ortho(self) -> torch.Tensor:
         return self.per_attribute[3]
 
+    @property
+    def gate(self) -> torch.Tensor:
+        return self.per_attribute[4]
+
     def totals(self) -> dict[str, float]:
         """Each term summed over attributes (unweighted), and the weighted total, as floats."""
         sums = self.per_attribute.detach().sum(-1).tolist()
@@ -204,8 +253,9 @@ class LossTerms:
 
 
 def weight_vector(lambdas: Mapping[str, float], device: torch.device | str | None = None) -> torch.Tensor:
-    """``[4]`` float32 weights (λ_mmd, λ_pos, λ_sparse, λ_ortho) from a mapping with keys :data:`TERMS`."""
-    return torch.tensor([float(lambdas[k]) for k in TERMS], dtype=torch.float32, device=device)
+    """``[5]`` float32 weights (λ_mmd, λ_pos, λ_sparse, λ_ortho, λ_gate) from a mapping with keys :data:`TERMS`
+    (a missing ``gate`` weight is 0: the paper has no such term)."""
+    return torch.tensor([float(lambdas.get(k, 0.0)) for k in TERMS], dtype=torch.float32, device=device)
 
 
 def loss_terms(
@@ -221,10 +271,11 @@ def loss_terms(
     preserve_norm: bool = True,
     pos_mmd: torch.Tensor | None = None,
     inv_scale: torch.Tensor | None = None,
+    gate_scope: str = "cross",
 ) -> LossTerms:
-    """All four terms per attribute and the weighted total, in one batched expression.
+    """All five terms per attribute and the weighted total, in one batched expression.
 
-    pos ``[T, n, d]``, neg ``[T, m, d]``; theta/weight ``[T, d]``; bias ``[T]``; lambdas ``[4]``
+    pos ``[T, n, d]``, neg ``[T, m, d]``; theta/weight ``[T, d]``; bias ``[T]``; lambdas ``[5]``
     (see :func:`weight_vector`). ``pos_mmd [T, n', d]``: positives the MMD compares against (the reference
     variant's freshly resampled positives); default ``pos``. Negatives are steered by :func:`apply_steering`
     (all T gates from the original activation, optional norm preservation) before the MMD.
@@ -239,7 +290,8 @@ def loss_terms(
     lpos = positive_preservation(pos_gates, variant)
     lsparse = negative_sparsity(neg_gates, variant)
     lortho = orthogonality(theta, variant)
-    stacked = torch.stack([mmd, lpos, lsparse, lortho])  # [4, T]
+    lgate = supervised_gate_loss(neg @ weight.T + bias, pos @ weight.T + bias, gate_scope)
+    stacked = torch.stack([mmd, lpos, lsparse, lortho, lgate])  # [5, T]
     return LossTerms(stacked, (lambdas @ stacked).sum())
 
 
@@ -273,6 +325,7 @@ class FusedObjective:
         preserve_norm: bool = True,
         inv_scale: torch.Tensor | None = None,
         n_mmd: int | None = None,
+        gate_scope: str = "cross",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -282,24 +335,31 @@ class FusedObjective:
         self.preserve_norm = preserve_norm
         paper = variant == "paper"
         f32 = {"dtype": dtype, "device": device}
-        lam = {k: float(lambdas[k]) for k in TERMS}
+        lam = {k: float(lambdas.get(k, 0.0)) for k in TERMS}
         # Coordinates are pre-multiplied by q = inv_scale / σ so that k = exp(-‖Δz‖²/2).
         self.q = (inv_scale.to(**f32) / sigma) if inv_scale is not None else torch.tensor(1.0 / sigma, **f32)
         alpha_mmd = lam["mmd"] * (1.0 if paper else 1.0 / T)
         self.coef = self.q * (2.0 * alpha_mmd / m)  # dL/dy = coef ⊙ (v_i z_i - (K w z)_i)
         self.w = torch.cat([torch.full((self.n_mmd,), 1.0 / self.n_mmd, **f32), torch.full((m,), -1.0 / m, **f32)])
         self.wcol = self.w.view(1, -1, 1)
-        if paper:  # d L_sparse / d G[t, i, t'] = λ_s/m on t' = t (own gate) only
-            eye = torch.eye(T, **f32)
+        # Gate penalties as per-(row, gate) weights: d L_sparse / d G and d L_pos / d G² on the flattened batch.
+        eye = torch.eye(T, **f32)
+        if paper:  # own gate on own rows only
             self.sparse_grad = (eye.repeat_interleave(m, dim=0) * (lam["sparse"] / m)).contiguous()  # [T*m, T]
-            self.pos_coef = 2.0 * lam["pos"] / n
+            self.pos_coef = (eye.repeat_interleave(n, dim=0) * (2.0 * lam["pos"] / n)).contiguous()  # [T*n, T]
+            self.pos_mask = eye.repeat_interleave(n, dim=0) / n  # L_pos_t = Σ mask · G²
         else:  # all gates of all rows
             self.sparse_grad = torch.full((1, 1), lam["sparse"] / (T * m * T), **f32)
-            self.pos_coef = 2.0 * lam["pos"] / (T * n * T)
+            self.pos_coef = torch.full((1, 1), 2.0 * lam["pos"] / (T * n * T), **f32)
+        # Supervised gate term (0 weight unless λ_gate > 0): targets and weights of the flattened batch.
+        self.supervised = lam["gate"] > 0
+        target, w_neg, w_pos = (x.to(**f32) for x in gate_targets(T, n, m, gate_scope))
+        self.gate_target, self.gate_w_neg, self.gate_w_pos = target, w_neg, w_pos
+        self.lam_gate = lam["gate"]
         self.offdiag = 1.0 - torch.eye(T, **f32)
         self.ortho_coef = 4.0 * lam["ortho"] * (1.0 if paper else 0.5)
         # Per-attribute factors turning the raw per-step values into each variant's terms (rows: TERMS).
-        self.term_scale = torch.tensor([[1.0], [1.0], [1.0], [1.0]] if paper else [[1 / T], [1 / T], [1 / T], [0.5]], **f32)
+        self.term_scale = torch.tensor([[1.0]] * 5 if paper else [[1 / T], [1 / T], [1 / T], [0.5], [1.0]], **f32)
 
     def __call__(
         self,
@@ -310,12 +370,13 @@ class FusedObjective:
         neg: torch.Tensor,
         pos_mmd: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(per_attribute [4, T], dL/dθ [T, d], dL/dW [T, d], dL/db [T])`` for pos ``[T, n, d]``, neg ``[T, m, d]``."""
+        """``(per_attribute [5, T], dL/dθ [T, d], dL/dW [T, d], dL/db [T])`` for pos ``[T, n, d]``, neg ``[T, m, d]``."""
         T, m, n, d = self.T, self.m, self.n, neg.shape[-1]
         ref = pos if pos_mmd is None else pos_mmd
         a = neg.reshape(T * m, d)
         # Steering of negatives: all T gates from the original activation.
-        gn = torch.sigmoid(torch.addmm(bias, a, weight.t()))  # [T*m, T]
+        ln = torch.addmm(bias, a, weight.t())  # gate logits [T*m, T]
+        gn = torch.sigmoid(ln)
         u = torch.addmm(a, gn, theta)  # [T*m, d]
         if self.preserve_norm:
             an = torch.linalg.vector_norm(a, dim=1, keepdim=True)
@@ -342,22 +403,23 @@ class FusedObjective:
             gu = gy
         g_theta = torch.mm(gn.t(), gu)  # [T, d]
         g_zn = torch.ops.aten.sigmoid_backward(torch.addmm(self.sparse_grad, gu, theta.t()), gn)  # [T*m, T]
-        g_weight = torch.mm(g_zn.t(), a)  # [T, d]
-        g_bias = g_zn.sum(0)
-        # Gates on positives.
+        # Gates on positives: all T gates of every row (the paper's terms mask all but the own gate).
+        p2 = pos.reshape(T * n, d)
+        lp = torch.addmm(bias, p2, weight.t())  # [T*n, T]
+        gp = torch.sigmoid(lp)
+        g_zp = torch.ops.aten.sigmoid_backward(gp * self.pos_coef, gp)
+        # The gate term's value is kept even when λ_gate = 0: it says how well the gates separate the sides.
+        gate_term = ((torch.nn.functional.softplus(ln) - self.gate_target * ln) * self.gate_w_neg).sum(0) + (
+            torch.nn.functional.softplus(lp) * self.gate_w_pos).sum(0)
+        if self.supervised:  # d BCE / d logit = G - target
+            g_zn = g_zn + (gn - self.gate_target) * self.gate_w_neg * self.lam_gate
+            g_zp = g_zp + gp * self.gate_w_pos * self.lam_gate
+        g_weight = torch.mm(g_zn.t(), a).addmm_(g_zp.t(), p2)  # [T, d]
+        g_bias = g_zn.sum(0) + g_zp.sum(0)
         if self.variant == "paper":
-            gp = torch.sigmoid(torch.baddbmm(bias.view(T, 1, 1), pos, weight.unsqueeze(2)))  # [T, n, 1]
-            g_zp = torch.ops.aten.sigmoid_backward(gp * self.pos_coef, gp)
-            g_weight = g_weight + torch.bmm(g_zp.transpose(1, 2), pos).squeeze(1)
-            g_bias = g_bias + g_zp.sum((1, 2))
-            pos_term = (gp * gp).mean((1, 2))
+            pos_term = (gp * gp * self.pos_mask).sum(0)
             sparse_term = gn.view(T, m, T).diagonal(dim1=0, dim2=2).mean(0)
         else:
-            p2 = pos.reshape(T * n, d)
-            gp = torch.sigmoid(torch.addmm(bias, p2, weight.t()))  # [T*n, T]
-            g_zp = torch.ops.aten.sigmoid_backward(gp * self.pos_coef, gp)
-            g_weight = torch.addmm(g_weight, g_zp.t(), p2)
-            g_bias = g_bias + g_zp.sum(0)
             pos_term = (gp * gp).view(T, n * T).mean(1)
             sparse_term = gn.view(T, m * T).mean(1)
         # Orthogonality: L = c Σ_{t≠t'} cos², dL/dû = 4c C_off û, then through û = θ/‖θ‖.
@@ -366,5 +428,5 @@ class FusedObjective:
         c_off = torch.mm(unit, unit.t()).mul_(self.offdiag)
         g_unit = torch.mm(c_off, unit).mul_(self.ortho_coef)
         g_theta += (g_unit - unit * torch.linalg.vecdot(unit, g_unit).unsqueeze(1)) / tn
-        raw = torch.stack([mmd, pos_term, sparse_term, (c_off * c_off).sum(1)])  # [4, T]
+        raw = torch.stack([mmd, pos_term, sparse_term, (c_off * c_off).sum(1), gate_term])  # [5, T]
         return raw.mul_(self.term_scale), g_theta, g_weight, g_bias

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .errors import ArtifactError, ConfigError, DataError, TrainingError
-from .losses import TERMS, VARIANTS, FusedObjective, loss_terms, squared_distances, weight_vector
+from .losses import GATE_SCOPES, TERMS, VARIANTS, FusedObjective, loss_terms, squared_distances, weight_vector
 from .steerer import Steerer
 
 HISTORY_TERMS: tuple[str, ...] = (*TERMS, "total")
@@ -42,19 +42,51 @@ _GATHER_FLOATS = 1 << 24  # batches gathered at once: at most this many floats p
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: Named settings one flag away (``TrainConfig.preset(name)``, ``matsteer train --preset NAME``). ``default`` is
+#: the workbench's choice (docs/training.md says why); ``paper`` and ``reference`` are the paper's and the public
+#: code's exact settings (σ = 2, no gate supervision, raw gate input, θ ~ randn).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"sigma": 2.0, "loss_variant": "paper", "gate_input": "raw", "gate_loss": "none", "theta_init": "randn",
+              "theta_lr": None, "lambda_pos": 0.9, "lambda_sparse": 0.9, "lambda_ortho": 0.1},
+    "reference": {"sigma": 2.0, "loss_variant": "reference", "gate_input": "raw", "gate_loss": "none",
+                  "theta_init": "randn", "theta_lr": None, "lambda_pos": 0.9, "lambda_sparse": 0.9, "lambda_ortho": 0.1},
+}
+GATE_INPUTS: tuple[str, ...] = ("raw", "standardized")
+GATE_LOSSES: tuple[str, ...] = ("none", "supervised")
+THETA_INITS: tuple[str, ...] = ("randn", "zero")
+
+
 @dataclass
 class TrainConfig:
-    """Training hyperparameters; defaults are the reference code's (Adam, lr 1e-3, 100 epochs, σ 2, λ as below)."""
+    """Training hyperparameters. Adam, lr 1e-3, 100 epochs, 16 + 16 rows per attribute per batch and the λ of the
+    reference code; the gate settings are the workbench's default (see :data:`PRESETS` and docs/training.md):
+
+    - ``gate_input="standardized"``: gates see per-dimension z-scores of the activations (mean and std of the
+      training pool). Folded into W and b when training ends, so the saved gate acts on raw activations.
+    - ``gate_loss="supervised"`` with ``lambda_gate``: the logistic gate term of :mod:`matsteer.losses` (not the
+      paper's), over ``gate_scope`` ("cross": each gate also kept shut on the other attributes' rows).
+    - ``theta_init="zero"``: θ starts at 0 instead of ``randn(d)`` (‖randn‖ ≈ √d is arbitrary against activation
+      norms of ~150).
+    """
 
     epochs: int = 100
     batch_per_side: int = 16  # positives and negatives per attribute per batch (batch 96 for T = 3)
     lr: float = 1e-3
-    sigma: float | str = 2.0  # a number, or "median" (median pairwise distance of training activations)
+    sigma: float | str = "median"  # a number, or "median" (median pairwise distance of training activations)
     lambda_mmd: float = 1.0
     lambda_sparse: float = 0.9
     lambda_ortho: float = 0.1
     lambda_pos: float = 0.9
+    lambda_gate: float = 1.0  # weight of the supervised gate term (used when gate_loss="supervised")
     loss_variant: str = "paper"  # or "reference"; see matsteer.losses
+    gate_input: str = "standardized"  # or "raw" (the paper)
+    gate_loss: str = "supervised"  # or "none" (the paper)
+    gate_scope: str = "cross"  # or "own": which rows the supervised term keeps each gate shut on
+    theta_init: str = "zero"  # or "randn" (the reference code)
+    # θ's learning rate: "std" = lr × the RMS per-dimension std of the training activations (Adam's step is then
+    # in the activations' units), a number, or None (= lr, the reference code).
+    theta_lr: float | str | None = "std"
     preserve_norm: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -65,8 +97,18 @@ class TrainConfig:
     # ([T, k, d]), so one thread avoids synchronisation overhead; on a busy machine 2 threads were >5x slower.
     cpu_threads: int | None = 1
 
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The named settings of :data:`PRESETS` (``default``, ``paper``, ``reference``), then ``overrides``."""
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
     def lambdas(self) -> dict[str, float]:
-        return {"mmd": self.lambda_mmd, "pos": self.lambda_pos, "sparse": self.lambda_sparse, "ortho": self.lambda_ortho}
+        """λ per loss term; the gate term's weight is 0 unless ``gate_loss == "supervised"``."""
+        gate = self.lambda_gate if self.gate_loss == "supervised" else 0.0
+        return {"mmd": self.lambda_mmd, "pos": self.lambda_pos, "sparse": self.lambda_sparse,
+                "ortho": self.lambda_ortho, "gate": gate}
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad setting and how to fix it."""
@@ -81,6 +123,9 @@ class TrainConfig:
                               "(rows per side per attribute).")
         if not _finite_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}; pass e.g. lr=1e-3.")
+        if self.theta_lr is not None and self.theta_lr != "std" and (
+                not _finite_number(self.theta_lr) or self.theta_lr <= 0):
+            raise ConfigError(f"theta_lr must be 'std', a positive number or None, got {self.theta_lr!r}.")
         if isinstance(self.sigma, str):
             if self.sigma != "median":
                 raise ConfigError(f"sigma must be a positive number or 'median', got {self.sigma!r}.")
@@ -93,8 +138,13 @@ class TrainConfig:
             if not _finite_number(value) or value < 0:
                 raise ConfigError(f"lambda_{name} must be a finite number ≥ 0, got {value!r}; pass a weight ≥ 0 "
                                   "(0 turns that loss term off).")
-        if self.loss_variant not in VARIANTS:
-            raise ConfigError(f"loss_variant must be one of {', '.join(VARIANTS)}, got {self.loss_variant!r}.")
+        for name, value, allowed in (("loss_variant", self.loss_variant, VARIANTS),
+                                     ("gate_input", self.gate_input, GATE_INPUTS),
+                                     ("gate_loss", self.gate_loss, GATE_LOSSES),
+                                     ("gate_scope", self.gate_scope, GATE_SCOPES),
+                                     ("theta_init", self.theta_init, THETA_INITS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}.")
         if not is_int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}.")
         if not is_int(self.dev_max_per_side) or self.dev_max_per_side < 1:
@@ -218,11 +268,11 @@ class History:
         return len(self.train.get("total", []))
 
     def append(self, split: str, per_attribute: list[list[float]]) -> None:
-        """Add one epoch: ``per_attribute`` is ``[4][T]`` in :data:`TERMS` order; total is derived."""
+        """Add one epoch: ``per_attribute`` is ``[5][T]`` in :data:`TERMS` order; total is derived."""
         target = self.train if split == "train" else self.dev
         if not target:
             target.update({k: [] for k in HISTORY_TERMS})
-        lam = [self.lambdas[k] for k in TERMS]
+        lam = [self.lambdas.get(k, 0.0) for k in TERMS]
         for k, row in zip(TERMS, per_attribute):
             target[k].append([float(v) for v in row])
         total = [sum(lam[i] * per_attribute[i][t] for i in range(len(TERMS))) for t in range(len(self.attributes))]
@@ -266,10 +316,16 @@ class History:
     def from_dict(cls, data: dict[str, Any]) -> History:
         try:
             attributes = [str(a) for a in data["attributes"]]
-            lambdas = {k: float(data["lambdas"][k]) for k in TERMS}
-            train = {k: [[float(x) for x in r] for r in data["train"][k]] for k in HISTORY_TERMS}
+            # Histories saved before the gate term existed have four terms: the missing one reads as 0.
+            lambdas = {k: float(data["lambdas"].get(k, 0.0)) for k in TERMS}
+
+            def table(src: dict[str, Any]) -> dict[str, list[list[float]]]:
+                zeros = [[0.0] * len(attributes) for _ in src["total"]]
+                return {k: [[float(x) for x in r] for r in src.get(k, zeros)] for k in HISTORY_TERMS}
+
+            train = table(data["train"])
             dev_in = data.get("dev") or {}
-            dev = {k: [[float(x) for x in r] for r in dev_in[k]] for k in HISTORY_TERMS} if dev_in else {}
+            dev = table(dev_in) if dev_in else {}
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"Malformed training history ({exc!r}); re-train or re-save it.") from exc
         return cls(attributes=attributes, lambdas=lambdas, train=train, dev=dev)
@@ -287,6 +343,7 @@ class TrainResult:
     steps_per_epoch: int
     steps: int
     wall_time_s: float
+    theta_init: torch.Tensor | None = None  # [T, d] θ before the first step (for the training-health report)
 
     @property
     def steps_per_s(self) -> float:
@@ -309,18 +366,13 @@ def _as_rows(data: Sequence[AttributeData] | torch.Tensor) -> list[torch.Tensor]
     return [x for a in data for x in (a.positives, a.negatives)]
 
 
-def kernel_inv_scale(data: Sequence[AttributeData] | torch.Tensor) -> torch.Tensor:
-    """``[d]`` float32: ``1 / (s_j √d)``, s_j the per-dimension std of all training activations (pooled).
-
-    Inside the kernel, ``‖(x - y) ⊙ inv_scale‖²`` is then the mean squared per-dimension z-score difference
-    (≈ 2 for two independent draws at any d), so σ is in z-score units. Near-constant dimensions are floored at
-    1e-3 x the mean std so that steering along them cannot blow up the distance.
-    """
+def activation_moments(data: Sequence[AttributeData] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std ``([d], [d])`` float64 of all training activations (pooled over attributes and
+    sides). Near-constant dimensions are floored at 1e-3 x the mean std, so nothing divides by ~0."""
     rows = _as_rows(data)
-    d = rows[0].shape[1]
     total = sum(int(x.shape[0]) for x in rows)
     if total < 2:
-        raise DataError("Need at least 2 activation rows to standardize the kernel distances.")
+        raise DataError("Need at least 2 activation rows to standardize activations.")
     # Two passes in float64 over row blocks (no big concatenation or full float64 copy): mean, then the centred
     # sum of squares (numerically safer than E[x²] - E[x]² for large-norm activations).
     def blocks():
@@ -329,8 +381,17 @@ def kernel_inv_scale(data: Sequence[AttributeData] | torch.Tensor) -> torch.Tens
     mean = sum(blk.sum(0) for blk in blocks()) / total
     ss = sum((blk - mean).pow(2).sum(0) for blk in blocks())
     std = (ss / (total - 1)).sqrt()
-    std = std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
-    return (1.0 / (std * math.sqrt(d))).float()
+    return mean, std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
+
+
+def kernel_inv_scale(data: Sequence[AttributeData] | torch.Tensor) -> torch.Tensor:
+    """``[d]`` float32: ``1 / (s_j √d)``, s_j the per-dimension std of all training activations (pooled).
+
+    Inside the kernel, ``‖(x - y) ⊙ inv_scale‖²`` is then the mean squared per-dimension z-score difference
+    (≈ 2 for two independent draws at any d), so σ is in z-score units.
+    """
+    _, std = activation_moments(data)
+    return (1.0 / (std * math.sqrt(std.shape[0]))).float()
 
 
 def _sample_rows(data: Sequence[AttributeData] | torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
@@ -554,21 +615,42 @@ def _train(
         dev_pos, dev_neg = _stack_fixed(dev_list, config.dev_max_per_side, config.seed + _SEED_SAMPLER + 1, device)
 
     steerer = Steerer(names, d, [a.positive_side for a in data], generator=torch.Generator().manual_seed(config.seed))
+    if config.theta_init == "zero":
+        with torch.no_grad():
+            steerer.theta.zero_()
+    theta_init = steerer.theta.detach().clone()
     steerer.to(device)
+    # Standardised gate input: Adam works on gates over z-scores (W_z, b_z); each step maps them to the raw-space
+    # gate the objective uses (W = W_z / s, b = b_z - W·μ) and maps the gradients back. Same objective, better
+    # conditioned steps: a raw activation of norm ~150 moves a gate logit by ~3 per Adam step.
+    gate_map = None
+    need_moments = config.gate_input == "standardized" or config.theta_lr == "std"
+    moments = activation_moments(data) if need_moments else None
+    if config.gate_input == "standardized":
+        mu, sd = moments
+        gate_map = ((1.0 / sd).to(device, torch.float32), mu.to(device, torch.float32))
+    # θ = c·θ' with Adam on θ': the same as θ's own learning rate c·lr, inside one flat buffer and one Adam step.
+    if config.theta_lr is None:
+        theta_scale = 1.0
+    elif config.theta_lr == "std":
+        theta_scale = float(moments[1].pow(2).mean().sqrt())
+    else:
+        theta_scale = float(config.theta_lr) / config.lr
     # All parameters live in one flat buffer (θ, W, b are views) so torch's Adam updates a single tensor per step;
     # the gradients are closed-form (FusedObjective), written into its .grad.
     flat = torch.nn.Parameter(torch.cat(
-        [steerer.theta.detach().reshape(-1), steerer.gate_weight.detach().reshape(-1), steerer.gate_bias.detach()]
+        [steerer.theta.detach().reshape(-1) / theta_scale, steerer.gate_weight.detach().reshape(-1),
+         steerer.gate_bias.detach()]
     ))
     flat.grad = torch.zeros_like(flat)
-    theta = flat[: T * d].view(T, d)
+    theta_p = flat[: T * d].view(T, d)
     weight = flat[T * d : 2 * T * d].view(T, d)
     bias = flat[2 * T * d :]
     # fused=True: one kernel per step (about half the per-step overhead of the default on CPU at this size).
     optimizer = torch.optim.Adam([flat], lr=config.lr, fused=True)
     objective = FusedObjective(
         T, k, k, sigma=sigma, lambdas=config.lambdas(), variant=config.loss_variant,
-        preserve_norm=config.preserve_norm, inv_scale=inv_scale_dev, device=device,
+        preserve_norm=config.preserve_norm, inv_scale=inv_scale_dev, gate_scope=config.gate_scope, device=device,
     )
     lambdas = weight_vector(config.lambdas(), device)
     history = History(attributes=names, lambdas=config.lambdas())
@@ -589,9 +671,15 @@ def _train(
                 pos_chunk, neg_chunk = pool_pos[pos_idx[c0:c1]], pool_neg[neg_idx[c0:c1]]
                 ref_chunk = pool_pos[ref_idx[c0:c1]] if ref_idx is not None else None
                 for b in range(c1 - c0):
+                    theta = theta_p * theta_scale if theta_scale != 1.0 else theta_p
+                    w_raw, b_raw = _raw_gate(weight, bias, gate_map)
                     per_attr, g_theta, g_weight, g_bias = objective(
-                        theta, weight, bias, pos_chunk[b], neg_chunk[b], ref_chunk[b] if ref_chunk is not None else None
+                        theta, w_raw, b_raw, pos_chunk[b], neg_chunk[b], ref_chunk[b] if ref_chunk is not None else None
                     )
+                    if gate_map is not None:  # chain rule through W = W_z / s, b = b_z - W·μ
+                        g_weight = (g_weight - g_bias.unsqueeze(1) * gate_map[1]) * gate_map[0]
+                    if theta_scale != 1.0:
+                        g_theta = g_theta * theta_scale
                     torch.cat([g_theta.view(-1), g_weight.view(-1), g_bias], out=flat.grad)
                     optimizer.step()
                     step_terms[c0 + b].copy_(per_attr)
@@ -601,10 +689,12 @@ def _train(
             if not bool(torch.isfinite(means).all()) or not bool(torch.isfinite(flat).all()):
                 _raise_divergence(step_terms, epoch, names, bool(torch.isfinite(flat).all()))
             history.append("train", means.tolist())
+            theta = theta_p * theta_scale
             if dev_pos is not None and dev_neg is not None:
                 dv = loss_terms(
-                    theta, weight, bias, dev_pos, dev_neg, sigma=sigma, lambdas=lambdas,
+                    theta, *_raw_gate(weight, bias, gate_map), dev_pos, dev_neg, sigma=sigma, lambdas=lambdas,
                     variant=config.loss_variant, preserve_norm=config.preserve_norm, inv_scale=inv_scale_dev,
+                    gate_scope=config.gate_scope,
                 )
                 history.append("dev", dv.per_attribute.tolist())
             if progress:
@@ -613,9 +703,10 @@ def _train(
                     post["dev"] = f"{sum(history.dev['total'][-1]):.4f}"
                 bar.set_postfix(post)
     with torch.no_grad():
-        steerer.theta.copy_(theta)
-        steerer.gate_weight.copy_(weight)
-        steerer.gate_bias.copy_(bias)
+        w_raw, b_raw = _raw_gate(weight, bias, gate_map)
+        steerer.theta.copy_(theta_p * theta_scale)
+        steerer.gate_weight.copy_(w_raw)
+        steerer.gate_bias.copy_(b_raw)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
@@ -629,7 +720,18 @@ def _train(
         steps_per_epoch=B,
         steps=B * config.epochs,
         wall_time_s=wall,
+        theta_init=theta_init,
     )
+
+
+def _raw_gate(
+    weight: torch.Tensor, bias: torch.Tensor, gate_map: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw-space gate ``(W [T, d], b [T])`` of a gate trained on z-scores (``gate_map = (1/s [d], μ [d])``)."""
+    if gate_map is None:
+        return weight, bias
+    w = weight * gate_map[0]
+    return w, bias - w @ gate_map[1]
 
 
 def _raise_divergence(step_terms: torch.Tensor, epoch: int, names: list[str], params_ok: bool) -> None:

@@ -684,7 +684,7 @@ _TERM_TITLES = {"mmd": "L_MMD (alignment)", "pos": "L_pos (positive preservation
                 "total": "total (λ-weighted)"}
 
 
-def plot_training_curves(history: Any, terms: Sequence[str] = ("mmd", "pos", "sparse", "ortho", "total"),
+def plot_training_curves(history: Any, terms: Sequence[str] = ("mmd", "pos", "sparse", "ortho", "gate", "total"),
                          *, logy: bool = False) -> Figure:
     """Loss terms over epochs, one panel per term, one line per attribute (train solid, dev dashed).
 
@@ -1026,14 +1026,18 @@ def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
 
 def figures_from_report(report: Mapping[str, Any]) -> dict[str, Figure]:
     """The method table (Table 1 style) and grouped bars of an evaluation report (``results/eval.json``)."""
+    from .evaluate import PRIMARY
     from .experiments import METHODS
 
     methods = report["methods"]
-    ordered = {"methods": {m: methods[m] for m in sorted(methods, key=lambda m: METHODS.index(m)
-                                                                if m in METHODS else len(METHODS))}}
-    columns = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "mean")
+    # The constant answer of each task (a reference row) first, then the methods in table order.
+    constant = report.get("reference", {}).get("constant")
+    rows = {"constant": constant} if constant else {}
+    rows.update({m: methods[m] for m in sorted(methods, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))})
+    ordered = {"methods": rows}
+    columns = ("truthfulqa", "toxigen_pref", "toxigen", "bbq", "hh_rlhf", "mean")
     table = {label: {c: row[c] for c in columns if c in row}
-             for label, row in method_table_from_report(ordered, scale=100).items()}
+             for label, row in method_table_from_report(ordered, scale=100, primary=PRIMARY).items()}
     return {"method_table": plot_method_table(table, title="Test scores (%), mean ± std over seeds"),
             "method_comparison": plot_ablation(table, ylabel="score (%)", title="Methods on the test questions",
                                                baseline=report["methods"].get("none", {}).get("label"))}

@@ -75,7 +75,7 @@ def test_round_trip_identical_tensors_and_outputs(tmp_path, trained):
     assert manifest["training"]["loss_variant"] == "paper"
     assert manifest["training"]["config"]["sigma"] == "median"
     assert manifest["training"]["sigma_used"] == pytest.approx(trained.sigma_used)
-    assert set(manifest["training"]["final_losses"]["train"]) == {"mmd", "pos", "sparse", "ortho", "total"}
+    assert set(manifest["training"]["final_losses"]["train"]) == {"mmd", "pos", "sparse", "ortho", "gate", "total"}
     assert manifest["data"]["splits"]["train"]["rows"] == 240
     assert {"torch", "transformers", "pyvene", "safetensors", "matsteer"} <= set(manifest["library_versions"])
     assert manifest["extra"] == {"note": "test"}

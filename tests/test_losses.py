@@ -23,7 +23,7 @@ from matsteer.losses import (
     squared_distances,
 )
 
-LAM = {"mmd": 1.0, "pos": 0.9, "sparse": 0.8, "ortho": 0.3}
+LAM = {"mmd": 1.0, "pos": 0.9, "sparse": 0.8, "ortho": 0.3, "gate": 0.7}
 
 
 def lam_vec(dtype=torch.float64) -> torch.Tensor:
@@ -227,10 +227,11 @@ def test_gradients_reach_only_parameters(variant, toy):
 
 
 @pytest.mark.parametrize(
-    "variant,preserve,standardize,separate",
-    list(itertools.product(["paper", "reference"], [True, False], [False, True], [False, True])),
+    "variant,preserve,standardize,separate,scope,lam_gate",
+    [(*c, "cross", 0.7) for c in itertools.product(["paper", "reference"], [True, False], [False, True], [False, True])]
+    + [("paper", True, False, False, "own", 0.7), ("paper", True, False, False, "cross", 0.0)],
 )
-def test_fused_objective_matches_autograd(variant, preserve, standardize, separate):
+def test_fused_objective_matches_autograd(variant, preserve, standardize, separate, scope, lam_gate):
     """The trainer's closed-form gradients equal autograd on loss_terms (float64)."""
     g = torch.Generator().manual_seed(7)
     T, n, m, d = 3, 5, 4, 6
@@ -242,14 +243,36 @@ def test_fused_objective_matches_autograd(variant, preserve, standardize, separa
     neg = 2 * torch.randn(T, m, d, generator=g, dtype=f64)
     pm = torch.randn(T, n, d, generator=g, dtype=f64) if separate else None
     inv = torch.rand(d, generator=g, dtype=f64) + 0.5 if standardize else None
-    terms = loss_terms(th, W, b, pos, neg, sigma=3.0, lambdas=lam_vec(), variant=variant, preserve_norm=preserve,
-                       pos_mmd=pm, inv_scale=inv)
+    lam = {**LAM, "gate": lam_gate}
+    terms = loss_terms(th, W, b, pos, neg, sigma=3.0, lambdas=torch.tensor([lam[k] for k in TERMS], dtype=f64),
+                       variant=variant, preserve_norm=preserve, pos_mmd=pm, inv_scale=inv, gate_scope=scope)
     terms.total.backward()
-    fused = FusedObjective(T, n, m, sigma=3.0, lambdas=LAM, variant=variant, preserve_norm=preserve, inv_scale=inv,
-                           dtype=f64)
+    fused = FusedObjective(T, n, m, sigma=3.0, lambdas=lam, variant=variant, preserve_norm=preserve, inv_scale=inv,
+                           gate_scope=scope, dtype=f64)
     with torch.no_grad():
         per_attr, g_th, g_w, g_b = fused(th, W, b, pos, neg, pm)
     torch.testing.assert_close(per_attr, terms.per_attribute.detach(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g_th, th.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(g_w, W.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(g_b, b.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["own", "cross"])
+def test_supervised_gate_loss_matches_hand(toy, scope):
+    """L_gate_t = ½ mean BCE(own negatives, 1) + ¼ mean BCE(own positives, 0) + ¼ mean BCE(other rows, 0)
+    (cross), or ½ + ½ without the other rows (own)."""
+    pos, neg, W, b = toy["pos"], toy["neg"], toy["W"], toy["b"]
+    T, n, _ = pos.shape
+    m = neg.shape[1]
+
+    def bce(p, y):
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    terms = loss_terms(toy["theta"], W, b, pos, neg, sigma=toy["sigma"], lambdas=lam_vec(), gate_scope=scope)
+    for t in range(T):
+        own_neg = sum(bce(gate_hand(a, W[t], b[t]), 1) for a in neg[t]) / m
+        own_pos = sum(bce(gate_hand(a, W[t], b[t]), 0) for a in pos[t]) / n
+        others = [a for u in range(T) if u != t for a in (*pos[u], *neg[u])]
+        other = sum(bce(gate_hand(a, W[t], b[t]), 0) for a in others) / len(others)
+        expected = 0.5 * own_neg + (0.25 * own_pos + 0.25 * other if scope == "cross" else 0.5 * own_pos)
+        assert terms.gate[t].item() == pytest.approx(expected, rel=1e-10)

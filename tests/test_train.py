@@ -16,6 +16,7 @@ from matsteer.train import (
     History,
     TrainConfig,
     _Sampler,
+    activation_moments,
     kernel_inv_scale,
     kernel_scale_report,
     median_sigma,
@@ -71,31 +72,42 @@ def test_inputs_untouched_and_no_grad():
         assert a.positives.grad is None and a.negatives.grad is None
 
 
-def test_fast_path_matches_autograd_adam():
-    """The trainer's closed-form gradients + flat Adam follow autograd + torch.optim.Adam on loss_terms."""
+@pytest.mark.parametrize("preset", ["paper", "reference", "default"])
+def test_fast_path_matches_autograd_adam(preset):
+    """The trainer's closed-form gradients + flat Adam follow autograd + torch.optim.Adam on loss_terms, including
+    the default's gates on z-scores (W = W_z / s, b = b_z - W·μ), zero θ init and supervised gate term."""
     data = toy(n=40)
-    for variant in ("paper", "reference"):
-        cfg = TrainConfig(epochs=2, sigma=3.0, lr=0.01, loss_variant=variant, seed=3)
-        got = train(data, cfg, progress=False)
-        # Slow re-implementation with the same init and the same batch indices.
-        d, k = 8, cfg.batch_per_side
-        steerer = Steerer(["attr0", "attr1"], d, generator=torch.Generator().manual_seed(cfg.seed))
-        opt = torch.optim.Adam(steerer.parameters(), lr=cfg.lr, foreach=False)
-        sampler = _Sampler([40, 40], [40, 40], k, cfg.seed, variant == "reference")
-        pool_pos = torch.cat([a.positives for a in data])
-        pool_neg = torch.cat([a.negatives for a in data])
-        lam = weight_vector(cfg.lambdas())
-        for _ in range(cfg.epochs):
-            pi, ni, ri = sampler.epoch(torch.device("cpu"))
-            for b in range(sampler.batches):
-                terms = loss_terms(steerer.theta, steerer.gate_weight, steerer.gate_bias, pool_pos[pi[b]],
-                                   pool_neg[ni[b]], sigma=3.0, lambdas=lam, variant=variant,
-                                   pos_mmd=pool_pos[ri[b]] if ri is not None else None)
-                opt.zero_grad()
-                terms.total.backward()
-                opt.step()
-        for x, y in zip(params(got), [steerer.theta, steerer.gate_weight, steerer.gate_bias]):
-            torch.testing.assert_close(x, y.detach(), rtol=1e-4, atol=1e-5)
+    cfg = TrainConfig.preset(preset, epochs=2, sigma=3.0, lr=0.01, seed=3)
+    variant = cfg.loss_variant
+    got = train(data, cfg, progress=False)
+    # Slow re-implementation with the same init and the same batch indices.
+    d, k = 8, cfg.batch_per_side
+    init = Steerer(["attr0", "attr1"], d, generator=torch.Generator().manual_seed(cfg.seed))
+    theta = torch.nn.Parameter(init.theta.detach().clone() * (0.0 if cfg.theta_init == "zero" else 1.0))
+    w_z, b_z = torch.nn.Parameter(init.gate_weight.detach().clone()), torch.nn.Parameter(init.gate_bias.detach().clone())
+    mu, sd = activation_moments(data)
+    inv_s, mu = (1 / sd).float(), mu.float()
+    if cfg.gate_input == "raw":
+        inv_s, mu = torch.ones(d), torch.zeros(d)
+    opt = torch.optim.Adam([theta, w_z, b_z], lr=cfg.lr, foreach=False)
+    sampler = _Sampler([40, 40], [40, 40], k, cfg.seed, variant == "reference")
+    pool_pos = torch.cat([a.positives for a in data])
+    pool_neg = torch.cat([a.negatives for a in data])
+    lam = weight_vector(cfg.lambdas())
+    for _ in range(cfg.epochs):
+        pi, ni, ri = sampler.epoch(torch.device("cpu"))
+        for b in range(sampler.batches):
+            w = w_z * inv_s
+            terms = loss_terms(theta, w, b_z - w @ mu, pool_pos[pi[b]], pool_neg[ni[b]], sigma=3.0, lambdas=lam,
+                               variant=variant, pos_mmd=pool_pos[ri[b]] if ri is not None else None)
+            opt.zero_grad()
+            terms.total.backward()
+            opt.step()
+    with torch.no_grad():
+        w = w_z * inv_s
+        expected = [theta, w, b_z - w @ mu]
+    for x, y in zip(params(got), expected):
+        torch.testing.assert_close(x, y.detach(), rtol=1e-4, atol=1e-5)
 
 
 # ---- learning ---------------------------------------------------------------------------------------------
@@ -138,7 +150,7 @@ def test_history_has_every_term_per_attribute_per_epoch_with_dev():
             assert all(len(row) == 2 and all(math.isfinite(v) for v in row) for row in split[term])
     # total per attribute is the λ-weighted sum of the terms
     lam = result.config.lambdas()
-    row = [sum(lam[k] * h.train[k][-1][t] for k in ("mmd", "pos", "sparse", "ortho")) for t in range(2)]
+    row = [sum(lam[k] * h.train[k][-1][t] for k in ("mmd", "pos", "sparse", "ortho", "gate")) for t in range(2)]
     assert h.train["total"][-1] == pytest.approx(row)
     assert h.series("mmd", "attr1") == [r[1] for r in h.train["mmd"]]
     assert h.series("total", split="dev") == pytest.approx([sum(r) for r in h.dev["total"]])
