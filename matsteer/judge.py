@@ -3,8 +3,8 @@
 A :class:`Judge` maps ``(prompt, response, attributes)`` to ``{attribute: score}`` on the judge's
 ``scale`` (inclusive, whole numbers asked for; a judge may return fractional expected values):
 
-* :class:`OpenAICompatibleJudge`: any ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp server,
-  ...). Default scale 0-4, HelpSteer's own. The API key is read from the environment at each call and is
+* :class:`OpenAICompatibleJudge`: any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server,
+  Ollama...), through the ``openai`` package (the ``judge`` extra). Default scale 0-4, HelpSteer's own. The API key is read from the environment at each call and is
   never stored, logged, shown in ``repr`` or put into an exception message.
 * :class:`LocalHFJudge`: a small local causal LM, scored by the probability of the rating tokens.
   Marked ``weak = True``: a 135M model is a smoke-test judge, not a substitute for GPT-4o.
@@ -17,15 +17,12 @@ The paper's judge prompt, decoding settings and tie rule are not given; ours are
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import math
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -214,7 +211,7 @@ def parse_scores(
 
 
 # --------------------------------------------------------------------------------------------------
-# OpenAI-compatible HTTP judge
+# OpenAI-compatible judge (through the ``openai`` package)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -235,17 +232,33 @@ def _safe_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-class OpenAICompatibleJudge(Judge):
-    """A judge behind an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint (stdlib HTTP).
+def _openai_module() -> Any:
+    """The ``openai`` package, or a :class:`ConfigError` saying which extra installs it."""
+    try:
+        import openai
+    except ImportError as exc:
+        raise ConfigError(
+            "The OpenAI-compatible judge needs the openai package: pip install 'matsteer[judge]' (or pip install openai)."
+        ) from exc
+    return openai
 
-    The key is read from the environment variable ``api_key_env`` at each call (``None``: send no key,
-    e.g. for a local server) and is scrubbed from every error message. Each attempt has a socket
-    ``timeout`` (seconds, per connect/read). HTTP 429, 5xx, timeouts, connection errors and replies
-    without usable scores are retried up to ``max_retries`` times, sleeping
-    ``min(max_backoff, backoff · 2^attempt)`` (or the server's ``Retry-After``, capped likewise) between
-    attempts; other HTTP errors (400, 401, 404...) fail at once. Defaults: temperature 0, 256 new tokens,
-    scale 0-4 (HelpSteer's). ``json_mode`` adds ``response_format={"type": "json_object"}`` for
-    servers that support it.
+
+class OpenAICompatibleJudge(Judge):
+    """A judge behind an OpenAI-compatible chat-completions endpoint, called through the ``openai`` package.
+
+    Any server that speaks the OpenAI API works (OpenAI, vLLM, llama.cpp's server, Ollama...): ``base_url`` is
+    the API root, e.g. ``https://api.openai.com/v1`` or ``http://127.0.0.1:8000/v1``. Needs the ``judge`` extra
+    (``pip install 'matsteer[judge]'``).
+
+    The key is read from the environment variable ``api_key_env`` at each call (``None``: send no key, e.g. for
+    a local server); it is never stored on the judge, logged, shown in ``repr`` or put into an exception message
+    (servers sometimes echo it back; such text is scrubbed). Each attempt has a ``timeout`` in seconds. HTTP 429,
+    5xx, timeouts, connection errors and replies without usable scores are retried up to ``max_retries`` times,
+    sleeping ``min(max_backoff, backoff · 2^attempt)`` (or the server's ``Retry-After``, capped likewise)
+    between attempts; other HTTP errors (400, 401, 404...) fail at once. The retries are ours (the client's own
+    are turned off) so that one policy, with an injectable ``sleep``, covers bad replies too. Defaults:
+    temperature 0, 256 new tokens, scale 0-4 (HelpSteer's). ``json_mode`` adds
+    ``response_format={"type": "json_object"}`` for servers that support it.
     """
 
     def __init__(
@@ -315,8 +328,9 @@ class OpenAICompatibleJudge(Judge):
             )
         return key
 
-    def _request_body(self, prompt: str, response: str, attributes: Sequence[str]) -> bytes:
-        body: dict[str, Any] = {
+    def _request(self, prompt: str, response: str, attributes: Sequence[str]) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one rating."""
+        request: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
@@ -326,66 +340,82 @@ class OpenAICompatibleJudge(Judge):
                 },
             ],
             "temperature": self.temperature,
+            # max_tokens, not max_completion_tokens: the name every OpenAI-compatible local server accepts.
             "max_tokens": self.max_tokens,
         }
         if self.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        return json.dumps(body).encode("utf-8")
+            request["response_format"] = {"type": "json_object"}
+        return request
 
-    def _attempt(self, data: bytes, key: str | None, attributes: Sequence[str]) -> dict[str, float]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                raw = reply.read()
-        except urllib.error.HTTPError as exc:
-            status, retry_after = exc.code, exc.headers.get("Retry-After") if exc.headers else None
+    def _client(self, openai: Any, key: str | None) -> Any:
+        """A client for one call: built per call so that the key lives only as long as the request."""
+        # A keyless server: the client insists on some key (and would otherwise read OPENAI_API_KEY), so it gets a
+        # placeholder, and each request omits the Authorization header (see _attempt).
+        return openai.OpenAI(api_key=key if key is not None else "no-key", base_url=self.base_url,
+                             timeout=self.timeout, max_retries=0)
+
+    def _attempt(self, request: Mapping[str, Any], key: str | None, attributes: Sequence[str]) -> dict[str, float]:
+        openai = _openai_module()
+        failure: Exception | None = None
+        headers = {} if key is not None else {"Authorization": openai.Omit()}
+        with self._client(openai, key) as client:
             try:
-                detail = exc.read(500).decode("utf-8", "replace")
-            except Exception:  # the body is only a hint for the message; never fail on it
-                detail = ""
-            finally:
-                exc.close()
-            # Scrub before the text enters any exception (servers sometimes echo the key back).
-            message = _scrub(f"HTTP {status} from {_safe_url(self.url)}: {detail.strip()[:300]}", key)
-            if status == 429 or 500 <= status < 600:
-                raise _Retryable(message, _seconds(retry_after)) from None
-            raise JudgeError(message) from None
-        except TimeoutError as exc:  # socket.timeout is TimeoutError since 3.10
-            raise _Retryable(f"timed out after {self.timeout:g} s ({type(exc).__name__})") from None
-        except urllib.error.URLError as exc:
-            raise _Retryable(f"cannot reach {_safe_url(self.url)}: {exc.reason}") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            raise _Retryable(
-                f"connection to {_safe_url(self.url)} failed: {type(exc).__name__}: {exc}"
-            ) from None
+                completion = client.chat.completions.create(**request, extra_headers=headers)
+            except openai.APIStatusError as exc:
+                failure = self._status_failure(exc, key)
+            except openai.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
+                failure = _Retryable(f"timed out after {self.timeout:g} s ({type(exc).__name__})")
+            except openai.APIConnectionError as exc:
+                failure = _Retryable(_scrub(f"cannot reach {_safe_url(self.url)}: {exc}", key))
+            except (openai.APIResponseValidationError, ValueError) as exc:  # a body that is not JSON
+                failure = _Retryable(_scrub(f"not an OpenAI chat completion ({type(exc).__name__}: {exc})"[:300], key))
+        # Raised here, outside the except blocks, so the client's exception (whose text may quote the key) is not
+        # chained as __context__.
+        if failure is not None:
+            raise failure
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable(_scrub(f"not an OpenAI chat completion: {raw[:200]!r}", key)) from None
+            content = completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):  # JSON, but not a chat completion
+            content = None
+        if not isinstance(content, str):
+            raise _Retryable(f"the reply has no text content (got {type(content).__name__})")
         try:
             return parse_scores(content, attributes, self.scale)
         except JudgeError as exc:
-            raise _Retryable(_scrub(str(exc), key)) from None
+            message = _scrub(str(exc), key)
+        raise _Retryable(message)
+
+    def _status_failure(self, exc: Any, key: str | None) -> Exception:
+        """A :class:`_Retryable` for 429 / 5xx, else a :class:`JudgeError`; the server's text scrubbed of the key."""
+        status = int(exc.status_code)
+        response = getattr(exc, "response", None)
+        try:
+            detail = response.text if response is not None else str(exc)
+        except Exception:  # the body is only a hint for the message; never fail on it
+            detail = ""
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        message = _scrub(f"HTTP {status} from {_safe_url(self.url)}: {detail.strip()[:300]}", key)
+        if status == 429 or 500 <= status < 600:
+            return _Retryable(message, _seconds(retry_after))
+        return JudgeError(message)
 
     def score(self, prompt: str, response: str, attributes: Sequence[str]) -> dict[str, float]:
         names = _check_attributes(attributes)
         key = self._key()
-        data = self._request_body(prompt, response, names)
+        request = self._request(prompt, response, names)
         attempts = self.max_retries + 1
         last = ""
         for attempt in range(attempts):
             try:
-                return self._attempt(data, key, names)
+                return self._attempt(request, key, names)
             except _Retryable as exc:
                 last = str(exc)
-                if attempt + 1 < attempts:
-                    delay = min(self.max_backoff, self.backoff * 2**attempt)
-                    if exc.retry_after is not None:
-                        delay = min(self.max_backoff, max(delay, exc.retry_after))
-                    self._sleep(delay)
+                retry_after = exc.retry_after
+            if attempt + 1 < attempts:
+                delay = min(self.max_backoff, self.backoff * 2**attempt)
+                if retry_after is not None:
+                    delay = min(self.max_backoff, max(delay, retry_after))
+                self._sleep(delay)
         raise JudgeError(
             _scrub(f"judge {self.model!r} failed after {attempts} attempt(s); last error: {last}", key)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -116,7 +117,8 @@ class _Server:
                 outer.requests.append(
                     {
                         "path": self.path,
-                        "headers": dict(self.headers),
+                        # HTTP header names are case-insensitive; clients differ in how they spell them.
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
                         "body": json.loads(self.rfile.read(length)),
                     }
                 )
@@ -199,7 +201,7 @@ def test_openai_judge_success(server_factory):
     assert j.score("What is 2+2?", "4", ATTRS) == {"helpfulness": 3.0, "coherence": 2.0}
     (req,) = srv.requests
     assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert req["headers"]["authorization"] == f"Bearer {SECRET}"
     assert req["body"]["model"] == "judge-model" and req["body"]["temperature"] == 0.0
     assert "What is 2+2?" in req["body"]["messages"][-1]["content"]
     assert sleeps == []
@@ -257,7 +259,7 @@ def test_openai_judge_key_handling(server_factory, monkeypatch):
     assert srv.requests == []
     keyless, _ = _judge(srv, api_key_env=None)
     keyless.score("p", "r", ATTRS)
-    assert "Authorization" not in srv.requests[0]["headers"]
+    assert "authorization" not in srv.requests[0]["headers"]
     with pytest.raises(ConfigError):
         OpenAICompatibleJudge("http://user:pw@127.0.0.1:1/v1", "m")
     with pytest.raises(ConfigError):
@@ -308,3 +310,21 @@ def test_local_hf_judge():
     assert s["coherence"] == pytest.approx(float(p @ torch.arange(1.0, 6.0)), abs=1e-5)
     with pytest.raises(ConfigError):
         LocalHFJudge(model, tok, scale=(1, 10))
+
+
+def test_openai_judge_without_the_package_names_the_extra(server_factory, monkeypatch):
+    srv = server_factory([OK])
+    j, _ = _judge(srv)
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"matsteer\[judge\]"):
+        j.score("p", "r", ATTRS)
+    assert srv.requests == []
+
+
+def test_openai_judge_json_mode_and_settings_reach_the_server(server_factory):
+    srv = server_factory([OK])
+    j, _ = _judge(srv, json_mode=True, max_tokens=32, temperature=0.5)
+    j.score("p", "r", ATTRS)
+    body = srv.requests[0]["body"]
+    assert body["response_format"] == {"type": "json_object"} and body["max_tokens"] == 32
+    assert body["temperature"] == 0.5 and body["messages"][0]["role"] == "system"
