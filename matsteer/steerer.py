@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,3 +133,19 @@ class Steerer(nn.Module):
         if any(not (math.isnan(v) or 0.0 <= v <= 1.0) for v in values):
             raise ConfigError(f"A forced gate must be on (True/1), off (False/0) or a value in [0, 1], got {force}.")
         return torch.tensor(values, dtype=torch.float32, device=self.theta.device)
+
+    # -- Hugging Face style saving and loading (implemented in matsteer.hub) --------------------------------------
+    def save_pretrained(self, path_or_repo: str | Path, **kwargs: Any) -> Path | str:
+        """Save as a steerer folder, or push to a hub repo with ``push_to_hub=True``
+        (:func:`matsteer.hub.save_pretrained`)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, path_or_repo, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, **kwargs: Any) -> Steerer:
+        """A steerer from a local folder or a hub repo id, its manifest as ``.manifest``
+        (:func:`matsteer.hub.from_pretrained`)."""
+        from .hub import from_pretrained
+
+        return from_pretrained(path_or_repo, **kwargs)
