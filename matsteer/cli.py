@@ -286,6 +286,30 @@ def cmd_winrates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_control_vector(args: argparse.Namespace) -> int:
+    """One attribute of a saved steerer as a llama.cpp control vector (GGUF); the gate is not carried."""
+    from .export import export_steerer_folder
+
+    done = export_steerer_folder(args.steerer, args.attribute, args.out, multiplier=args.multiplier,
+                                 model_hint=args.model_hint, warn=False)
+    print(f"warning: {done.note}", file=sys.stderr)
+    print(f"{done.path}: tensor {done.tensor} = {done.multiplier:g} x the {done.attribute!r} vector (output of "
+          f"decoder block {done.layer}). Use: llama-cli -m MODEL.gguf --control-vector-scaled {done.path} 1.0")
+    return 0
+
+
+def _add_export_parser(sub: Any) -> None:
+    p = sub.add_parser("export-control-vector",
+                       help="one attribute's vector as a llama.cpp control vector (GGUF); gates are not carried")
+    p.add_argument("--steerer", required=True, help="steerer folder (trained at a residual-stream site)")
+    p.add_argument("--attribute", required=True, help="the attribute whose vector to export, e.g. toxicity")
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--multiplier", type=float, default=1.0, help="scale baked into the vector (default 1)")
+    p.add_argument("--model-hint", dest="model_hint", default=None,
+                   help="controlvector.model_hint (default: the steerer's model name; llama.cpp does not check it)")
+    p.set_defaults(func=cmd_export_control_vector)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matsteer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -397,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
     p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")
     p.set_defaults(func=cmd_demo)
+
+    _add_export_parser(sub)
     return parser
 
 
