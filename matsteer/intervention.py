@@ -35,13 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pyvene as pv
 import torch
 from torch import nn
 
+from ._pyvene import import_pyvene
 from .errors import ConfigError, MatSteerError
 from .sites import COMPONENTS, ResolvedSite, Site
 from .steerer import Steerer
+
+pv = import_pyvene()  # without its "nnsight is not detected" notice
 
 Positions = Literal["all", "prompt", "generated", "last"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last")

@@ -66,16 +66,18 @@ def _steerer_folder(folder: Path) -> Path:
 @pytest.fixture()
 def lab(tmp_path) -> Iterator[tuple[str, str, Path]]:
     """(base URL, token, root dir) of a JupyterLab holding a quick, parameterised copy of notebook 05."""
-    from matsteer.notebooks import parameterize_notebook
+    from matsteer.notebooks import install_kernel, parameterize_notebook
 
     root = tmp_path / "lab"
+    kernels = install_kernel(prefix=tmp_path / "kernels")  # the kernel the notebooks name, as make lab registers it
     parameterize_notebook(ROOT / "notebooks" / NOTEBOOK, {
         "quick": True, "steerer_dir": str(_steerer_folder(tmp_path / "steerer")), "multiplier": 1.0,
         "max_new_tokens": 8, "dev_questions": 1, "features_dir": str(tmp_path / "features"),
     }, root / NOTEBOOK)
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-           "JUPYTER_NO_CONFIG": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+           "JUPYTER_NO_CONFIG": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "JUPYTER_PATH": str(kernels.parents[1])}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.open_browser=False",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",

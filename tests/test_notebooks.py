@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -12,12 +15,19 @@ import pytest
 
 from matsteer.errors import ConfigError
 from matsteer.notebooks import (
+    KERNEL_NAME,
     NOTEBOOKS,
     NotebookExecutionError,
+    ProgressPrinter,
+    comparison_summary,
+    install_kernel,
+    load_timings,
     notebook_parameters,
     notebooks_dir,
     project_root,
+    run_all,
     run_notebook,
+    step_labels,
     strip_outputs,
     workbench,
 )
@@ -39,7 +49,7 @@ def _read(name: str):
 def test_notebook_is_committed_clean(name):
     nb = _read(name)
     nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"]["name"] == KERNEL_NAME  # the kernel make lab registers
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs not stripped"
@@ -155,6 +165,240 @@ def test_workbench_settings(tmp_path):
     assert workbench().dev_questions(0) == {}
     groups = workbench(quick=True).paradetox_texts(3)
     assert set(groups) == {"Toxic", "Non-toxic"} and len(groups["Toxic"]) == 3 and groups["Non-toxic"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A main job that talks: step lines, estimates from earlier runs, failures that name the cell, the summary
+
+
+def _talking_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("quick = True\nparts = 2\nfail = False")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# talking"), p,
+        nbformat.v4.new_code_cell("%matplotlib inline\nimport sys\nfrom matsteer.notebooks import report_step"),
+        nbformat.v4.new_markdown_cell("## 1. Work in parts"),
+        nbformat.v4.new_code_cell("for i in range(parts):\n    report_step(f'part {i + 1} of {parts}')\n"
+                                  "print('plain output stays in the notebook')\nprint('a warning', file=sys.stderr)"),
+        nbformat.v4.new_code_cell("print('same section, no new line')"),
+        nbformat.v4.new_markdown_cell("## 2. Maybe fail"),
+        nbformat.v4.new_code_cell("assert not fail, 'asked to fail'"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_step_labels_of_the_workbench_notebooks():
+    labels = {name[:2]: list(step_labels(_read(name)).values()) for name in NOTEBOOKS}
+    assert any(label.startswith("2. Extract train and dev activations (extract_splits") for label in labels["01"])
+    assert any(label.startswith("2. Train (train_from_features") for label in labels["02"])
+    assert "workbench, quick_evaluation" in labels["04"]  # the comparison cell, before the first section
+    for name in NOTEBOOKS:  # parameters and import-only cells get no line
+        nb = _read(name)
+        for index in step_labels(nb):
+            cell = nb.cells[index]
+            assert "parameters" not in cell.metadata.get("tags", []) and not cell.source.startswith("%matplotlib")
+
+
+def test_progress_printer_estimates_from_earlier_timings():
+    from matsteer.notebooks import _estimates
+
+    timings = {"quick": {"a": {"seconds": 10.0, "cells": {"c1": 4.0, "c2": 6.0}}}}
+    est = _estimates(["a", "b"], True, timings)
+    assert est["a"].measured and est["b"].seconds is None  # unknown notebook, no default: no estimate
+    assert _estimates(["02_train_steering"], False, {})["02_train_steering"].seconds > 0  # the README's times
+    clock, out = _Clock(), io.StringIO()
+    printer = ProgressPrinter(_estimates(["a", "c"], True, {"quick": {**timings["quick"], "c": {"seconds": 20}}}),
+                              out=out, err=io.StringIO(), clock=clock)
+    assert printer.left() == 30
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = f(1)"), nbformat.v4.new_code_cell("y = g(2)")]
+    nb.cells[0]["id"], nb.cells[1]["id"] = "c1", "c2"
+    printer.notebook_started("a", nb)
+    printer.cell_started(0)
+    clock.now += 3
+    assert printer.left() == 1 + 6 + 20  # the rest of this cell, the next cell, the next notebook
+    printer.kernel_message({"msg_type": "stream", "content": {"name": "stdout", "text": "[matsteer] half"}})
+    printer.kernel_message({"msg_type": "stream", "content": {"name": "stdout", "text": "way\nnot a step\n"}})
+    clock.now += 10  # overran its estimate: the cell counts as done, not negative
+    assert printer.left() == 6 + 20
+    text = out.getvalue()
+    assert "[0:00] a (1/2, last run 0:10)  (~0:30 left)" in text
+    assert "[0:00]   a · f  (~0:30 left)" in text  # a cell before any section: the functions it calls
+    assert "[0:03]   a · halfway  (~0:27 left)" in text and "not a step" not in text
+
+
+def test_talking_run_streams_steps_and_records_timings(tmp_path, capfd):
+    src = _talking_notebook(tmp_path / "talk.ipynb")
+    from matsteer.notebooks import _Estimate
+
+    out = io.StringIO()
+    printer = ProgressPrinter({"talk": _Estimate(30.0)}, out=out)
+    run = run_notebook(src, {"parts": 3}, tmp_path / "out", timeout=60, cwd=tmp_path, threads=1, printer=printer)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[0:00] talk (1/1, expected 0:30)")
+    steps = [line for line in lines if " talk · " in line]
+    assert [s.split(" talk · ")[1].split("  (")[0] for s in steps] == [
+        "1. Work in parts (report_step)", "part 1 of 3", "part 2 of 3", "part 3 of 3",
+        "2. Maybe fail"]
+    assert "done in" in lines[-1] and "talk.ipynb" in lines[-1] and "plain output" not in out.getvalue()
+    captured = capfd.readouterr()
+    assert "a warning" in captured.err  # the kernel's stderr passes through
+    assert "without encryption" not in captured.err  # IPC sockets: no TCP warning from the kernel
+    # Every executed cell was timed by id, for the next run's estimates.
+    nb = nbformat.read(str(run.output), as_version=4)
+    assert set(run.cell_seconds) == {c["id"] for c in nb.cells if c.cell_type == "code"}
+
+
+def test_failure_names_notebook_cell_and_error(tmp_path):
+    src = _talking_notebook(tmp_path / "talk.ipynb")
+    with pytest.raises(NotebookExecutionError) as err:
+        run_notebook(src, {"fail": True}, tmp_path / "failed", timeout=60, cwd=tmp_path, threads=1)
+    message = str(err.value)
+    first = message.splitlines()[0]
+    assert first.startswith("talk.ipynb failed in code cell 6 of 6 (\"assert not fail, 'asked to fail'\")")
+    assert first.endswith("AssertionError: asked to fail")
+    assert f"The partly executed notebook is {tmp_path / 'failed' / 'talk.ipynb'}" in message
+    assert "\x1b[" not in message  # no terminal colour codes
+    executed = nbformat.read(str(tmp_path / "failed" / "talk.ipynb"), as_version=4)
+    assert any(o.get("ename") == "AssertionError" for c in executed.cells if c.cell_type == "code"
+               for o in c.outputs)
+
+
+def test_run_all_keeps_timings_for_the_next_run(tmp_path, monkeypatch):
+    import matsteer.notebooks as nbmod
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    monkeypatch.setattr(nbmod, "NOTEBOOKS", ("01_talk.ipynb",))
+    _talking_notebook(folder / "01_talk.ipynb")
+    out = io.StringIO()
+    run_all(quick=True, out_dir=tmp_path / "out", folder=folder, cwd=tmp_path, threads=1, talk=True, out=out,
+            parameters={"parts": 1})
+    first = load_timings(tmp_path / "out")
+    assert first["quick"]["01_talk"]["seconds"] > 0 and first["quick"]["01_talk"]["cells"]
+    out = io.StringIO()
+    run_all(quick=True, out_dir=tmp_path / "out", folder=folder, cwd=tmp_path, threads=1, talk=True, out=out)
+    assert "01_talk (1/1, last run" in out.getvalue()  # the estimate now comes from the first run
+    (tmp_path / "out" / "timings.json").write_text("{not json")  # a damaged file only loses the estimates
+    assert load_timings(tmp_path / "out") == {}
+
+
+def test_comparison_steps_report_each_method(monkeypatch, capsys):
+    from matsteer import experiments
+    from matsteer.notebooks import STEP_PREFIX, _comparison_steps
+
+    class Fake:
+        def __init__(self, cfg, progress=True):
+            self.cfg = cfg
+
+        def tune(self, name, seed, overrides=None):
+            return {}, []
+
+        def test_result(self, method):
+            return {"name": method.name}
+
+    class Method:
+        def __init__(self, name):
+            self.name = name
+
+    class Cfg:
+        seeds = (0, 1)
+
+    monkeypatch.setattr(experiments, "Experiment", Fake)
+    with _comparison_steps():
+        ex = experiments.Experiment(Cfg(), False)
+        ex.tune("mat_steer", 0, {"lambda_pos": 0.1})
+        ex.tune("iti", 0, {"lambda_pos": 0.1})
+        assert ex.test_result(Method("mat_steer")) == {"name": "mat_steer"}
+        ex.test_result(Method("mat_steer"))
+        ex.test_result(Method("caa"))
+    assert experiments.Experiment is Fake  # put back
+    lines = [line[len(STEP_PREFIX):] for line in capsys.readouterr().out.splitlines()]
+    assert lines == ["comparison: set-up (model, training features, dev and test questions)",
+                     "comparison: dev: tuning mat_steer with training setting {'lambda_pos': 0.1}",
+                     "comparison: dev: tuning iti",
+                     "comparison: test: mat_steer (1/2)", "comparison: test: mat_steer (2/2)",
+                     "comparison: test: caa (1/1)"]
+
+
+def test_comparison_summary_reads_the_report_defensively(tmp_path):
+    def test(mc2, acc, mean, kl):
+        return {"truthfulqa": {"mc2": {"mean": mc2, "std": 0.01}, "n": 10}, "toxigen": {"accuracy": {"mean": acc}},
+                "mean": {"mean": mean}, "side_effects": {"kl": {"mean": kl}}}
+
+    report = {"methods": {"none": {"label": "No steering", "test": test(0.4, 0.5, 0.45, 0.0)},
+                          "mat_steer": {"label": "MAT-Steer", "test": test(0.5, 0.6, 0.55, 0.12),
+                                        "new_field": [1, 2]},
+                          "odd": "not a method"},
+              "reference": {"constant": {"label": "Constant answer",
+                                         "test": {"toxigen": {"accuracy": {"mean": 0.62}}}}},
+              "selection": {"mat_steer": {"chosen": {}}}, "schema_version": 2}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    table = comparison_summary(tmp_path).splitlines()
+    assert table[0].split() == ["method", "truthfulqa", "mc2", "toxigen", "accuracy", "mean", "KL"]
+    assert table[2].split() == ["MAT-Steer", "50.0", "60.0", "55.0", "0.120"]
+    assert table[3].split() == ["Constant", "answer", "-", "62.0", "-", "-"]  # a reference row, other tasks missing
+    (tmp_path / "eval.json").write_text("{truncated")  # unreadable JSON: the markdown table instead
+    (tmp_path / "eval.md").write_text("intro\n\n| method | x |\n|---|---|\n| A | 1 |\n\nlater text\n")
+    assert comparison_summary(tmp_path) == "| method | x |\n|---|---|\n| A | 1 |"
+    assert comparison_summary(tmp_path / "nothing") is None
+
+
+def test_pyvene_import_notice_is_silenced_at_its_source():
+    """pyvene prints "nnsight is not detected..." when imported; matsteer's import of it drops that line only."""
+    import subprocess
+
+    code = "import matsteer.intervention; print('imported')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "imported\n" and "nnsight" not in proc.stderr
+
+
+def test_install_kernel_registers_this_interpreter(tmp_path):
+    folder = install_kernel(prefix=tmp_path)
+    assert folder == tmp_path / "share" / "jupyter" / "kernels" / KERNEL_NAME
+    spec = json.loads((folder / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable and spec["display_name"].startswith(f"{KERNEL_NAME} (")
+
+
+def test_papermill_runs_a_notebook_with_a_changed_parameter(tmp_path):
+    """papermill's API injects -p values after the `parameters` cell; notebook 02 then looks for features in the
+    folder given (empty here), so it stops at the training cell with that folder in its error: no model loads."""
+    import papermill
+
+    missing = tmp_path / "no-features"
+    with pytest.raises(papermill.PapermillExecutionError, match="01_extract_activations") as err:
+        papermill.execute_notebook(str(FOLDER / "02_train_steering.ipynb"), str(tmp_path / "02.ipynb"),
+                                   parameters={"features_dir": str(missing), "epochs": 1}, kernel_name="python3",
+                                   cwd=str(FOLDER), progress_bar=False)
+    assert str(missing) in str(err.value)
+    nb = nbformat.read(str(tmp_path / "02.ipynb"), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and f"features_dir = {str(missing)!r}" in injected[0].source.replace('"', "'")
+
+
+@pytest.mark.slow
+def test_papermill_runs_notebook_01_quick(tmp_path):
+    """The cheapest real notebook end to end through papermill, at another layer than its default."""
+    import papermill
+
+    papermill.execute_notebook(str(FOLDER / "01_extract_activations.ipynb"), str(tmp_path / "01.ipynb"),
+                               parameters={"layer": 10, "quick": True, "features_dir": str(tmp_path / "features")},
+                               kernel_name="python3", cwd=str(FOLDER), progress_bar=False)
+    folders = sorted(p.name for p in (tmp_path / "features" / "smollm2-135m-instruct").iterdir())
+    assert folders and all("-L10-residual-answer" in name for name in folders)
 
 
 # ----------------------------------------------------------------------------------------------------------------
