@@ -79,7 +79,8 @@ def _summary(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str, 
     """``{task: {mean, std}, "mean": {...}, "kl": {...}}`` of the primary metrics over seeds."""
     out = {t: asdict(mean_std([r[t][PRIMARY[t]] for r in runs])) for t in tasks}
     out["mean"] = asdict(mean_std([sum(r[t][PRIMARY[t]] for t in tasks) / len(tasks) for r in runs]))
-    out["kl"] = asdict(mean_std([r["side_effects"]["kl"] for r in runs]))
+    kls = [r["side_effects"]["kl"] for r in runs]
+    out["kl"] = None if None in kls else asdict(mean_std(kls))  # None: a method that does not edit activations
     return out
 
 

@@ -5,10 +5,16 @@ one batch. Steering (a :class:`~matsteer.intervention.SteeringHandle`) acts on t
 ``positions="prompt"`` only the query tokens are edited, as the paper does ("f is applied to the activations of
 tokens in the query"), and with ``positions="all"`` the answer tokens too. ``steering=None`` is the plain model,
 with no hooks at all.
+
+**Protected positions.** The first token of a text (an attention sink whose activation has several times the
+typical norm) and special tokens (BOS, EOS, chat markers) are never steered by default: training never sees
+them (features come from answer tokens), and an edit there changes every later token's attention.
+``steer_special=True`` steers them too (an ablation).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +27,69 @@ from tqdm.auto import tqdm
 from .errors import ConfigError
 from .extract import _cache_kwarg, site_activations
 from .sites import Site, decoder_layers
+
+
+def special_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the tokenizer's special tokens (BOS, EOS, pad, chat markers...), sorted."""
+    return sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])})
+
+
+def protected_positions(ids: torch.Tensor, valid: torch.Tensor | None, special: Sequence[int] | torch.Tensor,
+                        first: bool = True) -> torch.Tensor:
+    """Positions ``[B, L]`` (bool) that steering leaves alone by default: special tokens and, with ``first``, the
+    first real token of each row (position 0 under right padding; the first unpadded one under left padding).
+
+    ids: ``[B, L]`` token ids; valid: ``[B, L]`` real-token mask (None: every position is real).
+    """
+    valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.bool()
+    special_t = torch.as_tensor(list(special) if not isinstance(special, torch.Tensor) else special,
+                                dtype=ids.dtype, device=ids.device)
+    out = torch.isin(ids, special_t) if special_t.numel() else torch.zeros_like(valid)
+    if first:
+        out = out | (valid & (valid.long().cumsum(1) == 1))
+    return out & valid
+
+
+@functools.cache
+def _protecting_context() -> type:
+    """The intervention's call context with protected positions removed from its real-token mask, so that a
+    pyvene-steered call edits what the cached scorer edits (see :func:`protected_positions`). Built on first use:
+    importing pyvene takes seconds and plain scoring does not need it."""
+    from .intervention import CallContext
+
+    class ProtectingContext(CallContext):
+        def __init__(self, special: torch.Tensor) -> None:
+            super().__init__()
+            self.special = special
+
+        def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+            super().pre_hook(module, args, kwargs)
+            ids = kwargs.get("input_ids")
+            if ids is None and args and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
+                ids = args[0]
+            if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+                return  # embeddings only: nothing says which tokens are special
+            valid = self.valid if self.valid is not None else torch.ones_like(ids, dtype=torch.bool)
+            if tuple(valid.shape) == tuple(ids.shape):
+                self.valid = valid & ~protected_positions(ids, valid, self.special, first=self.past_len == 0)
+
+    return ProtectingContext
+
+
+@contextmanager
+def protect_special(steering: Any, tokenizer: Any, steer_special: bool = False) -> Iterator[None]:
+    """Inside the block, calls through the steering handle leave protected positions unedited (unless
+    ``steer_special``); a plain model or another callable is left as it is."""
+    intervention = getattr(steering, "intervention", None)
+    if steer_special or intervention is None or not hasattr(intervention, "context"):
+        yield
+        return
+    old = intervention.context
+    intervention.context = _protecting_context()(torch.tensor(special_token_ids(tokenizer), dtype=torch.long))
+    try:
+        yield
+    finally:
+        intervention.context = old
 
 
 def split_prompt(text: str, answer_start: int) -> tuple[str, str]:
@@ -80,15 +149,27 @@ def score_mc(
     choices: str = "choices",
     progress: bool = True,
     desc: str = "score",
+    steer_special: bool = False,
 ) -> list[torch.Tensor]:
     """Per question, the summed log-prob of each choice ``[K_q]`` (``MCQuestion`` objects; ``choices`` names the
-    attribute holding the answers, e.g. ``"mc1_choices"`` for TruthfulQA MC1)."""
+    attribute holding the answers, e.g. ``"mc1_choices"`` for TruthfulQA MC1). A steering handle leaves the
+    first token and special tokens unedited unless ``steer_special`` (module docstring)."""
     scores = []
-    with torch.inference_mode():
+    with torch.inference_mode(), protect_special(steering, tokenizer, steer_special):
         for q in tqdm(questions, desc=desc, disable=not progress, leave=False):
             context, conts = _prompt_and_continuations(q, list(getattr(q, choices)))
             scores.append(continuation_logprobs(model, tokenizer, context, conts, steering).cpu())
     return scores
+
+
+def answer_lengths(tokenizer: Any, questions: Sequence[Any], choices: str = "choices") -> list[torch.Tensor]:
+    """Per question, the number of tokens ``[K_q]`` of each choice's continuation, tokenized as the scorers do
+    (for per-token mean log-probs)."""
+    out = []
+    for q in questions:
+        _, conts = _prompt_and_continuations(q, list(getattr(q, choices)))
+        out.append(torch.tensor([len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in conts]))
+    return out
 
 
 def _prompt_and_continuations(q: Any, answers: Sequence[str]) -> tuple[str, list[str]]:
@@ -125,22 +206,28 @@ UPPER_PASS_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 @dataclass
 class CachedQuestion:
     """One question at the site: the shared prompt ``prompt [P, d]`` (token ids ``prompt_ids [P]``) and the
-    answers ``answers [K, W, d]``, right-padded, with ids and mask ``answer_ids``/``answer_mask`` ``[K, W]``."""
+    answers ``answers [K, W, d]``, right-padded, with ids and mask ``answer_ids``/``answer_mask`` ``[K, W]``.
+    ``prompt_protected [P]`` / ``answer_protected [K, W]`` mark the positions left unsteered by default (the
+    first prompt token and special tokens; None: none)."""
 
     prompt: torch.Tensor
     prompt_ids: torch.Tensor
     answers: torch.Tensor
     answer_ids: torch.Tensor
     answer_mask: torch.Tensor
+    prompt_protected: torch.Tensor | None = None
+    answer_protected: torch.Tensor | None = None
 
 
 @dataclass
 class CachedTexts:
-    """Independent texts at the site (no shared prompt): hidden ``[N, W, d]``, ids and mask ``[N, W]``."""
+    """Independent texts at the site (no shared prompt): hidden ``[N, W, d]``, ids and mask ``[N, W]``, and the
+    positions left unsteered by default ``protected [N, W]`` (None: none)."""
 
     hidden: torch.Tensor
     input_ids: torch.Tensor
     mask: torch.Tensor
+    protected: torch.Tensor | None = None
 
 
 def supports_upper_pass(model: Any, site: Site) -> bool:
@@ -199,7 +286,7 @@ def _answer_chunks(lengths: Sequence[int], budget: int) -> list[torch.Tensor]:
 
 
 def _cache_batch(model: Any, site: Site, prompts: Sequence[list[int]], answers: Sequence[list[list[int]]],
-                 budget: int) -> list[CachedQuestion]:
+                 budget: int, special: Sequence[int] = ()) -> list[CachedQuestion]:
     """The lower pass for a batch of questions, prompts shared as above: the prompts once (filling the KV cache of
     the blocks up to the site), then the answers, grouped by length, against their own prompt's cache rows."""
     from transformers import DynamicCache
@@ -226,7 +313,10 @@ def _cache_batch(model: Any, site: Site, prompts: Sequence[list[int]], answers: 
         k = len(answers[i])
         ahidden, amask = _stack(hidden[start:start + k], max(len(x) for x in answers[i]))  # type: ignore[arg-type]
         aids, _ = _padded(answers[i])
-        result.append(CachedQuestion(phidden[i, : len(p)].clone(), torch.tensor(p), ahidden, aids, amask))
+        ids = torch.tensor(p)
+        result.append(CachedQuestion(phidden[i, : len(p)].clone(), ids, ahidden, aids, amask,
+                                     protected_positions(ids[None], None, special)[0],
+                                     protected_positions(aids, amask, special, first=False)))
         start += k
     return result
 
@@ -248,20 +338,23 @@ def cache_questions(
         if any(len(a) == 0 for a in answers[-1]):
             raise ConfigError(f"A choice of {context[:60]!r} is empty after tokenization.")
     out: list[CachedQuestion | None] = [None] * len(questions)
+    special = special_token_ids(tokenizer)
     with torch.inference_mode():
         for batch in tqdm(_token_batches([len(p) for p in prompts], batch_tokens), desc="cache",
                           disable=not progress, leave=False):
             for i, cq in zip(batch, _cache_batch(model, site, [prompts[i] for i in batch], [answers[i] for i in batch],
-                                                 batch_tokens)):
+                                                 batch_tokens, special)):
                 out[i] = cq
     return out  # type: ignore[return-value]
 
 
 def cache_texts(model: Any, tokenizer: Any, texts: Sequence[str], site: Site) -> CachedTexts:
-    """Neutral texts as one cached batch (every token is steered and every token but the first is scored)."""
+    """Neutral texts as one cached batch (every token but the first is scored; which are steered is the
+    position policy's choice, see :func:`text_logits`)."""
     ids, mask = _padded([tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts])
     with torch.inference_mode():
-        return CachedTexts(_site_rows(model, site, ids, mask), ids, mask)
+        return CachedTexts(_site_rows(model, site, ids, mask), ids, mask,
+                           protected_positions(ids, mask, special_token_ids(tokenizer)))
 
 
 @contextmanager
@@ -305,32 +398,49 @@ def _check_positions(positions: str) -> None:
         raise ConfigError(f"Cached scoring steers one of {CACHED_POSITIONS} positions, got {positions!r}.")
 
 
-def _prompt_edit_mask(batch: Sequence[CachedQuestion], lengths: torch.Tensor, pmask: torch.Tensor,
-                      positions: str) -> torch.Tensor:
-    """Which prompt tokens ``[B, P]`` to edit. ``"random"`` draws each question's half from a generator seeded by
-    the question's token ids, so the choice does not depend on how questions are batched."""
+def _policy_mask(rows: Sequence[torch.Tensor], allowed: torch.Tensor, positions: str) -> torch.Tensor:
+    """Which tokens ``[B, L]`` a position policy edits among the ``allowed [B, L]`` ones (real, unprotected);
+    ``rows[i]`` holds row i's real token ids. ``"last"``: the last allowed token of each row (what the pyvene
+    intervention edits once protected positions are out of its mask). ``"random"``: each row's half drawn from a
+    generator seeded by the row's token ids, so the choice does not depend on how rows are batched."""
     if positions in ("prompt", "all"):
-        return pmask.bool()
-    where = torch.zeros_like(pmask, dtype=torch.bool)
-    for i, c in enumerate(batch):
-        n = int(lengths[i])
+        return allowed
+    where = torch.zeros_like(allowed)
+    for i, ids in enumerate(rows):
+        n = int(ids.shape[0])
         if positions == "last":
-            where[i, n - 1] = True
+            idx = allowed[i, :n].nonzero()
+            if idx.numel():
+                where[i, int(idx[-1])] = True
         else:
-            g = torch.Generator().manual_seed(int(c.prompt_ids.sum()) * 7919 + n)
-            where[i, :n] = (torch.rand(n, generator=g) < 0.5).to(where.device)
+            g = torch.Generator().manual_seed(int(ids.sum()) * 7919 + n)
+            where[i, :n] = (torch.rand(n, generator=g) < 0.5).to(where.device) & allowed[i, :n]
     return where
 
 
+def _prompt_edit_mask(batch: Sequence[CachedQuestion], lengths: torch.Tensor, pmask: torch.Tensor,
+                      positions: str, steer_special: bool = False) -> torch.Tensor:
+    """Which prompt tokens ``[B, P]`` to edit (see :func:`_policy_mask`; protected positions only with
+    ``steer_special``)."""
+    allowed = pmask.bool()
+    if not steer_special:
+        protected = [c.prompt_protected if c.prompt_protected is not None
+                     else torch.zeros(c.prompt.shape[0], dtype=torch.bool) for c in batch]
+        allowed = allowed & ~_stack(protected, pmask.shape[1])[0].to(allowed.device)
+    return _policy_mask([c.prompt_ids for c in batch], allowed, positions)
+
+
 def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit: Any = None,
-                   positions: str = "prompt", batch_tokens: int = 2048) -> list[torch.Tensor]:
+                   positions: str = "prompt", batch_tokens: int = 2048,
+                   steer_special: bool = False) -> list[torch.Tensor]:
     """Summed answer-token log-probs ``[K_q]`` of each question in ``batch``, after editing the cached activations
     and running only the layers above the site: the batch's prompts once (right-padded, filling a KV cache), then
     the answers, grouped by length, against their own prompt's cache rows.
 
     edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the tokens named by ``positions`` (see
-    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens). The vocabulary projection runs only where an
-    answer token is predicted: with a 49k vocabulary it would otherwise cost more than the decoder layers.
+    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens), never the protected positions unless
+    ``steer_special``. The vocabulary projection runs only where an answer token is predicted: with a 49k
+    vocabulary it would otherwise cost more than the decoder layers.
     """
     from transformers import DynamicCache
 
@@ -340,7 +450,7 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
     lengths = torch.tensor([c.prompt.shape[0] for c in batch])
     prompts, pmask = _stack([c.prompt for c in batch], int(lengths.max()))
     prompts, pmask = prompts.to(device), pmask.to(device)
-    prompts = _edited(prompts, _prompt_edit_mask(batch, lengths, pmask, positions).to(device), edit)
+    prompts = _edited(prompts, _prompt_edit_mask(batch, lengths, pmask, positions, steer_special).to(device), edit)
     counts = [c.answer_ids.shape[0] for c in batch]
     owner = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(counts))  # answer row -> its question
     flat = [(c, r) for c in batch for r in range(c.answer_ids.shape[0])]
@@ -361,7 +471,13 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
                                        max(alen[i] for i in rows) - 1)
             ids, _ = _stack([flat[i][0].answer_ids[flat[i][1], : alen[i]] for i in rows], answers.shape[1] + 1)
             answers, run_mask, ids = answers.to(device), run_mask.to(device), ids.to(device)
-            answers = _edited(answers, run_mask.bool(), edit if positions == "all" else None)
+            editable = run_mask.bool()
+            if not steer_special:
+                protected = [flat[i][0].answer_protected[flat[i][1], : alen[i] - 1]
+                             if flat[i][0].answer_protected is not None else torch.zeros(alen[i] - 1, dtype=torch.bool)
+                             for i in rows]
+                editable = editable & ~_stack(protected, answers.shape[1])[0].to(device)
+            answers = _edited(answers, editable, edit if positions == "all" else None)
             q = owner[rows].to(device)
             hidden = base(inputs_embeds=answers, attention_mask=torch.cat([pmask[q], run_mask], 1),
                           position_ids=lengths.to(device)[q][:, None] + torch.arange(answers.shape[1], device=device),
@@ -374,10 +490,25 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
     return list(totals.cpu().split(counts))
 
 
-def text_logits(model: Any, site: Site, cached: CachedTexts, edit: Any = None) -> torch.Tensor:
-    """Logits ``[N, W, V]`` of cached texts after editing every real token and running the layers above."""
+def text_edit_mask(cached: CachedTexts, positions: str = "all", steer_special: bool = False) -> torch.Tensor:
+    """Which tokens ``[N, W]`` of cached texts a position policy edits. A text is one prompt pass, so
+    ``"prompt"`` and ``"all"`` edit every real token, ``"last"`` the last one and ``"random"`` a seeded half;
+    protected positions (first token, special tokens) only with ``steer_special``."""
+    _check_positions(positions)
+    allowed = cached.mask.bool()
+    if not steer_special and cached.protected is not None:
+        allowed = allowed & ~cached.protected.bool()
+    rows = [cached.input_ids[i, : int(n)] for i, n in enumerate(cached.mask.sum(1))]
+    return _policy_mask(rows, allowed, positions)
+
+
+def text_logits(model: Any, site: Site, cached: CachedTexts, edit: Any = None, positions: str = "all",
+                steer_special: bool = False) -> torch.Tensor:
+    """Logits ``[N, W, V]`` of cached texts after editing the tokens :func:`text_edit_mask` names and running the
+    layers above."""
     device = next(model.parameters()).device
-    hidden = _edited(cached.hidden.to(device), cached.mask.bool().to(device), edit)
+    where = text_edit_mask(cached, positions, steer_special) if edit is not None else cached.mask.bool()
+    hidden = _edited(cached.hidden.to(device), where.to(device), edit)
     k, width = cached.input_ids.shape
     with _layers_above(model, site.layer):
         final = model.base_model(inputs_embeds=hidden, attention_mask=cached.mask.to(device),
@@ -398,7 +529,7 @@ def steering_edit(steerer: Any, scale: torch.Tensor | None = None, forced: torch
 
 def score_cached(model: Any, site: Site, cached: Sequence[CachedQuestion], edit: Any = None,
                  positions: str = "prompt", progress: bool = False, desc: str = "score",
-                 batch_tokens: int = 2048) -> list[torch.Tensor]:
+                 batch_tokens: int = 2048, steer_special: bool = False) -> list[torch.Tensor]:
     """:func:`upper_logprobs` for every cached question, in batches of similar prompt length of about
     ``batch_tokens`` padded tokens (small CPU matmuls waste most of the cores' throughput)."""
     batches = _token_batches([c.prompt.shape[0] for c in cached], batch_tokens)
@@ -406,6 +537,6 @@ def score_cached(model: Any, site: Site, cached: Sequence[CachedQuestion], edit:
     with torch.inference_mode():
         for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
             for i, scores in zip(b, upper_logprobs(model, site, [cached[i] for i in b], edit, positions,
-                                                   batch_tokens)):
+                                                   batch_tokens, steer_special)):
                 out[i] = scores
     return out  # type: ignore[return-value]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 from matsteer.cli import main
 
@@ -31,8 +33,25 @@ def test_extract_train_generate(tmp_path, tiny_dir, capsys):
                  "--split", "dev", "--limit", "3", "--baseline", "--json", str(out_json)]) == 0
     report = json.loads(out_json.read_text())
     assert set(report["results"]) == {"none", "mat_steer"} and report["tasks"] == ["truthfulqa", "toxigen"]
-    assert report["results"]["none"]["side_effects"]["kl"] == 0.0
-    assert "mat_steer" in capsys.readouterr().out
+    assert report["probes"] == ["toxigen"]  # the Yes/No probe is scored but kept out of the mean
+    assert report["results"]["none"]["side_effects"] == {"ce": None, "kl": None}  # n/a: nothing is steered
+    assert report["results"]["mat_steer"]["side_effects"]["kl"] >= 0.0
+    assert report["reference"]["constant"]["toxigen"]["balanced_accuracy"] == 0.5
+    out = capsys.readouterr().out
+    assert "mat_steer" in out and "constant" in out and "KL n/a" in out
+    # --source: a copy of the shipped file scores exactly as the shipped file does.
+    copy = tmp_path / "my_truthfulqa.json"
+    shutil.copy(Path(__file__).resolve().parent.parent / "data" / "truthfulqa" / "mc_task.json", copy)
+    own_json = tmp_path / "own.json"
+    assert main(["eval", "--steerer", str(steerer), "--model", str(tiny_dir), "--tasks", "truthfulqa,toxigen",
+                 "--split", "dev", "--limit", "3", "--baseline", "--json", str(own_json),
+                 "--source", f"truthfulqa={copy}"]) == 0
+    own = json.loads(own_json.read_text())
+    assert own["sources"] == {"truthfulqa": str(copy)}
+    assert str(copy) in own["provenance"]["extra"]["sources"]["truthfulqa"]
+    assert own["results"] == report["results"]
+    assert main(["eval", "--steerer", str(steerer), "--model", str(tiny_dir), "--source", "squad=x.json"]) == 2
+    assert "unknown task" in capsys.readouterr().err
     figs = tmp_path / "figs"
     assert main(["figures", "--steerer", str(steerer), "--features", *feats, "--out", str(figs)]) == 0
     for name in ("orthogonality", "pca_steered", "gate_distributions", "training_curves"):
@@ -73,9 +92,13 @@ def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
 
     monkeypatch.setattr(E, "run_evaluation", fake_eval)
     monkeypatch.setattr(W, "run_win_rates", fake_win)
-    assert main(["compare", "--layer", "10", "--seeds", "4", "5", "--out", str(tmp_path)]) == 0
+    src = tmp_path / "bbq"
+    src.mkdir()
+    assert main(["compare", "--layer", "10", "--seeds", "4", "5", "--out", str(tmp_path), "--source", f"bbq={src}",
+                 "--steer-special"]) == 0
     cfg = seen["eval"]
     assert (cfg.demo.layer, cfg.seeds, cfg.out_dir) == (10, (4, 5), tmp_path)
+    assert cfg.sources == {"bbq": str(src)} and cfg.steer_special
     assert main(["winrates", "--from-eval", "x.json", "--n", "7", "--max-new-tokens", "9", "--seeds", "1",
                  "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--out", str(tmp_path)]) == 0
     cfg, eval_json, wcfg, judge, out_dir = seen["win"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import matsteer.experiments as E
 from matsteer.errors import ConfigError
 from matsteer.pipeline import DemoConfig
 from matsteer.train import TrainConfig
 
-LIMITS = {"truthfulqa": 4, "toxigen": 6, "bbq": 6}
+LIMITS = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 6, "bbq": 6}
 
 
 def _config(tiny_dir, tmp_path, out="results") -> E.EvalConfig:
@@ -46,9 +47,45 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     sel = report["selection"]["training_default"]
     assert len(sel["trials"]) == 2 and sel["chosen"]["dev_mean"] == max(t["dev_mean"] for t in sel["trials"])
     assert report["methods"]["none"]["test"]["mean"]["std"] == 0.0
-    assert report["best_baseline"]["name"] not in ("none", "mat_steer")
+    # The best baseline comes from the baselines only: never MAT-Steer's own variants or the controls.
+    best = report["best_baseline"]
+    assert best["pool"] == ["icl", "iti", "caa", "pca", "probe_caa"] and best["name"] in best["pool"]
+    assert best["name"] == max(best["dev_means"], key=best["dev_means"].get)
+    # Per-seed per-question scores are kept: [seeds][questions] for every task.
+    for name, entry in report["methods"].items():
+        seeds = 2 if name in E.SEEDED else 1
+        assert entry["seeds"] == [0, 1][:seeds]
+        for task in ("truthfulqa", "toxigen_pref", "bbq", "toxigen"):
+            items = entry["test"][task]["per_item"]
+            assert len(items) == seeds and all(len(row) == entry["test"][task]["n"] for row in items)
+    assert report["methods"]["random"]["role"] == "control" and report["methods"]["probe_caa"]["role"] == "baseline"
+    # No steering and ICL edit no activation: their side effects are n/a.
+    for name in ("none", "icl"):
+        assert report["methods"][name]["test"]["side_effects"] == {"ce": None, "kl": None}
+    assert report["methods"]["caa"]["test"]["side_effects"]["kl"]["mean"] >= 0.0
+    # The constant answers: 50% where a constant cannot do better by construction.
+    const = report["reference"]["constant"]["test"]
+    assert const["toxigen_pref"]["accuracy"]["mean"] == 0.5 and const["bbq"]["balanced"]["mean"] == 0.5
+    assert const["bbq"]["ambig"]["mean"] == 1.0 and const["toxigen"]["balanced_accuracy"]["mean"] == 0.5
+    # Intervals for every method against no steering and against the best baseline, per task and for the mean.
+    intervals = report["intervals"]
+    assert set(intervals["vs_none"]) == set(E.METHODS) - {"none"}
+    assert set(intervals["vs_best_baseline"]) == set(E.METHODS) - {best["name"]}
+    for row in (*intervals["vs_none"].values(), *intervals["vs_best_baseline"].values()):
+        assert set(row) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
+        assert all(ci["low"] <= ci["mean_diff"] <= ci["high"] for ci in row.values())
+    assert report["bootstrap_vs_best_baseline"] == intervals["vs_best_baseline"]["mat_steer"]
+    det = report["detectable"]
+    assert set(det["mde"]) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
+    assert all(v > 0 for v in det["mde"].values())
     md = (cfg.out_dir / "eval.md").read_text()
     assert "MAT-Steer" in md and "(paper)" in md
+    assert E.CONSTANT_LABEL in md and "Smallest difference the test sizes can detect" in md
+    assert "Random directions (MAT-Steer norms)" in md and "CAA with probe gates" in md
+    # A method at or below the constant on a primary metric is marked.
+    none_row = next(line for line in md.splitlines() if line.startswith("| No steering |"))
+    none_pref = report["methods"]["none"]["test"]["toxigen_pref"]["accuracy"]["mean"]
+    assert (E.MARK in none_row.split("|")[4]) == (none_pref <= 0.5)
     assert "total_s" in json.loads((cfg.out_dir / "eval-timings.json").read_text())
     from matsteer.viz import figures_from_report
 
@@ -75,3 +112,41 @@ def test_bad_comparison_config(tiny_dir, tmp_path, change, message):
         setattr(cfg, k, v)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()
+
+
+def _layer_data(tiny_dir, tmp_path, layer):
+    from matsteer.data import load_examples
+    from matsteer.features import extract_to_folder
+    from matsteer.models import load_model
+    from matsteer.pipeline import attribute_data
+    from matsteer.sites import Site
+
+    loaded = load_model(str(tiny_dir), progress=False)
+    return [attribute_data(extract_to_folder(loaded, load_examples(ds, "train", limit=4), Site(layer),
+                                             tmp_path / f"{ds}-{layer}", tokens="answer", dataset=ds, split="train"))
+            for ds in ("truthfulqa", "bbq")]
+
+
+def test_each_layer_trains_its_own_steerer(tiny_dir, tmp_path):
+    """Answer-token features have the same row counts at every layer: the cache key must see the data itself."""
+    from matsteer.sites import Site
+
+    layer1, layer2 = _layer_data(tiny_dir, tmp_path, 1), _layer_data(tiny_dir, tmp_path, 2)
+    assert [(a.positives.shape, a.negatives.shape) for a in layer1] == \
+        [(a.positives.shape, a.negatives.shape) for a in layer2]
+    ex = object.__new__(E.Experiment)  # the memo alone: no model, no evaluators
+    ex.cfg = _config(tiny_dir, tmp_path)
+    ex.site, ex.train_data, ex.timings = Site(1), layer1, {}
+    ex._steerers, ex._digests = {}, E.TensorDigests()
+    first = ex.steerer(0, {}, layer1)
+    second = ex.steerer(0, {}, layer2)  # the layer sweep passes another layer's features like this
+    assert second is not first and not torch.equal(first.theta, second.theta)
+    assert ex.steerer(0, {}, layer1) is first and ex.steerer(0) is first  # memoised; layer1 is the default data
+    assert ex.steerer(0, {}, layer2, site=Site(2)) is not second  # the site is part of the key too
+    assert len(ex._steerers) == 3
+    fp = E.data_fingerprint(layer1)
+    assert fp == E.data_fingerprint(layer1, ex._digests) != E.data_fingerprint(layer2)
+    assert E.steerer_key(0, {}, Site(1), fp) != E.steerer_key(0, {}, Site(2), fp)
+    assert E.steerer_key(0, {}, Site(1), fp) != E.steerer_key(1, {}, Site(1), fp)
+    layer1[0].positives.add_(1.0)  # changed in place: hashed afresh, trained afresh
+    assert ex.steerer(0, {}, layer1) is not first

@@ -68,3 +68,76 @@ def test_mean_std():
     assert "±" in str(r)
     with pytest.raises(DataError):
         mean_std([])
+
+
+# ------------------------------------------------------------------ bootstrap over questions and seeds
+
+
+def test_seed_question_bootstrap_exact_small_case():
+    from matsteer.stats import seed_question_bootstrap
+
+    # Two seeds scoring 0 and 1 on one question, against a constant 0: a resample draws two seeds with
+    # replacement, so the statistic is 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4 (variance 1/8).
+    ci = seed_question_bootstrap([[0.0], [1.0]], [[0.0]], n_boot=20000, seed=1)
+    assert ci.mean_diff == 0.5 and (ci.low, ci.high) == (0.0, 1.0)
+    assert ci.se**2 == pytest.approx(1 / 8, rel=0.03)
+    assert (ci.n, ci.seeds_a, ci.seeds_b) == (1, 2, 1)
+
+
+def test_seed_question_bootstrap_variance_is_question_plus_seed_variance():
+    from matsteer.stats import seed_question_bootstrap
+
+    # a[s, i] = u_i + v_s: the resampled mean has variance var(u) / n + var(v) / S (population variances).
+    rng = np.random.default_rng(0)
+    u, v = rng.random(40), np.array([0.0, 0.3, 0.9])
+    a = u[None, :] + v[:, None]
+    ci = seed_question_bootstrap(a, n_boot=40000, seed=2)
+    assert ci.mean_diff == pytest.approx(u.mean() + v.mean())
+    assert ci.se**2 == pytest.approx(u.var() / 40 + v.var() / 3, rel=0.05)
+    # Averaging the seeds away first keeps only the question part: a narrower, overconfident interval.
+    only_questions = seed_question_bootstrap(a.mean(0), n_boot=40000, seed=2)
+    assert only_questions.se**2 == pytest.approx(u.var() / 40, rel=0.05)
+    assert only_questions.high - only_questions.low < ci.high - ci.low
+
+
+def test_seed_question_bootstrap_is_paired_over_questions():
+    from matsteer.stats import seed_question_bootstrap, seed_question_bootstrap_tasks
+
+    rng = np.random.default_rng(3)
+    b = rng.random((1, 60))
+    a = b + 0.1  # the same shift on every question and seed: no spread at all
+    ci = seed_question_bootstrap(np.repeat(a, 3, 0), b, n_boot=500)
+    assert ci.low == pytest.approx(0.1) and ci.high == pytest.approx(0.1) and ci.excludes_zero()
+    # Per task and for the unweighted mean over tasks.
+    out = seed_question_bootstrap_tasks({"x": a, "y": b}, {"x": b, "y": b}, n_boot=500)
+    assert set(out) == {"x", "y", "mean"}
+    assert out["mean"].mean_diff == pytest.approx(0.05) and out["mean"].n == 120
+    again = seed_question_bootstrap_tasks({"x": a, "y": b}, {"x": b, "y": b}, n_boot=500)
+    assert again == out  # seeded: identical numbers
+
+
+def test_seed_question_bootstrap_validation():
+    from matsteer.stats import seed_question_bootstrap, seed_question_bootstrap_tasks
+
+    with pytest.raises(DataError, match="same questions"):
+        seed_question_bootstrap([[1.0, 0.0]], [[1.0]])
+    with pytest.raises(DataError, match="same seeds"):
+        seed_question_bootstrap_tasks({"x": [[1.0], [0.0]], "y": [[1.0]]})
+    with pytest.raises(DataError, match="NaN"):
+        seed_question_bootstrap([[float("nan")]])
+    with pytest.raises(ConfigError):
+        seed_question_bootstrap([[1.0]], n_boot=0)
+
+
+def test_minimum_detectable_effect_by_hand():
+    from matsteer.stats import minimum_detectable_effect
+
+    # 100 questions scoring 0/1 half and half: s^2 = 0.25 * 100 / 99 (ddof 1);
+    # MDE = (1.959964 + 0.841621) * sqrt(2 s^2 / 100).
+    x = [0.0, 1.0] * 50
+    want = (1.959964 + 0.841621) * (2 * 0.25 * 100 / 99 / 100) ** 0.5
+    assert minimum_detectable_effect(x) == pytest.approx(want, rel=1e-5)
+    # The mean of two such tasks: sqrt(2 (s^2/100 + s^2/100)) / 2 = the single-task value / sqrt(2).
+    assert minimum_detectable_effect({"a": x, "b": x}) == pytest.approx(want / 2**0.5, rel=1e-5)
+    with pytest.raises(DataError):
+        minimum_detectable_effect([1.0])
