@@ -24,6 +24,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="accelerate device map for large models, e.g. auto (spreads over all GPUs)")
 
 
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", action="append", default=None, metavar="TASK=PATH",
+                   help="score a local file (or BBQ folder) for TASK instead of the shipped data, in the schema the "
+                        "shipped data uses (data/README.md); repeatable. toxigen=PATH also feeds toxigen_pref; "
+                        "paradetox=PATH replaces the neutral text of the side effects. The file is split like the "
+                        "shipped one (by question, seeded); eval --split all scores all of it")
+    p.add_argument("--steer-special", dest="steer_special", action="store_true",
+                   help="also steer the first token and special tokens (left unsteered by default; an ablation)")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from .data import load_examples
     from .features import extract_to_folder
@@ -211,6 +221,7 @@ def _result_figures(folder: Path) -> dict:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import parse_sources
     from .experiments import EvalConfig, run_evaluation
 
     cfg = EvalConfig.full() if args.full else EvalConfig()
@@ -218,36 +229,53 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg.demo.layer = args.layer
     if args.seeds:
         cfg.seeds = tuple(args.seeds)
+    cfg.sources = parse_sources(args.source)
+    cfg.steer_special = args.steer_special
     report = run_evaluation(cfg)
     print((cfg.out_dir / "eval.md").read_text(encoding="utf-8"))
     print(f"wrote {cfg.out_dir / 'eval.json'} and eval.md; best baseline by dev: {report['best_baseline']['name']}")
     return 0
 
 
+def _fmt_side(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """One saved steerer (and, with --baseline, the unsteered model) on the named tasks of one split."""
+    """One saved steerer (and, with --baseline, the unsteered model) on the named tasks of one split, beside each
+    task's constant answer."""
     from .artifacts import TENSORS
-    from .evaluate import PRIMARY, Evaluator, Method
+    from .evaluate import DATA_OF, PRIMARY, PROBES, Evaluator, Method, parse_sources
+    from .experiments import source_hashes
     from .io import sha256_file, write_json
     from .provenance import collect
 
+    sources = parse_sources(args.source)  # checked before the model loads
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [t for t in names if t not in PROBES] or names
+    probes = [t for t in names if t not in tasks]
     st = _load_steered(args)
     loaded, steerer, manifest, site, per, global_m = st.loaded, st.steerer, st.manifest, st.site, st.per, st.global_m
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    evaluator = Evaluator(loaded, site, args.split, dict.fromkeys(tasks, args.limit), tasks=tasks,
-                          positions=args.positions)
-    methods = ([Method("none")] if args.baseline else []) + [Method("mat_steer", steerer, per, global_m)]
+    evaluator = Evaluator(loaded, site, args.split, dict.fromkeys(names, args.limit), tasks=tasks, probes=probes,
+                          positions=args.positions, sources=sources)
+    methods = ([Method("none")] if args.baseline else []) + [
+        Method("mat_steer", steerer, per, global_m, steer_special=args.steer_special)]
     results = {m.name: evaluator.evaluate(m) for m in methods}
-    for name, res in results.items():
-        print(f"{name:<10} " + "  ".join(f"{t} {PRIMARY[t]} {res[t][PRIMARY[t]] * 100:.2f}" for t in tasks)
-              + f"  mean {res['mean'] * 100:.2f}  KL {res['side_effects']['kl']:.4f}  CE {res['side_effects']['ce']:.3f}")
+    constant = evaluator.constant()
+    for name, res in [("constant", constant), *results.items()]:
+        side = res["side_effects"]
+        print(f"{name:<10} " + "  ".join(f"{t} {PRIMARY[t]} {res[t][PRIMARY[t]] * 100:.2f}" for t in names)
+              + f"  mean {res['mean'] * 100:.2f}  KL {_fmt_side(side['kl'], 4)}  CE {_fmt_side(side['ce'], 3)}")
     if args.json:
         write_json(Path(args.json), {
-            "steerer": str(args.steerer), "split": args.split, "tasks": tasks, "limit": args.limit,
-            "positions": args.positions, "multipliers": {"global": global_m, **per}, "results": results,
-            "provenance": collect(model_name=loaded.name, model_hash=loaded.weight_hash, datasets=[*tasks, "paradetox"],
-                                  seeds=[], extra={"steerer_sha256": sha256_file(Path(args.steerer) / TENSORS),
-                                                   "steerer_model": manifest["model"], "site": manifest["site"]})})
+            "steerer": str(args.steerer), "split": args.split, "tasks": names, "probes": probes, "limit": args.limit,
+            "positions": args.positions, "steer_special": args.steer_special, "sources": sources,
+            "multipliers": {"global": global_m, **per}, "results": results, "reference": {"constant": constant},
+            "provenance": collect(model_name=loaded.name, model_hash=loaded.weight_hash,
+                                  datasets=[*{DATA_OF.get(t, t) for t in names}, "paradetox"], seeds=[],
+                                  extra={"steerer_sha256": sha256_file(Path(args.steerer) / TENSORS),
+                                         "steerer_model": manifest["model"], "site": manifest["site"],
+                                         "sources": source_hashes(sources)})})
         print(f"wrote {args.json}")
     return 0
 
@@ -373,14 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
     p.add_argument("--out", default="results")
+    _add_source_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")
     _add_model_args(p)
     p.set_defaults(model=None)
     p.add_argument("--steerer", required=True)
-    p.add_argument("--tasks", default="truthfulqa,toxigen,bbq", help="comma-separated: truthfulqa,toxigen,bbq,hh_rlhf")
-    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    p.add_argument("--tasks", default="truthfulqa,toxigen_pref,bbq,toxigen",
+                   help="comma-separated: truthfulqa,toxigen_pref,bbq,toxigen,hh_rlhf (toxigen, the Yes/No probe, "
+                        "is scored but left out of the mean)")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test", "all"),
+                   help="which part of each task's data (all: every question, e.g. of a --source file)")
     p.add_argument("--limit", type=int, default=None, help="first N questions per task (default: all)")
     p.add_argument("--baseline", action="store_true", help="also score the unsteered model")
     p.add_argument("--multiplier", action="append", help="global NUMBER, or NAME=NUMBER per attribute (repeatable)")
@@ -388,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to steer while scoring (the paper: the prompt)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--allow-model-mismatch", action="store_true")
+    _add_source_args(p)
     p.set_defaults(func=cmd_eval)
 
     from .ablations import ABLATIONS
