@@ -366,6 +366,23 @@ def test_pyvene_import_notice_is_silenced_at_its_source():
     assert proc.stdout == "imported\n" and "nnsight" not in proc.stderr
 
 
+def test_summary_shows_table_folders_and_wall_time(tmp_path):
+    from matsteer.notebooks import NotebookRun, _folders, _summary
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "eval.json").write_text(json.dumps({"methods": {"mat_steer": {"label": "MAT-Steer", "test": {
+        "truthfulqa": {"mc2": {"mean": 0.5}}, "mean": {"mean": 0.5}}}}}))
+    (tmp_path / "figures").mkdir()
+    folders = _folders({"results_dir": str(results), "figures_dir": str(tmp_path / "figures")},
+                       [FOLDER / NOTEBOOKS[3]])
+    assert folders["results_dir"] == results and folders["features_dir"] == project_root() / "features"  # default
+    run = NotebookRun("04_evaluate", FOLDER / NOTEBOOKS[3], tmp_path / "out" / NOTEBOOKS[3], {}, 12.0)
+    text = _summary([run], folders, tmp_path / "out", 754.0)
+    assert "1 notebook(s) in 12:34 wall time" in text and "MAT-Steer" in text and "50.0" in text
+    assert f"figures             {tmp_path / 'figures'}/" in text and f"{results}/" in text
+
+
 def test_install_kernel_registers_this_interpreter(tmp_path):
     folder = install_kernel(prefix=tmp_path)
     assert folder == tmp_path / "share" / "jupyter" / "kernels" / KERNEL_NAME
