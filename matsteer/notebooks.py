@@ -728,7 +728,8 @@ class ProgressPrinter:
         self._cells: list[str] = []  # cell ids of the running notebook, in order
         self._cell: int | None = None
         self._cell_t0 = self._nb_t0 = self.t0
-        self._pending = ""
+        self._labels: dict[int, str] = {}
+        self._pending = ""  # stdout after the last newline: a step line may arrive in pieces
 
     # -- estimates ------------------------------------------------------------------------------------------------
     def _current_left(self) -> float | None:
@@ -792,6 +793,7 @@ class ProgressPrinter:
             return
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
+        self._pending = self._pending[-4096:]  # output without newlines (a \r progress bar) cannot hold a step line
         for raw in lines:
             if raw.startswith(STEP_PREFIX):
                 self.line(f"  {self._tag} · {raw[len(STEP_PREFIX):].strip()}")
