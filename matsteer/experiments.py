@@ -455,6 +455,8 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict
                            "unsteered_ce": ex.test.unsteered_ce()}
 
     tasks, probes = ex.test.tasks, ex.test.probes
+    report["primary"] = {t: PRIMARY[t] for t in (*tasks, *probes)}
+    report["tasks"], report["probes"] = list(tasks), list(probes)
     pool = [n for n in cfg.methods if n in BASELINE_POOL]
     dev_best = {n: max(t["dev_mean"] for t in report["selection"][n]["dev_trials"]) for n in pool}
     best = max(dev_best, key=dev_best.get) if dev_best else None  # type: ignore[arg-type]

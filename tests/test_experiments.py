@@ -75,6 +75,8 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
         assert set(row) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
         assert all(ci["low"] <= ci["mean_diff"] <= ci["high"] for ci in row.values())
     assert report["bootstrap_vs_best_baseline"] == intervals["vs_best_baseline"]["mat_steer"]
+    assert report["primary"] == {"truthfulqa": "mc2", "toxigen_pref": "accuracy", "bbq": "balanced",
+                                 "toxigen": "balanced_accuracy"}
     det = report["detectable"]
     assert set(det["mde"]) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
     assert all(v > 0 for v in det["mde"].values())
@@ -136,6 +138,7 @@ def test_each_layer_trains_its_own_steerer(tiny_dir, tmp_path):
         [(a.positives.shape, a.negatives.shape) for a in layer2]
     ex = object.__new__(E.Experiment)  # the memo alone: no model, no evaluators
     ex.cfg = _config(tiny_dir, tmp_path)
+    ex.cfg.demo.train = TrainConfig(epochs=2, sigma="median", batch_per_side=4)
     ex.site, ex.train_data, ex.timings = Site(1), layer1, {}
     ex._steerers, ex._digests = {}, E.TensorDigests()
     first = ex.steerer(0, {}, layer1)
