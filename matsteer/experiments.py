@@ -632,7 +632,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     det = report.get("detectable")
     if det:
         keys = [*tasks, "mean", *probes]
-        lines += ["", "Smallest difference the test sizes can detect (points; " + det["rule"] + "): "
+        lines += ["", "Smallest difference the test sizes can detect, in points (two-sided 5% test, 80% power, "
+                  "from no steering's per-question variance, methods treated as independent: an upper bound; "
+                  "docs/eval-schema.md): "
                   + ", ".join(f"{_task_header(k)} {det['mde'][k] * 100:.1f}" for k in keys)
                   + ". Half-width of no steering's own 95% interval: "
                   + ", ".join(f"{_task_header(k)} ±{det['ci_halfwidth'][k] * 100:.1f}" for k in keys) + "."]
