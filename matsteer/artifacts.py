@@ -275,7 +275,10 @@ def save_training_result(
     data_info: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """:func:`save_steerer` for a :class:`~matsteer.train.TrainResult` (config, history and σ used included)."""
+    """:func:`save_steerer` for a :class:`~matsteer.train.TrainResult` (config, history, σ used and, when trained
+    with dev data, the training-health report under ``extra["health"]``)."""
+    if result.health is not None:
+        extra = {**(extra or {}), "health": result.health.to_dict()}
     return save_steerer(
         path,
         result.steerer,

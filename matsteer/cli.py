@@ -61,28 +61,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig
 
 
-    try:
-        sigma = args.sigma if args.sigma == "median" else float(args.sigma)
-    except ValueError as exc:
-        raise ConfigError(f"--sigma must be a positive number or 'median', got {args.sigma!r}.") from exc
+    overrides: dict[str, Any] = {}
+    if args.sigma is not None:
+        try:
+            overrides["sigma"] = args.sigma if args.sigma == "median" else float(args.sigma)
+        except ValueError as exc:
+            raise ConfigError(f"--sigma must be a positive number or 'median', got {args.sigma!r}.") from exc
     if args.batch_size is not None:  # the reference's total batch: positives + negatives of every attribute
         per_side, rest = divmod(args.batch_size, 2 * len(args.features))
         if rest or per_side < 1:
             raise ConfigError(f"--batch_size {args.batch_size} is not 2 x k x {len(args.features)} attributes "
                               "(e.g. 96 = 2 x 16 x 3); or pass --batch-per-side.")
         args.batch_per_side = per_side
-    config = TrainConfig(epochs=args.epochs, batch_per_side=args.batch_per_side, lr=args.lr, sigma=sigma,
-                         lambda_mmd=args.lambda_mmd, lambda_sparse=args.lambda_sparse, lambda_ortho=args.lambda_ortho,
-                         lambda_pos=args.lambda_pos, loss_variant=args.loss_variant, seed=args.seed,
-                         device=args.device, preserve_norm=not args.no_norm_preserve, standardize=args.standardize)
-    result, origin, info = train_from_features(args.features, config, args.dev_features)
+    for name in ("epochs", "batch_per_side", "lr", "lambda_mmd", "lambda_sparse", "lambda_ortho", "lambda_pos",
+                 "lambda_gate", "loss_variant", "gate_input", "gate_loss", "gate_scope", "theta_init", "seed",
+                 "device"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.no_norm_preserve:
+        overrides["preserve_norm"] = False
+    if args.standardize:
+        overrides["standardize"] = True
+    config = TrainConfig.preset(args.preset, **overrides)
+    result, origin, info = train_from_features(args.features, config, args.dev_features, probe=not args.no_probe)
     out = save_training_result(args.out, result, site=Site.from_dict(origin["site"]), model_name=origin["model"]["name"],
                                model_hash=origin["model"]["weight_hash"], data_info=info)
     final = result.history.final("train") or {}
     print(f"{out}: {len(result.steerer.attributes)} attributes {result.steerer.attributes}, {result.steps} steps in "
-          f"{result.wall_time_s:.1f} s ({result.steps_per_s:.0f} steps/s), sigma {result.sigma_used:.3g}")
+          f"{result.wall_time_s:.1f} s ({result.steps_per_s:.0f} steps/s), sigma {result.sigma_used:.3g}, "
+          f"preset {args.preset}")
     for term, values in sorted(final.items()):
         print(f"  final {term:<7} " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    if result.health is not None:
+        from .health import health_table
+
+        print("\nTraining health on the dev features (docs/training.md):\n" + health_table(result.health))
+    else:
+        print("\n(no --dev-features: no training-health report; pass them to check the gates and vectors)")
     return 0
 
 
@@ -360,21 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="+", required=True, help="training feature folders, one per attribute")
     p.add_argument("--dev-features", "--dev_features", dest="dev_features", nargs="+", default=None)
     p.add_argument("--out", required=True, help="steerer folder to write")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--preset", default="default", choices=("default", "paper", "reference"),
+                   help="default: the workbench's training (docs/training.md); paper / reference: their exact settings")
+    p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None,
                    help="total batch (the reference's flag): 2 x 16 x attributes; sets --batch-per-side")
-    p.add_argument("--batch-per-side", "--batch_per_side", dest="batch_per_side", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--sigma", default="2.0", help='kernel width, or "median" (see docs/losses.md)')
-    p.add_argument("--lambda_mmd", "--lambda-mmd", dest="lambda_mmd", type=float, default=1.0)
-    p.add_argument("--lambda_sparse", "--lambda-sparse", dest="lambda_sparse", type=float, default=0.9)
-    p.add_argument("--lambda_ortho", "--lambda-ortho", dest="lambda_ortho", type=float, default=0.1)
-    p.add_argument("--lambda_pos", "--lambda-pos", dest="lambda_pos", type=float, default=0.9)
-    p.add_argument("--loss-variant", "--loss_variant", dest="loss_variant", default="paper", choices=("paper", "reference"))
+    p.add_argument("--batch-per-side", "--batch_per_side", dest="batch_per_side", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--sigma", default=None, help='kernel width, or "median" (see docs/losses.md)')
+    p.add_argument("--lambda_mmd", "--lambda-mmd", dest="lambda_mmd", type=float, default=None)
+    p.add_argument("--lambda_sparse", "--lambda-sparse", dest="lambda_sparse", type=float, default=None)
+    p.add_argument("--lambda_ortho", "--lambda-ortho", dest="lambda_ortho", type=float, default=None)
+    p.add_argument("--lambda_pos", "--lambda-pos", dest="lambda_pos", type=float, default=None)
+    p.add_argument("--lambda_gate", "--lambda-gate", dest="lambda_gate", type=float, default=None)
+    p.add_argument("--loss-variant", "--loss_variant", dest="loss_variant", default=None, choices=("paper", "reference"))
+    p.add_argument("--gate-input", dest="gate_input", default=None, choices=("raw", "standardized"))
+    p.add_argument("--gate-loss", dest="gate_loss", default=None, choices=("none", "supervised"))
+    p.add_argument("--gate-scope", dest="gate_scope", default=None, choices=("own", "cross"))
+    p.add_argument("--theta-init", dest="theta_init", default=None, choices=("randn", "zero"))
     p.add_argument("--standardize", action="store_true", help="measure kernel distances in per-dimension z-scores")
     p.add_argument("--no-norm-preserve", action="store_true", help="do not rescale steered activations to ||a||")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-probe", action="store_true", help="skip the logistic-probe yardstick in the health report")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="print unsteered and steered generations for prompts")

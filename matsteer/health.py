@@ -126,7 +126,7 @@ def training_health(
     for t in range(len(names)):
         theta_cos.append([_cos(theta[t], md) for md in mean_diffs])
     with torch.no_grad():
-        for t, (pos, neg) in enumerate(sides):
+        for pos, neg in sides:
             steered, _ = apply_steering(neg, theta, weight, bias)
             mmd_before.append(float(mmd2(pos, neg, sigma)))
             mmd_after.append(float(mmd2(pos, steered, sigma)))

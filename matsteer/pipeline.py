@@ -53,8 +53,11 @@ def train_from_features(
     config: TrainConfig | None = None,
     dev_dirs: Sequence[str | Path] | None = None,
     progress: bool = True,
+    probe: bool = False,
 ) -> tuple[TrainResult, dict[str, Any], dict[str, Any]]:
-    """Train on feature folders (one per attribute). Returns (result, origin {model, site, d}, data_info)."""
+    """Train on feature folders (one per attribute). Returns (result, origin {model, site, d}, data_info).
+
+    With dev folders the result carries a training-health report (``probe``: with the logistic-probe yardstick)."""
     sets = [load_features(p) for p in train_dirs]
     origin = check_same_origin(sets)
     for fs in sets:
@@ -70,7 +73,8 @@ def train_from_features(
             raise ConfigError("Dev features come from another model or site than the training features.")
         dev = [attribute_data(fs) for fs in dev_sets]
         info["dev"] = data_info(dev_sets)
-    result = train([attribute_data(fs) for fs in sets], config or TrainConfig(), dev=dev, progress=progress)
+    result = train([attribute_data(fs) for fs in sets], config or TrainConfig(), dev=dev, progress=progress,
+                   health_probe=probe)
     return result, origin, info
 
 
@@ -156,7 +160,7 @@ class DemoConfig:
     limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": None, "toxigen": 1200, "bbq": 300})
     dev_limits: dict[str, int | None] = field(default_factory=lambda: {"truthfulqa": None, "toxigen": 300, "bbq": 100})
     # σ = 2 (the reference default) is degenerate on this model's activations; see README "Defaults chosen on dev".
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(sigma="median"))
+    train: TrainConfig = field(default_factory=TrainConfig)
     features_dir: Path = Path("features")
     out_dir: Path = Path("results/demo")
     prompts: tuple[str, ...] = (

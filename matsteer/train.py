@@ -59,15 +59,16 @@ THETA_INITS: tuple[str, ...] = ("randn", "zero")
 
 @dataclass
 class TrainConfig:
-    """Training hyperparameters. Adam, lr 1e-3, 100 epochs, 16 + 16 rows per attribute per batch and the λ of the
-    reference code; the gate settings are the workbench's default (see :data:`PRESETS` and docs/training.md):
+    """Training hyperparameters. Adam, lr 1e-3, 100 epochs, 16 + 16 rows per attribute per batch, λ_mmd 1 and
+    λ_ortho 0.1 as the reference code; the rest is the workbench's default (:data:`PRESETS`, docs/training.md):
 
     - ``gate_input="standardized"``: gates see per-dimension z-scores of the activations (mean and std of the
       training pool). Folded into W and b when training ends, so the saved gate acts on raw activations.
     - ``gate_loss="supervised"`` with ``lambda_gate``: the logistic gate term of :mod:`matsteer.losses` (not the
       paper's), over ``gate_scope`` ("cross": each gate also kept shut on the other attributes' rows).
     - ``theta_init="zero"``: θ starts at 0 instead of ``randn(d)`` (‖randn‖ ≈ √d is arbitrary against activation
-      norms of ~150).
+      norms of ~150), and ``theta_lr="std"`` gives θ steps in the activations' units.
+    - ``sigma="median"`` (σ = 2 is a dead kernel on raw activations) and λ_pos = λ_sparse = 0.1.
     """
 
     epochs: int = 100
@@ -75,9 +76,10 @@ class TrainConfig:
     lr: float = 1e-3
     sigma: float | str = "median"  # a number, or "median" (median pairwise distance of training activations)
     lambda_mmd: float = 1.0
-    lambda_sparse: float = 0.9
+    # λ_pos = λ_sparse = 0.1 (the paper's 0.9 half-shuts the supervised gates: docs/training.md)
+    lambda_sparse: float = 0.1
     lambda_ortho: float = 0.1
-    lambda_pos: float = 0.9
+    lambda_pos: float = 0.1
     lambda_gate: float = 1.0  # weight of the supervised gate term (used when gate_loss="supervised")
     loss_variant: str = "paper"  # or "reference"; see matsteer.losses
     gate_input: str = "standardized"  # or "raw" (the paper)
@@ -344,6 +346,7 @@ class TrainResult:
     steps: int
     wall_time_s: float
     theta_init: torch.Tensor | None = None  # [T, d] θ before the first step (for the training-health report)
+    health: Any = None  # a matsteer.health.TrainingHealth when trained with dev data
 
     @property
     def steps_per_s(self) -> float:
@@ -549,24 +552,36 @@ def train(
     config: TrainConfig | None = None,
     dev: Sequence[AttributeData] | None = None,
     progress: bool = True,
+    health_probe: bool = False,
 ) -> TrainResult:
     """Train one steerer on all attributes jointly.
 
     data: one :class:`AttributeData` per attribute (positives ``[Np_t, d]``, negatives ``[Nn_t, d]``).
-    dev: optional, same attribute names; dev loss terms are computed after every epoch on a fixed subset.
+    dev: optional, same attribute names; dev loss terms are computed after every epoch on a fixed subset, and the
+    result carries a :class:`~matsteer.health.TrainingHealth` report on dev (``health_probe``: with a logistic
+    probe fitted on ``data`` as the yardstick).
     Raises :class:`ConfigError` / :class:`DataError` for bad settings or inputs, :class:`TrainingError` if a
     loss term becomes NaN/Inf (naming the epoch, step and term).
     """
     config = config or TrainConfig()
     config.validate()
     if resolve_device(config.device).type != "cpu" or config.cpu_threads is None:
-        return _train(data, config, dev, progress)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.cpu_threads)
-    try:
-        return _train(data, config, dev, progress)
-    finally:
-        torch.set_num_threads(previous)
+        result = _train(data, config, dev, progress)
+    else:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(config.cpu_threads)
+        try:
+            result = _train(data, config, dev, progress)
+        finally:
+            torch.set_num_threads(previous)
+    if dev:
+        from .health import training_health
+
+        result.health = training_health(result.steerer, dev, sigma=result.sigma_used, theta_init=result.theta_init,
+                                        train=data if health_probe else None, seed=config.seed)
+        for verdict in result.health.verdicts:
+            warnings.warn(f"Training health: {verdict}", stacklevel=2)
+    return result
 
 
 def _train(

@@ -83,13 +83,14 @@ def test_fast_path_matches_autograd_adam(preset):
     # Slow re-implementation with the same init and the same batch indices.
     d, k = 8, cfg.batch_per_side
     init = Steerer(["attr0", "attr1"], d, generator=torch.Generator().manual_seed(cfg.seed))
-    theta = torch.nn.Parameter(init.theta.detach().clone() * (0.0 if cfg.theta_init == "zero" else 1.0))
-    w_z, b_z = torch.nn.Parameter(init.gate_weight.detach().clone()), torch.nn.Parameter(init.gate_bias.detach().clone())
     mu, sd = activation_moments(data)
+    c = float(sd.pow(2).mean().sqrt()) if cfg.theta_lr == "std" else 1.0  # θ = c·θ': θ's lr is c·lr
+    theta_p = torch.nn.Parameter(init.theta.detach().clone() * (0.0 if cfg.theta_init == "zero" else 1.0 / c))
+    w_z, b_z = torch.nn.Parameter(init.gate_weight.detach().clone()), torch.nn.Parameter(init.gate_bias.detach().clone())
     inv_s, mu = (1 / sd).float(), mu.float()
     if cfg.gate_input == "raw":
         inv_s, mu = torch.ones(d), torch.zeros(d)
-    opt = torch.optim.Adam([theta, w_z, b_z], lr=cfg.lr, foreach=False)
+    opt = torch.optim.Adam([theta_p, w_z, b_z], lr=cfg.lr, foreach=False)
     sampler = _Sampler([40, 40], [40, 40], k, cfg.seed, variant == "reference")
     pool_pos = torch.cat([a.positives for a in data])
     pool_neg = torch.cat([a.negatives for a in data])
@@ -98,14 +99,14 @@ def test_fast_path_matches_autograd_adam(preset):
         pi, ni, ri = sampler.epoch(torch.device("cpu"))
         for b in range(sampler.batches):
             w = w_z * inv_s
-            terms = loss_terms(theta, w, b_z - w @ mu, pool_pos[pi[b]], pool_neg[ni[b]], sigma=3.0, lambdas=lam,
+            terms = loss_terms(theta_p * c, w, b_z - w @ mu, pool_pos[pi[b]], pool_neg[ni[b]], sigma=3.0, lambdas=lam,
                                variant=variant, pos_mmd=pool_pos[ri[b]] if ri is not None else None)
             opt.zero_grad()
             terms.total.backward()
             opt.step()
     with torch.no_grad():
         w = w_z * inv_s
-        expected = [theta, w, b_z - w @ mu]
+        expected = [theta_p * c, w, b_z - w @ mu]
     for x, y in zip(params(got), expected):
         torch.testing.assert_close(x, y.detach(), rtol=1e-4, atol=1e-5)
 
