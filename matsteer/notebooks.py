@@ -239,20 +239,21 @@ def workbench(
     figures_dir: str | Path = "figures",
     results_dir: str | Path = "results/notebooks",
     epochs: int | None = None,
-    sigma: float | str = "median",
-    loss_variant: str = "paper",
+    preset: str = "default",
+    sigma: float | str | None = None,
     site: str = "residual",
 ) -> Workbench:
     """Build the shared settings from a notebook's parameters (relative folders are under the project root).
 
     quick: small data limits (:data:`QUICK`), ``epochs`` default 5 instead of 100, short generations.
-    sigma: the kernel width, a number or ``"median"`` (σ = 2 is far too small for raw activations; see
-    ``docs/losses.md`` and the kernel scale table of notebook 01).
+    preset: the training settings (``TrainConfig.preset``: "default", "paper", "reference"; docs/training.md).
+    sigma: overrides the preset's kernel width, a number or ``"median"`` (σ = 2 is far too small for raw
+    activations; see ``docs/losses.md`` and the kernel scale table of notebook 01).
     """
     base = DemoConfig()
     epochs = epochs if epochs is not None else (QUICK["epochs"] if quick else base.train.epochs)
-    train = TrainConfig(**{**base.train.to_dict(), "epochs": epochs, "sigma": sigma, "seed": seed,
-                           "loss_variant": loss_variant})
+    overrides = {"epochs": epochs, "seed": seed, **({"sigma": sigma} if sigma is not None else {})}
+    train = TrainConfig.preset(preset, **overrides)
     train.validate()
     demo = DemoConfig(
         model=model, layer=layer, site=site, train=train, features_dir=_resolve(features_dir),

@@ -93,11 +93,11 @@ def test_token_gates_without_norm_row(tmp_path):
 
 
 def test_training_curves(tmp_path):
-    h = History(ATTRS, {"mmd": 1.0, "pos": 0.9, "sparse": 0.9, "ortho": 0.1})
+    h = History(ATTRS, {"mmd": 1.0, "pos": 0.9, "sparse": 0.9, "ortho": 0.1, "gate": 1.0})
     rng = np.random.default_rng(0)
     for _ in range(5):
-        h.append("train", rng.random((4, 3)).tolist())
-        h.append("dev", rng.random((4, 3)).tolist())
+        h.append("train", rng.random((5, 3)).tolist())
+        h.append("dev", rng.random((5, 3)).tolist())
     _check(viz.plot_training_curves(h), tmp_path, "curves")
     _check(viz.plot_training_curves(h.to_dict(), terms=("mmd", "total"), logy=True), tmp_path, "curves2")
 
