@@ -36,12 +36,13 @@ from .baselines import (
 )
 from .errors import ConfigError
 from .evaluate import DATA_OF, PRIMARY, PROBES, TASKS, Evaluator, Method, few_shot_prefix, parse_sources
+from .health import training_health
 from .io import write_json
 from .pipeline import DemoConfig, attribute_data, extract_splits
 from .sites import Site
 from .stats import mean_std, minimum_detectable_effect, seed_question_bootstrap, seed_question_bootstrap_tasks
 from .steerer import Steerer
-from .train import TrainConfig, train
+from .train import TrainConfig, TrainResult, train
 
 #: Llama-3.1-8B, layer 14, the paper's Table 1 (TruthfulQA MC2 / ToxiGen / BBQ accuracy, %). For orientation only:
 #: the paper's ToxiGen and BBQ numbers are plain accuracies, not our preference and balanced metrics.
@@ -195,12 +196,16 @@ class Experiment:
         self.train_sets = extract_splits(self.loaded, cfg.demo, "train", cfg.demo.limits, progress)
         self.timings["extract_s"] = time.perf_counter() - t0
         self.train_data = [attribute_data(fs) for fs in self.train_sets]
+        # Dev activations: the training-health report of every MAT-Steer in the comparison.
+        self.dev_data = [attribute_data(fs) for fs in
+                         extract_splits(self.loaded, cfg.demo, "dev", cfg.demo.dev_limits, progress)]
+        self.timings["extract_s"] = time.perf_counter() - t0
         self.contrasts = {a.name: (a.positives, a.negatives) for a in self.train_data}
         self.dev = Evaluator(self.loaded, self.site, "dev", cfg.dev_limits, positions=cfg.positions,
                              progress=progress, sources=cfg.sources)
         self.test = Evaluator(self.loaded, self.site, "test", cfg.test_limits, probes=cfg.probes,
                               positions=cfg.positions, progress=progress, sources=cfg.sources)
-        self._steerers: dict[str, Steerer] = {}
+        self._trained: dict[str, TrainResult] = {}
         self._fixed: dict[str, Steerer] = {}
         self._digests = TensorDigests()
         self._dev_results: dict[str, dict[str, Any]] = {}
@@ -217,13 +222,24 @@ class Experiment:
         """MAT-Steer trained on ``data`` (default: every attribute's training features), memoised by seed,
         overrides, site (default: the experiment's) and a fingerprint of the data itself, so that features of
         another layer or subsample train their own steerer even with the same row counts."""
+        return self.trained(seed, overrides, data, site).steerer
+
+    def trained(self, seed: int, overrides: dict[str, Any] | None = None, data: Sequence[Any] | None = None,
+                site: Site | None = None) -> TrainResult:
+        """The memoised training result behind :meth:`steerer` (σ used and θ's initialisation included)."""
         data = list(data or self.train_data)
         key = steerer_key(seed, overrides, site or self.site, data_fingerprint(data, self._digests))
-        if key not in self._steerers:
+        if key not in self._trained:
             t0 = time.perf_counter()
-            self._steerers[key] = train(data, self.train_config(seed, overrides), progress=False).steerer
+            self._trained[key] = train(data, self.train_config(seed, overrides), progress=False)
             self._timed("train_s", t0)
-        return self._steerers[key]
+        return self._trained[key]
+
+    def health(self, seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Training health (:mod:`matsteer.health`) of the joint MAT-Steer of ``seed`` on the dev activations."""
+        result = self.trained(seed, overrides)
+        return training_health(result.steerer, self.dev_data, sigma=result.sigma_used,
+                               theta_init=result.theta_init, seed=seed).to_dict()
 
     def same_steps(self, overrides: dict[str, Any] | None, data: Sequence[Any]) -> dict[str, Any]:
         """``overrides`` with the epochs that give training on ``data`` the optimizer steps of the joint training.
@@ -451,6 +467,8 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict
         runs = [ex.test_result(ex.method(name, chosen[name], seed, overrides)) for seed in seeds]
         report["methods"][name] = {"label": METHOD_LABELS[name], "seeded": name in SEEDED, "seeds": list(seeds),
                                    "role": _role(name), "params": chosen[name], "test": _summarise(runs)}
+        if name == "mat_steer":
+            report["methods"][name]["health"] = [ex.health(seed, overrides) for seed in seeds]
     report["reference"] = {"constant": {"label": CONSTANT_LABEL, "test": _summarise([ex.test.constant()])},
                            "unsteered_ce": ex.test.unsteered_ce()}
 
@@ -638,6 +656,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                   + ", ".join(f"{_task_header(k)} {det['mde'][k] * 100:.1f}" for k in keys)
                   + ". Half-width of no steering's own 95% interval: "
                   + ", ".join(f"{_task_header(k)} ±{det['ci_halfwidth'][k] * 100:.1f}" for k in keys) + "."]
+    mat = methods.get("mat_steer", {})
+    lines += health_lines(mat.get("health", []), mat.get("seeds", []))
     intervals = report.get("intervals", {})
     keys = [*tasks, "mean", *probes]
     if intervals.get("vs_none"):
@@ -658,6 +678,24 @@ def markdown_table(report: dict[str, Any]) -> str:
     a, b, c = PAPER_TABLE4_UNIFORM
     lines.append(f"| {METHOD_LABELS['uniform_gates']} (paper, Table 4) | {a} | {b} | {c} |")
     return "\n".join(lines) + "\n"
+
+
+def health_lines(healths: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[str]:
+    """MAT-Steer's training health per seed (dev activations) as a small markdown table, and its verdicts."""
+    if not healths:
+        return []
+    names = healths[0]["attributes"]
+    lines = ["", "Training health of MAT-Steer on the dev activations (docs/training.md), per seed: each gate's AUC "
+             "on its own attribute, each θ's cosine with its own attribute's mean difference, saturated gate logits:",
+             "", "| seed | own-gate AUC | cos(θ, own mean difference) | saturated | verdicts |", "|---|---|---|---|---|"]
+    for seed, h in zip(seeds, healths):
+        aucs = " / ".join(f"{h['gate_auc'][t][t]:.2f}" for t in range(len(names)))
+        coss = " / ".join(f"{h['theta_cos'][t][t]:+.2f}" for t in range(len(names)))
+        sat = " / ".join(f"{v:.1%}" for v in h["saturated"])
+        verdicts = "; ".join(h["verdicts"]) if h["verdicts"] else "healthy"
+        lines.append(f"| {seed} | {aucs} | {coss} | {sat} | {verdicts} |")
+    lines.append(f"(attributes in order: {', '.join(names)})")
+    return lines
 
 
 def write_report(report: dict[str, Any], out_dir: Path, name: str = "eval",

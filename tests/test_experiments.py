@@ -59,6 +59,10 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
             items = entry["test"][task]["per_item"]
             assert len(items) == seeds and all(len(row) == entry["test"][task]["n"] for row in items)
     assert report["methods"]["random"]["role"] == "control" and report["methods"]["probe_caa"]["role"] == "baseline"
+    # MAT-Steer carries its training health per seed, measured on the dev activations, and the table shows it.
+    healths = report["methods"]["mat_steer"]["health"]
+    assert len(healths) == 2 and all(len(h["gate_auc"]) == len(h["attributes"]) == 3 for h in healths)
+    assert "Training health of MAT-Steer" in (tmp_path / "results" / "eval.md").read_text()
     # No steering and ICL edit no activation: their side effects are n/a.
     for name in ("none", "icl"):
         assert report["methods"][name]["test"]["side_effects"] == {"ce": None, "kl": None}
@@ -140,13 +144,13 @@ def test_each_layer_trains_its_own_steerer(tiny_dir, tmp_path):
     ex.cfg = _config(tiny_dir, tmp_path)
     ex.cfg.demo.train = TrainConfig(epochs=2, sigma="median", batch_per_side=4)
     ex.site, ex.train_data, ex.timings = Site(1), layer1, {}
-    ex._steerers, ex._digests = {}, E.TensorDigests()
+    ex._trained, ex._digests = {}, E.TensorDigests()
     first = ex.steerer(0, {}, layer1)
     second = ex.steerer(0, {}, layer2)  # the layer sweep passes another layer's features like this
     assert second is not first and not torch.equal(first.theta, second.theta)
     assert ex.steerer(0, {}, layer1) is first and ex.steerer(0) is first  # memoised; layer1 is the default data
     assert ex.steerer(0, {}, layer2, site=Site(2)) is not second  # the site is part of the key too
-    assert len(ex._steerers) == 3
+    assert len(ex._trained) == 3
     fp = E.data_fingerprint(layer1)
     assert fp == E.data_fingerprint(layer1, ex._digests) != E.data_fingerprint(layer2)
     assert E.steerer_key(0, {}, Site(1), fp) != E.steerer_key(0, {}, Site(2), fp)
