@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .baselines import mean_difference, sum_of_single, uniform_gates
+from .baselines import mean_difference, random_direction_steerer, sum_of_single, uniform_gates
 from .errors import ConfigError
 from .evaluate import PRIMARY, Evaluator, Method
 from .experiments import EvalConfig, Experiment, provenance
@@ -42,7 +42,7 @@ from .io import write_json
 from .pipeline import attribute_data, extract_splits, feature_dir
 from .sites import Site
 from .stats import mean_std
-from .train import AttributeData
+from .train import PRESETS, AttributeData
 
 ABLATIONS = ("components", "tokens", "data_efficiency", "num_attributes", "paradetox_gates", "layers",
              "interference", "multiplier_sweep", "training_tokens")
@@ -112,6 +112,8 @@ COMPONENTS: dict[str, dict[str, Any] | None] = {
     "w/o Sparse": {"lambda_sparse": 0.0},
     "w/o Orth": {"lambda_ortho": 0.0},
     "w/o Normalization": {"preserve_norm": False},
+    "w/o supervised gate": {"gate_loss": "none"},
+    "Paper's objective (σ median)": {**PRESETS["paper"], "sigma": "median"},
     "Full": {},
 }
 
@@ -136,8 +138,22 @@ def tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, 
                           positions=positions)
         return build
 
+    def random_direction(gated: bool) -> Callable[[int], Method]:
+        """Controls: random directions of MAT-Steer's ‖θ_t‖, behind always-on gates or behind its learned gates."""
+        def build(seed: int) -> Method:
+            m = _mat(ex, setting, seed)
+            control = random_direction_steerer(m.steerer.attributes, m.steerer.d, m.steerer.theta.norm(dim=1), seed)
+            if gated:
+                with torch.no_grad():
+                    control.gate_weight.copy_(m.steerer.gate_weight)
+                    control.gate_bias.copy_(m.steerer.gate_bias)
+            return Method("random", control, global_multiplier=m.global_multiplier)
+        return build
+
     builds = {"Base": (lambda s: Method("none"), seeds[:1]), "Random tokens": (uniform("random"), seeds),
               "Last prompt token only": (uniform("last"), seeds), "All tokens (uniform)": (uniform("prompt"), seeds),
+              "Random directions, all tokens": (random_direction(False), seeds),
+              "Random directions, MAT-Steer's gates": (random_direction(True), seeds),
               "MAT-Steer gating": (lambda s: _mat(ex, setting, s), seeds)}
     return {"rows": {name: _score(ex.test, build, s) for name, (build, s) in builds.items()}, "baseline": "Base"}
 
@@ -166,7 +182,8 @@ def training_tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> d
 #: Row order of the table-style ablations (saved JSON sorts keys; figures restore the paper's order).
 ROW_ORDER: dict[str, list[str]] = {
     "components": list(COMPONENTS),
-    "tokens": ["Base", "Random tokens", "Last prompt token only", "All tokens (uniform)", "MAT-Steer gating"],
+    "tokens": ["Base", "Random tokens", "Last prompt token only", "All tokens (uniform)",
+               "Random directions, all tokens", "Random directions, MAT-Steer's gates", "MAT-Steer gating"],
     "interference": ["none"],  # then each attribute alone, then "all"
     "training_tokens": ["Base", "Answer tokens, gated", "Answer tokens, uniform gates",
                         "All tokens of x‖y (paper), gated", "All tokens of x‖y (paper), uniform gates"],

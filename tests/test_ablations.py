@@ -41,6 +41,11 @@ def test_every_ablation_writes_a_figure_ready_result(results):
     assert comp["Base"] == out["interference"]["result"]["rows"]["none"] == out["tokens"]["result"]["rows"]["Base"]
     assert comp["Base"]["kl"] is None  # no steering edits no activation: its KL is n/a, not 0
     assert comp["Full"]["kl"]["mean"] >= 0.0
+    toks = out["tokens"]["result"]["rows"]
+    assert list(toks) == A.ROW_ORDER["tokens"]
+    # The two random-direction controls differ from each other and from MAT-Steer's own vectors.
+    assert toks["Random directions, all tokens"] != toks["Random directions, MAT-Steer's gates"]
+    assert toks["Random directions, MAT-Steer's gates"] != toks["MAT-Steer gating"]
     assert set(out["data_efficiency"]["result"]["curves"]["MAT-Steer"]) == {"0.5", "1.0"}
     assert list(out["num_attributes"]["result"]["curves"]["MAT-Steer"]) == ["1", "2", "3", "4"]
     assert out["num_attributes"]["result"]["attributes"][-1] == "harmlessness"
