@@ -277,6 +277,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Method("mat_steer", steerer, per, global_m, steer_special=args.steer_special)]
     results = {m.name: evaluator.evaluate(m) for m in methods}
     constant = evaluator.constant()
+    health = manifest.get("extra", {}).get("health")
+    if health:  # what the steerer learned, from its manifest, beside what it scores
+        verdicts = health.get("verdicts") or ["healthy: every target met (docs/training.md)"]
+        print("training health (dev, at training time): " + "; ".join(verdicts))
+    else:
+        print("training health: not recorded (train with --dev-features to get it)")
     for name, res in [("constant", constant), *results.items()]:
         side = res["side_effects"]
         print(f"{name:<10} " + "  ".join(f"{t} {PRIMARY[t]} {res[t][PRIMARY[t]] * 100:.2f}" for t in names)

@@ -18,10 +18,21 @@ def test_extract_train_generate(tmp_path, tiny_dir, capsys):
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["site"] == {"layer": 1, "component": "residual"} and manifest["rows"] > 0
         feats.append(str(out))
+    dev = []
+    for ds in ("truthfulqa", "bbq"):
+        out = tmp_path / f"{ds}-dev"
+        assert main(["extract", "--model", str(tiny_dir), "--dataset", ds, "--split", "dev", "--layer", "1",
+                     "--tokens", "answer", "--limit", "4", "--out", str(out)]) == 0
+        dev.append(str(out))
     steerer = tmp_path / "steerer"
-    assert main(["train", "--features", *feats, "--out", str(steerer), "--epochs", "2", "--batch_size", "8",
-                 "--sigma", "median", "--seed", "3"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--features", *feats, "--dev-features", *dev, "--out", str(steerer), "--epochs", "2",
+                 "--batch_size", "8", "--sigma", "median", "--seed", "3"]) == 0
+    assert "Training health on the dev features" in capsys.readouterr().out
     manifest = json.loads((steerer / "manifest.json").read_text())
+    health = manifest["extra"]["health"]
+    assert health["attributes"] == ["truthfulness", "bias"] and len(health["gate_auc"]) == 2
+    assert manifest["training"]["config"]["gate_loss"] == "supervised"  # the default preset
     assert [a["name"] for a in manifest["attributes"]] == ["truthfulness", "bias"]
     assert manifest["training"]["config"]["seed"] == 3 and manifest["training"]["config"]["sigma"] == "median"
     assert main(["generate", "--steerer", str(steerer), "--model", str(tiny_dir), "--prompt", "what is the sun ?",
@@ -38,7 +49,7 @@ def test_extract_train_generate(tmp_path, tiny_dir, capsys):
     assert report["results"]["mat_steer"]["side_effects"]["kl"] >= 0.0
     assert report["reference"]["constant"]["toxigen"]["balanced_accuracy"] == 0.5
     out = capsys.readouterr().out
-    assert "mat_steer" in out and "constant" in out and "KL n/a" in out
+    assert "mat_steer" in out and "constant" in out and "KL n/a" in out and "training health (dev" in out
     # --source: a copy of the shipped file scores exactly as the shipped file does.
     copy = tmp_path / "my_truthfulqa.json"
     shutil.copy(Path(__file__).resolve().parent.parent / "data" / "truthfulqa" / "mc_task.json", copy)
