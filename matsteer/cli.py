@@ -246,6 +246,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg.seeds = tuple(args.seeds)
     cfg.sources = parse_sources(args.source)
     cfg.steer_special = args.steer_special
+    cfg.positions = args.positions
+    if args.multipliers:
+        cfg.multipliers = tuple(args.multipliers)
     report = run_evaluation(cfg)
     print((cfg.out_dir / "eval.md").read_text(encoding="utf-8"))
     print(f"wrote {cfg.out_dir / 'eval.json'} and eval.md; best baseline by dev: {report['best_baseline']['name']}")
@@ -429,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
+    p.add_argument("--positions", default="prompt", choices=("prompt", "all", "last", "random"),
+                   help="which tokens every method steers while scoring (the paper: the query, 'prompt')")
+    p.add_argument("--multipliers", type=float, nargs="+", default=None,
+                   help="the dev grid of every steering method's multiplier (default 0.5 1 2)")
     p.add_argument("--out", default="results")
     _add_source_args(p)
     p.set_defaults(func=cmd_compare)
