@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .errors import DataError
 from .losses import mmd2
 from .probes import auc, fit_logistic_gate
 from .steerer import Steerer, apply_steering
@@ -100,8 +101,6 @@ def training_health(
     by_name = {a.name: a for a in dev}
     missing = [n for n in names if n not in by_name]
     if missing:
-        from .errors import DataError
-
         raise DataError(f"Health needs dev activations for every attribute; missing {missing}.")
     gen = torch.Generator().manual_seed(seed)
     sides = [(_rows(by_name[n].positives, max_rows, gen), _rows(by_name[n].negatives, max_rows, gen)) for n in names]

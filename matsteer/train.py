@@ -635,22 +635,7 @@ def _train(
             steerer.theta.zero_()
     theta_init = steerer.theta.detach().clone()
     steerer.to(device)
-    # Standardised gate input: Adam works on gates over z-scores (W_z, b_z); each step maps them to the raw-space
-    # gate the objective uses (W = W_z / s, b = b_z - W·μ) and maps the gradients back. Same objective, better
-    # conditioned steps: a raw activation of norm ~150 moves a gate logit by ~3 per Adam step.
-    gate_map = None
-    need_moments = config.gate_input == "standardized" or config.theta_lr == "std"
-    moments = activation_moments(data) if need_moments else None
-    if config.gate_input == "standardized":
-        mu, sd = moments
-        gate_map = ((1.0 / sd).to(device, torch.float32), mu.to(device, torch.float32))
-    # θ = c·θ' with Adam on θ': the same as θ's own learning rate c·lr, inside one flat buffer and one Adam step.
-    if config.theta_lr is None:
-        theta_scale = 1.0
-    elif config.theta_lr == "std":
-        theta_scale = float(moments[1].pow(2).mean().sqrt())
-    else:
-        theta_scale = float(config.theta_lr) / config.lr
+    gate_map, theta_scale = _reparametrisation(config, data, device)
     # All parameters live in one flat buffer (θ, W, b are views) so torch's Adam updates a single tensor per step;
     # the gradients are closed-form (FusedObjective), written into its .grad.
     flat = torch.nn.Parameter(torch.cat(
@@ -736,6 +721,29 @@ def _train(
         wall_time_s=wall,
         theta_init=theta_init,
     )
+
+
+def _reparametrisation(
+    config: TrainConfig, data: Sequence[AttributeData], device: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float]:
+    """``(gate_map, theta_scale)``: how Adam's coordinates map to the steerer's parameters.
+
+    Standardised gate input: Adam works on gates over z-scores (W_z, b_z); each step maps them to the raw-space
+    gate the objective uses (W = W_z / s, b = b_z - W·μ, ``gate_map = (1/s [d], μ [d])``) and maps the gradients
+    back. Same objective, better conditioned steps: a raw activation of norm ~150 moves a gate logit by ~3 per Adam
+    step. ``theta_scale`` c: θ = c·θ' with Adam on θ', the same as giving θ its own learning rate c·lr inside one
+    flat buffer and one Adam step.
+    """
+    moments = activation_moments(data) if "std" == config.theta_lr or config.gate_input == "standardized" else None
+    gate_map = None
+    if config.gate_input == "standardized" and moments is not None:
+        mu, sd = moments
+        gate_map = ((1.0 / sd).to(device, torch.float32), mu.to(device, torch.float32))
+    if config.theta_lr is None:
+        return gate_map, 1.0
+    if config.theta_lr == "std" and moments is not None:
+        return gate_map, float(moments[1].pow(2).mean().sqrt())
+    return gate_map, float(config.theta_lr) / config.lr
 
 
 class FlatAdam:
