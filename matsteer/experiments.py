@@ -185,10 +185,11 @@ class Experiment:
     Trained steerers and dev scores are memoised, so a setting asked for twice is trained and scored once.
     """
 
-    def __init__(self, cfg: EvalConfig, progress: bool = True) -> None:
+    def __init__(self, cfg: EvalConfig, progress: bool = True, on_step: Callable[[str], None] | None = None) -> None:
         from .models import load_model
 
         self.cfg, self.progress = cfg, progress
+        self.on_step = on_step or _quiet
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.loaded = load_model(cfg.demo.model, progress=progress)
@@ -321,6 +322,8 @@ class Experiment:
     def tune(self, name: str, seed: int, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], list]:
         """The grid value with the best dev mean (ties: the first), and every trial (dev mean and KL; the KL is
         None for methods that do not edit activations)."""
+        extra = f" with training setting {overrides}" if name == "mat_steer" and overrides else ""
+        self.on_step(f"comparison: dev: tuning {name}{extra}")
         trials = []
         for params in self.grid(name):
             res = self.dev_result(name, params, seed, overrides)
@@ -435,8 +438,14 @@ def detectable_differences(entry: Mapping[str, Any], tasks: Sequence[str], probe
     return {"rule": DETECTABLE_RULE, "alpha": alpha, "power": power, "mde": mde, "ci_halfwidth": half}
 
 
-def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict[str, Any]:
+def _quiet(message: str) -> None:
+    """The default step reporter: says nothing."""
+
+
+def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True,
+                   on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole comparison; writes ``eval.json`` and ``eval.md`` (and ``eval-timings.json``) to ``cfg.out_dir``.
+    ``on_step`` receives a line as each part starts (set-up, each method's dev tuning, each test run).
 
     1. MAT-Steer's training setting and multiplier, and every other method's hyperparameter, are chosen on dev
        with the first seed (never on test). 2. Every method is scored on test once per seed (methods that do not
@@ -448,7 +457,9 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict
     cfg = cfg or EvalConfig()
     cfg.validate()
     t_start = time.perf_counter()
-    ex = Experiment(cfg, progress)
+    step = on_step or _quiet
+    step("comparison: set-up (model, training and dev features, dev and test questions)")
+    ex = Experiment(cfg, progress, on_step)
     first = cfg.seeds[0]
     selection = select_training_default(ex)
     overrides = selection["chosen"]["overrides"]
@@ -464,7 +475,10 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True) -> dict
 
     for name in cfg.methods:
         seeds = cfg.seeds if name in SEEDED else cfg.seeds[:1]
-        runs = [ex.test_result(ex.method(name, chosen[name], seed, overrides)) for seed in seeds]
+        runs = []
+        for i, seed in enumerate(seeds, 1):
+            step(f"comparison: test: {name} ({i}/{len(seeds)})")
+            runs.append(ex.test_result(ex.method(name, chosen[name], seed, overrides)))
         report["methods"][name] = {"label": METHOD_LABELS[name], "seeded": name in SEEDED, "seeds": list(seeds),
                                    "role": _role(name), "params": chosen[name], "test": _summarise(runs)}
         if name == "mat_steer":

@@ -328,55 +328,12 @@ def quick_evaluation(wb: Workbench, *, progress: bool = False, steps: bool = Tru
         cfg.seeds, cfg.multipliers, cfg.iti_alphas, cfg.icl_shots = (wb.seed,), (1.0,), (1.0,), (1,)
         cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)
         cfg.training_candidates, cfg.n_boot = ({},), 200
-    if not steps:
-        return run_evaluation(cfg, progress=progress)
-    with _comparison_steps():
-        return run_evaluation(cfg, progress=progress)
+    return run_evaluation(cfg, progress=progress, on_step=report_step if steps else None)
 
 
 def report_step(message: str) -> None:
     """Print one progress line from inside a notebook; a talking headless run echoes it with times."""
     print(f"{STEP_PREFIX}{message}", flush=True)
-
-
-@contextmanager
-def _comparison_steps() -> Iterator[None]:
-    """While inside, the comparison reports its steps through :func:`report_step`.
-
-    :func:`~matsteer.experiments.run_evaluation` builds its ``Experiment`` by name, so a subclass that reports
-    before set-up, each method's dev tuning and each test run takes that name for the duration (and only then).
-    Every override passes its arguments through untouched, so a changed signature upstream still runs.
-    """
-    from . import experiments
-
-    base = experiments.Experiment
-    seeded = frozenset(getattr(experiments, "SEEDED", ()))
-
-    class ReportingExperiment(base):  # type: ignore[valid-type, misc]
-        def __init__(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
-            report_step("comparison: set-up (model, training features, dev and test questions)")
-            super().__init__(cfg, *args, **kwargs)
-            self._test_runs: dict[str, int] = {}
-
-        def tune(self, name: str, *args: Any, **kwargs: Any) -> Any:
-            overrides = args[1] if len(args) > 1 else kwargs.get("overrides")
-            extra = f" with training setting {overrides}" if name == "mat_steer" and overrides else ""
-            report_step(f"comparison: dev: tuning {name}{extra}")
-            return super().tune(name, *args, **kwargs)
-
-        def test_result(self, method: Any, *args: Any, **kwargs: Any) -> Any:
-            name = str(getattr(method, "name", method))
-            k = self._test_runs[name] = self._test_runs.get(name, 0) + 1
-            seeds = getattr(getattr(self, "cfg", None), "seeds", ())
-            n = len(seeds) if name in seeded and seeds else 1
-            report_step(f"comparison: test: {name} ({k}/{n})")
-            return super().test_result(method, *args, **kwargs)
-
-    experiments.Experiment = ReportingExperiment
-    try:
-        yield
-    finally:
-        experiments.Experiment = base
 
 
 def markdown_report(report: Mapping[str, Any], results_dir: str | Path | None = None) -> str:

@@ -34,8 +34,14 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
         return original(self, method)
 
     monkeypatch.setattr(E.Experiment, "test_result", spy)
-    report = E.run_evaluation(cfg, progress=False)
+    steps: list[str] = []
+    report = E.run_evaluation(cfg, progress=False, on_step=steps.append)
     assert list(report["methods"]) == list(E.METHODS)
+    # Each part of the comparison is reported as it starts: set-up, each dev tuning, each test run with its count.
+    assert steps[0].startswith("comparison: set-up")
+    assert "comparison: dev: tuning mat_steer with training setting {'lambda_pos': 0.1, 'lambda_sparse': 0.1}" \
+        in steps and "comparison: dev: tuning iti" in steps
+    assert "comparison: test: mat_steer (2/2)" in steps and "comparison: test: caa (1/1)" in steps
     # Test is scored once per seed for seeded methods, once otherwise, and only at the dev-chosen setting.
     for name, entry in report["methods"].items():
         calls = [p for n, p in test_calls if n == name]

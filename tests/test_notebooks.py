@@ -294,42 +294,19 @@ def test_run_all_keeps_timings_for_the_next_run(tmp_path, monkeypatch):
     assert load_timings(tmp_path / "out") == {}
 
 
-def test_comparison_steps_report_each_method(monkeypatch, capsys):
+def test_quick_evaluation_reports_the_comparison_steps(monkeypatch, capsys, tmp_path):
+    """quick_evaluation hands report_step to run_evaluation, so each step is a talking run's line."""
     from matsteer import experiments
-    from matsteer.notebooks import STEP_PREFIX, _comparison_steps
+    from matsteer.notebooks import STEP_PREFIX, quick_evaluation, workbench
 
-    class Fake:
-        def __init__(self, cfg, progress=True):
-            self.cfg = cfg
+    def fake_run(cfg, progress=True, on_step=None):
+        on_step("comparison: dev: tuning iti")
+        return {"ok": True}
 
-        def tune(self, name, seed, overrides=None):
-            return {}, []
-
-        def test_result(self, method):
-            return {"name": method.name}
-
-    class Method:
-        def __init__(self, name):
-            self.name = name
-
-    class Cfg:
-        seeds = (0, 1)
-
-    monkeypatch.setattr(experiments, "Experiment", Fake)
-    with _comparison_steps():
-        ex = experiments.Experiment(Cfg(), False)
-        ex.tune("mat_steer", 0, {"lambda_pos": 0.1})
-        ex.tune("iti", 0, {"lambda_pos": 0.1})
-        assert ex.test_result(Method("mat_steer")) == {"name": "mat_steer"}
-        ex.test_result(Method("mat_steer"))
-        ex.test_result(Method("caa"))
-    assert experiments.Experiment is Fake  # put back
-    lines = [line[len(STEP_PREFIX):] for line in capsys.readouterr().out.splitlines()]
-    assert lines == ["comparison: set-up (model, training features, dev and test questions)",
-                     "comparison: dev: tuning mat_steer with training setting {'lambda_pos': 0.1}",
-                     "comparison: dev: tuning iti",
-                     "comparison: test: mat_steer (1/2)", "comparison: test: mat_steer (2/2)",
-                     "comparison: test: caa (1/1)"]
+    monkeypatch.setattr(experiments, "run_evaluation", fake_run)
+    wb = workbench(quick=True, features_dir=tmp_path / "f", results_dir=tmp_path / "r")
+    assert quick_evaluation(wb) == {"ok": True}
+    assert capsys.readouterr().out.splitlines() == [f"{STEP_PREFIX}comparison: dev: tuning iti"]
 
 
 def test_comparison_summary_reads_the_report_defensively(tmp_path):
