@@ -41,20 +41,26 @@ _BLOCK_INDICES = 2_000_000
 
 
 @dataclass(frozen=True)
-class BootstrapCI:
-    """Mean of ``a − b`` over items and its percentile bootstrap interval ``[low, high]`` (level ``1 − alpha``)."""
+class _Interval:
+    """A mean difference and its interval ``[low, high]``; the fields both bootstraps share."""
 
     mean_diff: float
     low: float
     high: float
-    n: int
-    n_boot: int
-    alpha: float
-    seed: int
 
     def excludes_zero(self) -> bool:
         """True when the whole interval lies strictly on one side of 0."""
         return self.low > 0 or self.high < 0
+
+
+@dataclass(frozen=True)
+class BootstrapCI(_Interval):
+    """Mean of ``a − b`` over items and its percentile bootstrap interval ``[low, high]`` (level ``1 − alpha``)."""
+
+    n: int
+    n_boot: int
+    alpha: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -135,15 +141,12 @@ def mean_std(values: Sequence[float] | np.ndarray) -> MeanStd:
 
 
 @dataclass(frozen=True)
-class SeedQuestionCI:
+class SeedQuestionCI(_Interval):
     """``mean(a) − mean(b)`` (or ``mean(a)`` alone), its bootstrap standard error and percentile interval.
 
     ``n``: questions (summed over tasks for a mean of tasks); ``seeds_a`` / ``seeds_b``: seeds per method.
     """
 
-    mean_diff: float
-    low: float
-    high: float
     se: float
     n: int
     seeds_a: int
@@ -151,10 +154,6 @@ class SeedQuestionCI:
     n_boot: int
     alpha: float
     seed: int
-
-    def excludes_zero(self) -> bool:
-        """True when the whole interval lies strictly on one side of 0."""
-        return self.low > 0 or self.high < 0
 
 
 def _matrix(x: Sequence[Sequence[float]] | np.ndarray, name: str) -> np.ndarray:
