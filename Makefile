@@ -12,7 +12,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 FEATDIR := features/smollm2-135m-instruct
 FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 
-.PHONY: setup demo lab figures ablations winrates test test-fast bench lint clean
+.PHONY: setup demo lab reference figures ablations winrates test test-fast bench lint clean
 
 setup: $(STAMP) $(KERNEL)
 
@@ -41,6 +41,12 @@ demo: setup
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks $(ALLOW_ROOT)
 
+# The committed reference comparison: every method and control, 3 seeds, whole test splits, dev-chosen settings
+# (EvalConfig.reference); eval.json, eval.md, eval-timings.json and the figures in results/reference/.
+reference: setup
+	$(BIN)/matsteer compare --reference
+	$(BIN)/matsteer figures --results results/reference --out results/reference/figures
+
 # Figures from the saved steerer, its features and the saved results (run `make demo` first); no model passes.
 figures: setup
 	$(BIN)/matsteer figures --steerer results/steerer --features $(FEATS) --results results --out figures
@@ -61,15 +67,19 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# One table at the end (results/bench/report.md): each measure, its goal, today's value, the machine and the date.
+# Extraction and generation also run float32 beside the default dtype ("auto": bfloat16 on CPUs with native bf16).
 bench: setup
 	mkdir -p results/bench
-	$(BIN)/python benchmarks/bench_extract.py --json results/bench/extract.json
+	$(BIN)/python benchmarks/bench_extract.py --compare-dtypes --json results/bench/extract.json
 	$(BIN)/matsteer extract --dataset truthfulqa --split train --layer 14 --tokens answer
 	$(BIN)/matsteer extract --dataset toxigen --split train --layer 14 --tokens answer --limit 1200
 	$(BIN)/matsteer extract --dataset bbq --split train --layer 14 --tokens answer --limit 300
 	$(BIN)/python benchmarks/bench_train.py --features $(FEATS) --json results/bench/train.json
-	$(BIN)/python benchmarks/bench_generate.py --json results/bench/generate.json
+	$(BIN)/python benchmarks/bench_generate.py --compare-dtypes --json results/bench/generate.json \
+		--agreement-json results/bench/dtype_agreement.json
 	$(BIN)/python benchmarks/bench_eval.py --json results/bench/eval.json
+	$(BIN)/python benchmarks/report.py
 
 lint: setup
 	$(BIN)/ruff check matsteer tests benchmarks

@@ -34,6 +34,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import cpu_model, machine_fields  # noqa: E402
 
 from matsteer.losses import loss_terms, weight_vector  # noqa: E402
 from matsteer.steerer import Steerer  # noqa: E402
@@ -270,7 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
     base = best["baseline"]
     base_full_wall = base["wall_s"] * args.epochs / base_epochs  # per-step cost is constant
     result = {
+        # Both trainers run on the CPU in float32 (features are stored in float32 whatever dtype extracted them).
+        **machine_fields("float32", threads=args.threads),
         "machine": {
+            "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
             "platform": platform.platform(),

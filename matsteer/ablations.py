@@ -56,6 +56,8 @@ class Setting:
     multiplier: float = 1.0
     caa_multiplier: float = 1.0
     source: str = "defaults (no results/eval.json)"
+    positions: str | None = None  # where MAT-Steer steers (None: the evaluator's policy)
+    caa_positions: str | None = None
 
 
 def chosen_setting(eval_json: str | Path | None) -> Setting:
@@ -67,9 +69,9 @@ def chosen_setting(eval_json: str | Path | None) -> Setting:
     report = read_json(Path(eval_json))
     try:
         sel = report["selection"]
-        return Setting(dict(sel["training_default"]["chosen"]["overrides"]),
-                       float(sel["mat_steer"]["chosen"]["multiplier"]),
-                       float(sel.get("caa", {}).get("chosen", {}).get("multiplier", 1.0)), str(eval_json))
+        mat, caa = sel["mat_steer"]["chosen"], sel.get("caa", {}).get("chosen", {})
+        return Setting(dict(sel["training_default"]["chosen"]["overrides"]), float(mat["multiplier"]),
+                       float(caa.get("multiplier", 1.0)), str(eval_json), mat.get("positions"), caa.get("positions"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{eval_json} has no MAT-Steer selection ({exc}); rerun `matsteer compare` or pass "
                           "--from-eval none.") from exc
@@ -88,9 +90,9 @@ def _score(evaluator: Evaluator, build: Callable[[int], Method], seeds: Sequence
     return _summary([evaluator.evaluate(build(s)) for s in seeds], evaluator.tasks)
 
 
-def _caa(data: Sequence[AttributeData], multiplier: float) -> Method:
+def _caa(data: Sequence[AttributeData], multiplier: float, positions: str | None = None) -> Method:
     return Method("caa", mean_difference({a.name: (a.positives, a.negatives) for a in data}, multiplier),
-                  preserve_norm=False)
+                  preserve_norm=False, positions=positions)
 
 
 def _mat(ex: Experiment, setting: Setting, seed: int, extra: dict[str, Any] | None = None,
@@ -98,7 +100,7 @@ def _mat(ex: Experiment, setting: Setting, seed: int, extra: dict[str, Any] | No
     overrides = {**setting.overrides, **(extra or {})}
     steerer = ex.steerer(seed, overrides, data)
     return Method("mat_steer", steerer, global_multiplier=setting.multiplier,
-                  preserve_norm=overrides.get("preserve_norm", True))
+                  preserve_norm=overrides.get("preserve_norm", True), positions=setting.positions)
 
 
 # -- Table 3 -----------------------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict[str, 
                 with torch.no_grad():
                     control.gate_weight.copy_(m.steerer.gate_weight)
                     control.gate_bias.copy_(m.steerer.gate_bias)
-            return Method("random", control, global_multiplier=m.global_multiplier)
+            return Method("random", control, global_multiplier=m.global_multiplier, positions=m.positions)
         return build
 
     builds = {"Base": (lambda s: Method("none"), seeds[:1]), "Random tokens": (uniform("random"), seeds),
@@ -172,7 +174,8 @@ def training_tokens(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> d
 
         def uniform(seed: int, d: Any = data) -> Method:
             m = _mat(ex, setting, seed, data=d)
-            return Method("uniform_gates", uniform_gates(m.steerer), global_multiplier=m.global_multiplier)
+            return Method("uniform_gates", uniform_gates(m.steerer), global_multiplier=m.global_multiplier,
+                          positions=m.positions)
 
         rows[f"{label}, gated"] = _score(ex.test, lambda s, d=data: _mat(ex, setting, s, data=d), seeds)
         rows[f"{label}, uniform gates"] = _score(ex.test, uniform, seeds)
@@ -212,7 +215,7 @@ def data_efficiency(ex: Experiment, setting: Setting, seeds: Sequence[int],
     for f in fractions:
         data = {s: [subsample(fs, f, s) for fs in ex.train_sets] for s in seeds}
         detail["MAT-Steer"][str(f)] = _score(ex.test, lambda s, d=data: _mat(ex, setting, s, data=d[s]), seeds)
-        detail["CAA"][str(f)] = _score(ex.test, lambda s, d=data: _caa(d[s], setting.caa_multiplier), seeds)
+        detail["CAA"][str(f)] = _score(ex.test, lambda s, d=data: _caa(d[s], setting.caa_multiplier, setting.caa_positions), seeds)
     none = _score(ex.test, lambda s: Method("none"), seeds[:1])
     curves = {name: {f: row["mean"] for f, row in pts.items()} for name, pts in detail.items()}
     return {"curves": curves, "detail": detail, "reference": {"No steering": none["mean"]["mean"]},
@@ -303,7 +306,7 @@ def layers(ex: Experiment, setting: Setting, seeds: Sequence[int],
         dev = Evaluator(ex.loaded, Site(layer, demo.site), "dev", ex.cfg.dev_limits, positions=ex.cfg.positions,
                         progress=ex.progress)
         curves["MAT-Steer"][str(layer)] = _score(dev, lambda s, d=data: _mat(ex, setting, s, data=d), seeds)["mean"]
-        curves["CAA"][str(layer)] = _score(dev, lambda s, d=data: _caa(d, setting.caa_multiplier), seeds[:1])["mean"]
+        curves["CAA"][str(layer)] = _score(dev, lambda s, d=data: _caa(d, setting.caa_multiplier, setting.caa_positions), seeds[:1])["mean"]
         none = none or _score(dev, lambda s: Method("none"), seeds[:1])["mean"]["mean"]
     return {"curves": curves, "reference": {"No steering": none}, "layers": list(candidates)}
 

@@ -15,13 +15,21 @@ DATASETS = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "paradetox")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import DEFAULT_MODEL, DTYPES
+    from .models import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL} (embedded), a local folder or a HF id")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    _add_dtype_arg(p)
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where the model loads)")
     p.add_argument("--device-map", "--device_map", dest="device_map", default=None,
                    help="accelerate device map for large models, e.g. auto (spreads over all GPUs)")
+
+
+def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    from .models import DTYPE_CHOICES
+
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="compute dtype: auto = bfloat16 where the hardware has it (GPUs, CPUs with AVX512-BF16 / AMX), "
+                        "else float32; float32 forces the exact path")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -239,14 +247,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .evaluate import parse_sources
     from .experiments import EvalConfig, run_evaluation
 
-    cfg = EvalConfig.full() if args.full else EvalConfig()
-    cfg.out_dir = Path(args.out)
+    cfg = EvalConfig.reference() if args.reference else EvalConfig.full() if args.full else EvalConfig()
+    cfg.out_dir = Path(args.out or cfg.out_dir)
     cfg.demo.layer = args.layer
+    cfg.demo.dtype = args.dtype
     if args.seeds:
         cfg.seeds = tuple(args.seeds)
     cfg.sources = parse_sources(args.source)
     cfg.steer_special = args.steer_special
-    cfg.positions = args.positions
+    if args.positions:
+        cfg.positions = args.positions[0]
+        cfg.position_grid = tuple(args.positions) if len(args.positions) > 1 else ()
     if args.multipliers:
         cfg.multipliers = tuple(args.multipliers)
     report = run_evaluation(cfg)
@@ -430,13 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the paper's method comparison: all methods tuned on dev, 3 seeds on test")
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
+    p.add_argument("--reference", action="store_true",
+                   help="the committed reference run (EvalConfig.reference: whole test splits, larger dev and "
+                        "training sets, positions in the dev grid), written to results/reference unless --out")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
-    p.add_argument("--positions", default="prompt", choices=("prompt", "all", "last", "random"),
-                   help="which tokens every method steers while scoring (the paper: the query, 'prompt')")
+    p.add_argument("--positions", default=None, nargs="+", choices=("prompt", "all", "last", "random"),
+                   help="which tokens every method steers while scoring (the paper: the query, 'prompt'); several "
+                        "values make it part of every steering method's dev grid, e.g. --positions prompt all")
     p.add_argument("--multipliers", type=float, nargs="+", default=None,
                    help="the dev grid of every steering method's multiplier (default 0.5 1 2)")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default=None, help="results folder (default results, or results/reference)")
+    _add_dtype_arg(p)
     _add_source_args(p)
     p.set_defaults(func=cmd_compare)
 

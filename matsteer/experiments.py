@@ -39,6 +39,7 @@ from .evaluate import DATA_OF, PRIMARY, PROBES, TASKS, Evaluator, Method, few_sh
 from .health import training_health
 from .io import write_json
 from .pipeline import DemoConfig, attribute_data, extract_splits
+from .scoring import CACHED_POSITIONS
 from .sites import Site
 from .stats import mean_std, minimum_detectable_effect, seed_question_bootstrap, seed_question_bootstrap_tasks
 from .steerer import Steerer
@@ -103,6 +104,9 @@ class EvalConfig:
     methods: tuple[str, ...] = METHODS
     probes: tuple[str, ...] = PROBES
     positions: str = "prompt"
+    #: Where the steering methods act, as a dev grid (crossed with each one's multiplier / α); empty: every method
+    #: steers ``positions``.
+    position_grid: tuple[str, ...] = ()
     steer_special: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     out_dir: Path = Path("results")
@@ -121,7 +125,27 @@ class EvalConfig:
         cfg.test_limits = dict.fromkeys(cfg.test_limits)
         return cfg
 
+    @classmethod
+    def reference(cls) -> EvalConfig:
+        """The committed reference run (``results/reference/``): whole test splits; dev large enough to choose
+        with (all 82 TruthfulQA dev questions, all 337 ToxiGen dev pairs, 400 of the 1,112 BBQ dev questions,
+        stratified); every steering method's multiplier (or α) crossed with where it steers (the query or every
+        token) on dev; MAT-Steer with the settled default training (docs/training.md); more training data than
+        the demo (all ToxiGen training statements, 1,000 BBQ examples)."""
+        cfg = cls()
+        cfg.demo.limits = {"truthfulqa": None, "toxigen": None, "bbq": 1000}
+        cfg.dev_limits = {"truthfulqa": None, "toxigen_pref": None, "toxigen": None, "bbq": 400}
+        cfg.test_limits = dict.fromkeys(cfg.test_limits)
+        cfg.multipliers = (1.0, 2.0, 4.0)
+        cfg.position_grid = ("prompt", "all")
+        cfg.training_candidates = ({},)
+        cfg.out_dir = Path("results/reference")
+        return cfg
+
     def validate(self) -> None:
+        bad = [p for p in (self.positions, *self.position_grid) if p not in CACHED_POSITIONS]
+        if bad:
+            raise ConfigError(f"Unknown position policies {bad}; choose from {', '.join(CACHED_POSITIONS)}.")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
@@ -192,7 +216,7 @@ class Experiment:
         self.on_step = on_step or _quiet
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.loaded = load_model(cfg.demo.model, progress=progress)
+        self.loaded = load_model(cfg.demo.model, dtype=cfg.demo.dtype, progress=progress)
         self.site = Site(cfg.demo.layer, cfg.demo.site)
         self.train_sets = extract_splits(self.loaded, cfg.demo, "train", cfg.demo.limits, progress)
         self.timings["extract_s"] = time.perf_counter() - t0
@@ -267,7 +291,7 @@ class Experiment:
         """One method at ``params`` (its multiplier / α / shots) for ``seed``; MAT-Steer-based methods train with
         ``overrides`` of the training config."""
         c, m = self.contrasts, params.get("multiplier", 1.0)
-        special = {"steer_special": self.cfg.steer_special}
+        special = {"steer_special": self.cfg.steer_special, "positions": params.get("positions")}
         if name == "none":
             return Method(name)
         if name == "icl":
@@ -306,9 +330,9 @@ class Experiment:
             return [{}]
         if name == "icl":
             return [{"shots": k} for k in self.cfg.icl_shots]
-        if name == "iti":
-            return [{"alpha": a} for a in self.cfg.iti_alphas]
-        return [{"multiplier": m} for m in self.cfg.multipliers]
+        values = [{"alpha": a} for a in self.cfg.iti_alphas] if name == "iti" else \
+            [{"multiplier": m} for m in self.cfg.multipliers]
+        return [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
 
     def dev_result(self, name: str, params: dict[str, Any], seed: int,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -487,6 +511,10 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True,
                            "unsteered_ce": ex.test.unsteered_ce()}
 
     tasks, probes = ex.test.tasks, ex.test.probes
+    report["sizes"] = {"dev": {t: len(ex.dev.questions[t]) for t in ex.dev.all_tasks},
+                       "test": {t: len(ex.test.questions[t]) for t in ex.test.all_tasks},
+                       "train": {a.name: {"positives": int(a.positives.shape[0]), "negatives": int(a.negatives.shape[0])}
+                                 for a in ex.train_data}}
     report["primary"] = {t: PRIMARY[t] for t in (*tasks, *probes)}
     report["tasks"], report["probes"] = list(tasks), list(probes)
     pool = [n for n in cfg.methods if n in BASELINE_POOL]
@@ -526,7 +554,8 @@ def provenance(ex: Experiment, datasets: Sequence[str] = ()) -> dict[str, Any]:
     tasks = [DATA_OF.get(t, t) for t in ex.test.all_tasks]
     return collect(model_name=ex.loaded.name, model_hash=ex.loaded.weight_hash,
                    datasets=[*ex.cfg.demo.datasets, *tasks, "paradetox", *datasets], seeds=list(ex.cfg.seeds),
-                   extra={"site": ex.site.to_dict(), "features": features,
+                   extra={"site": ex.site.to_dict(), "dtype": str(ex.loaded.dtype).removeprefix("torch."),
+                          "features": features,
                           "sources": source_hashes(ex.cfg.sources)})
 
 
@@ -661,6 +690,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(f"Constant answers: {answers}.")
     if "unsteered_ce" in report.get("reference", {}):
         lines.append(f"Unsteered cross-entropy on the neutral text: {report['reference']['unsteered_ce']:.3f} nats.")
+    lines += size_and_choice_lines(report)
     det = report.get("detectable")
     if det:
         keys = [*tasks, "mean", *probes]
@@ -692,6 +722,29 @@ def markdown_table(report: dict[str, Any]) -> str:
     a, b, c = PAPER_TABLE4_UNIFORM
     lines.append(f"| {METHOD_LABELS['uniform_gates']} (paper, Table 4) | {a} | {b} | {c} |")
     return "\n".join(lines) + "\n"
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items()) or "nothing to choose"
+
+
+def size_and_choice_lines(report: Mapping[str, Any]) -> list[str]:
+    """Question counts per split and task, and what dev chose for every method (and MAT-Steer's training)."""
+    lines = []
+    sizes = report.get("sizes")
+    if sizes:
+        lines.append("Questions: " + "; ".join(f"{split} " + ", ".join(f"{_task_header(t)} {n}" for t, n in
+                                                                       sizes[split].items())
+                                               for split in ("dev", "test")) + ".")
+    selection = report.get("selection", {})
+    chosen = [f"{report['methods'][m]['label']}: {_params_text(selection[m]['chosen'])}"
+              for m in report.get("methods", {}) if m in selection]
+    if chosen:
+        training = selection.get("training_default", {}).get("chosen", {}).get("overrides")
+        lines.append("Chosen on dev (seed 0): " + "; ".join(chosen)
+                     + (f"; MAT-Steer's training overrides: {training or 'none (the default)'}."
+                        if training is not None else "."))
+    return lines
 
 
 def health_lines(healths: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[str]:

@@ -573,8 +573,8 @@ def next_token_kl_total(
             f"base and steered logits must both be [B, L, V], got {tuple(base_logits.shape)} and {tuple(steered_logits.shape)}."
         )
     m = _mask(mask, base_logits.shape[:2], base_logits.device)
-    log_p = F.log_softmax(base_logits.float(), dim=-1)
-    log_q = F.log_softmax(steered_logits.to(base_logits.device).float(), dim=-1)
+    log_p = F.log_softmax(base_logits, dim=-1, dtype=torch.float32)
+    log_q = F.log_softmax(steered_logits.to(base_logits.device), dim=-1, dtype=torch.float32)
     p = log_p.exp()
     # 0 · log 0 = 0: tokens the base model gives zero mass (e.g. logits of -inf) contribute nothing.
     kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)  # [B, L]

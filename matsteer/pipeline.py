@@ -152,6 +152,8 @@ class DemoConfig:
     """The default end-to-end run on the embedded model (quick: subsets of the training splits)."""
 
     model: str = "smollm2-135m-instruct"
+    # "auto": bfloat16 where the hardware computes it natively, else float32 (matsteer.models.auto_dtype).
+    dtype: str = "auto"
     layer: int = 14
     site: str = "residual"
     tokens: str = "answer"
@@ -205,7 +207,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     cfg = cfg or DemoConfig()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, dtype=cfg.dtype)
     timings["load_model_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     train_sets = extract_splits(loaded, cfg, "train", cfg.limits, progress)

@@ -119,7 +119,7 @@ def continuation_logprobs(
         raise ConfigError(f"A choice of {context[:60]!r} is empty after tokenization.")
     k, n_ctx, width = len(conts), ctx_ids.shape[1], max(len(c) for c in conts)
     out = _call(model, steering, input_ids=ctx_ids, attention_mask=torch.ones_like(ctx_ids), use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1].float(), -1)  # predicts each continuation's first token
+    first = torch.log_softmax(out.logits[0, -1], -1, dtype=torch.float32)  # predicts each continuation's first token
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     cache.batch_repeat_interleave(k)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -132,7 +132,7 @@ def continuation_logprobs(
     positions = torch.arange(n_ctx, n_ctx + width, device=device).expand(k, width)
     out = _call(model, steering, input_ids=ids, attention_mask=mask, position_ids=positions,
                 use_cache=True, **{_cache_kwarg(model): cache})
-    logp = torch.log_softmax(out.logits.float(), -1)  # [K, width, V]: position j predicts token j + 1
+    logp = torch.log_softmax(out.logits, -1, dtype=torch.float32)  # [K, width, V]: position j predicts token j + 1
     totals = first[ids[:, 0]]
     if width > 1:
         nxt = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # [K, width - 1]
@@ -461,7 +461,7 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
                      position_ids=torch.arange(prompts.shape[1], device=device).expand(pmask.shape), use_cache=True,
                      **{_cache_kwarg(base): cache}).last_hidden_state
         last = final[torch.arange(len(batch), device=device), lengths.to(device) - 1]  # [B, d]
-        first = torch.log_softmax(head(last).float(), -1)  # predicts every answer's first token
+        first = torch.log_softmax(head(last), -1, dtype=torch.float32)  # predicts every answer's first token
         totals = first[owner.to(device), torch.tensor([int(c.answer_ids[r, 0]) for c, r in flat], device=device)]
         # Answer token j predicts token j + 1: only the first len - 1 tokens of each answer need to run.
         longer = torch.tensor([i for i, n in enumerate(alen) if n > 1], dtype=torch.long)
@@ -483,7 +483,7 @@ def upper_logprobs(model: Any, site: Site, batch: Sequence[CachedQuestion], edit
                           position_ids=lengths.to(device)[q][:, None] + torch.arange(answers.shape[1], device=device),
                           use_cache=True, **{_cache_kwarg(base): _sub_cache(cache, q)}).last_hidden_state
             scored = run_mask.bool()  # position j (a real token) predicts answer token j + 1
-            logp = torch.log_softmax(head(hidden[scored]).float(), -1)  # [m, V]
+            logp = torch.log_softmax(head(hidden[scored]), -1, dtype=torch.float32)  # [m, V]
             picked = logp.gather(-1, ids[:, 1:][scored][:, None])[:, 0]
             row_of = torch.tensor(rows, device=device)[:, None].expand_as(scored)[scored]
             totals = totals.index_add(0, row_of, picked.to(totals.dtype))

@@ -7,6 +7,9 @@ import os
 # Before transformers / huggingface_hub are imported: they read offline mode once, at import. Set later, it is
 # ignored and a hub id costs ~45 s of connection retries instead of failing at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# dtype="auto" means bfloat16 on CPUs with native bf16: the suite pins float32 so that its exact assertions hold on
+# every machine (subprocesses inherit it); the bf16 path has its own tests with stated tolerances (test_dtype.py).
+os.environ["MATSTEER_DTYPE"] = "float32"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

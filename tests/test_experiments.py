@@ -117,6 +117,7 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     ({"methods": ("none", "caa")}, "needs 'mat_steer'"),
     ({"seeds": ()}, "at least one"),
     ({"training_candidates": ({"lambda_pos": -1.0},)}, "lambda_pos"),
+    ({"position_grid": ("prompt", "middle")}, "Unknown position policies"),
 ])
 def test_bad_comparison_config(tiny_dir, tmp_path, change, message):
     cfg = _config(tiny_dir, tmp_path)
@@ -124,6 +125,44 @@ def test_bad_comparison_config(tiny_dir, tmp_path, change, message):
         setattr(cfg, k, v)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()
+
+
+def test_positions_in_the_dev_grid(tiny_dir, tmp_path, monkeypatch):
+    """With a position grid, every steering method's dev grid crosses its multiplier (α) with where it steers,
+    and test scores each method where dev chose (its side effects under that policy too)."""
+    cfg = _config(tiny_dir, tmp_path)
+    cfg.methods, cfg.seeds, cfg.position_grid = ("none", "iti", "caa", "mat_steer"), (0,), ("prompt", "all")
+    scored = []
+    original = E.Evaluator.evaluate
+
+    def spy(self, method, side_effects=True):
+        scored.append((self.split, method.name, method.positions, dict(method.params)))
+        return original(self, method, side_effects)
+
+    monkeypatch.setattr(E.Evaluator, "evaluate", spy)
+    report = E.run_evaluation(cfg, progress=False)
+    caa = report["selection"]["caa"]["dev_trials"]
+    assert [t["params"] for t in caa] == [{"multiplier": m, "positions": p} for p in ("prompt", "all")
+                                          for m in (0.5, 2.0)]
+    assert [t["params"] for t in report["selection"]["iti"]["dev_trials"]] == \
+        [{"alpha": 1.0, "positions": "prompt"}, {"alpha": 1.0, "positions": "all"}]
+    assert report["selection"]["none"]["dev_trials"][0]["params"] == {}
+    for _split, _name, positions, params in scored:
+        assert positions == params.get("positions")  # the Method steers where its params say
+    for name in ("iti", "caa", "mat_steer"):
+        test = [(p, params) for split, n, p, params in scored if split == "test" and n == name]
+        assert test == [(report["methods"][name]["params"]["positions"], report["methods"][name]["params"])]
+    assert report["sizes"]["test"] == {"truthfulqa": 4, "toxigen_pref": 4, "bbq": 6, "toxigen": 6}
+    md = (cfg.out_dir / "eval.md").read_text()
+    assert "Chosen on dev (seed 0): " in md and f"positions {report['methods']['caa']['params']['positions']}" in md
+    assert "Questions: dev TruthfulQA MC2 4" in md
+
+
+def test_reference_config_is_whole_test_splits():
+    cfg = E.EvalConfig.reference()
+    cfg.validate()
+    assert all(v is None for v in cfg.test_limits.values()) and cfg.position_grid == ("prompt", "all")
+    assert cfg.dev_limits["truthfulqa"] is None and cfg.out_dir.as_posix() == "results/reference"
 
 
 def _layer_data(tiny_dir, tmp_path, layer):

@@ -1,0 +1,57 @@
+"""What every benchmark JSON records about the run: the CPU model, torch threads, dtype and the date.
+
+Imported by the ``bench_*.py`` scripts (they put this folder on ``sys.path``) and read back by ``report.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The ``--dtype`` choices of the benchmarks ("auto": :func:`matsteer.models.auto_dtype`).
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def machine_fields(dtype: torch.dtype | str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """The fields every benchmark JSON carries at its top level (``threads``: torch's intra-op threads now)."""
+    now = _dt.datetime.now().astimezone()
+    out: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": int(threads if threads is not None else torch.get_num_threads()),
+        "torch": torch.__version__,
+        "date": now.date().isoformat(),
+        "timestamp": now.isoformat(timespec="seconds"),
+    }
+    if dtype is not None:
+        out["dtype"] = dtype_name(dtype)
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def other_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The other side of the bfloat16 / float32 comparison (``--compare-dtypes``)."""
+    return torch.float32 if dtype == torch.bfloat16 else torch.bfloat16

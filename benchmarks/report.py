@@ -1,0 +1,226 @@
+"""One table of every benchmark's measure, goal and today's value, from the JSON files ``make bench`` writes.
+
+Reads ``extract.json``, ``train.json``, ``generate.json``, ``eval.json`` in ``--dir``, and the float32 vs bfloat16
+greedy-token agreement from ``generate.json``'s ``dtype_agreement`` block, else the optional ``dtype_agreement.json``;
+prints a markdown table (measure | goal | value | baseline (same run) | ratio | met?) and a line with the machine
+(CPU model, torch threads, dtypes) and the date, and writes the same to ``--out`` (default ``DIR/report.md``).
+A missing file shows as "not run". No model is loaded.
+
+    python benchmarks/report.py                        # results/bench/*.json -> stdout + results/bench/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+FILES = ("extract", "train", "generate", "eval")
+HEADER = ("measure", "goal", "value", "baseline (same run)", "ratio", "met?")
+NOT_RUN = "not run"
+
+
+def load(folder: Path, name: str) -> dict[str, Any] | str:
+    """The parsed ``folder/name.json``, or why not (a string)."""
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        return NOT_RUN
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return "unreadable (not an object)"
+    data.setdefault("_mtime_date", _dt.date.fromtimestamp(path.stat().st_mtime).isoformat())
+    return data
+
+
+def _rate(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
+
+
+def _met(ratio: float, goal: float, strict: bool = False) -> str:
+    return "yes" if (ratio > goal if strict else ratio >= goal) else "**no**"
+
+
+def _missing(measure: str, goal: str, why: str) -> tuple[str, ...]:
+    return (measure, goal, why, "", "", "")
+
+
+def _get(data: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def extract_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
+    vs_ref, vs_plain = "extraction vs the reference approach", "extraction vs plain batched forward"
+    if isinstance(d, str):
+        return [_missing(vs_ref, "≥ 10x", d), _missing(vs_plain, "≥ 1.7x", d)]
+    tps, dtype = d["tokens_per_s"], d.get("dtype", "float32?")
+    ref_dtype = d.get("reference_dtype", "float32")
+    plain_dtype = _get(d, "dtypes", "plain_batched") or dtype
+    goals = d.get("targets", {})
+    g_ref, g_plain = float(goals.get("vs_reference", 10.0)), float(goals.get("vs_plain_batched", 1.7))
+    where = f"L{d.get('layer', '?')}, {d.get('texts', '?')} texts"
+    ours = f"{_rate(tps['matsteer_extract'], 'tok/s')} ({dtype})"
+    rows = [
+        (f"{vs_ref} ({where}; one text at a time, every layer)", f"≥ {g_ref:g}x", ours,
+         f"{_rate(tps['reference_one_by_one_all_layers'], 'tok/s')} ({ref_dtype})",
+         f"{d['ratio_vs_reference']:.2f}x", _met(d["ratio_vs_reference"], g_ref)),
+        (f"{vs_plain} ({where}; `output_hidden_states=True`)", f"≥ {g_plain:g}x", ours,
+         f"{_rate(tps['plain_batched_hidden_states'], 'tok/s')} ({plain_dtype})",
+         f"{d['ratio_vs_plain_batched']:.2f}x", _met(d["ratio_vs_plain_batched"], g_plain)),
+    ]
+    if "ratio_vs_plain_batched_length_sorted" in d:
+        rows.append(("extraction vs plain batched, length-sorted (early exit alone)", "—", ours,
+                     f"{_rate(tps['plain_batched_length_sorted'], 'tok/s')} ({plain_dtype})",
+                     f"{d['ratio_vs_plain_batched_length_sorted']:.2f}x", "—"))
+    c = d.get("dtype_compare")
+    speed, err = "extraction speed, bfloat16 vs float32 (ours)", "extraction activations, bfloat16 vs float32"
+    if not c:
+        return rows + [_missing(speed, "—", "not run (`--compare-dtypes`)"),
+                       _missing(err, "—", "not run (`--compare-dtypes`)")]
+    ct = c["tokens_per_s"]
+    rows.append((speed, "—", f"{_rate(ct['bfloat16'], 'tok/s')} (bfloat16)", f"{_rate(ct['float32'], 'tok/s')} (float32)",
+                 f"{c['bf16_speedup_vs_float32']:.2f}x", "—"))
+    rows.append((f"{err} (L{c.get('layer', '?')}, {c.get('rows', '?')} rows): ‖a_bf16 − a_f32‖ / ‖a_f32‖", "—",
+                 f"{c['activation_rel_error']:.2e} (worst row {c.get('activation_rel_error_max_row', float('nan')):.2e})",
+                 "float32 activations", "", "—"))
+    return rows
+
+
+def train_rows(d: dict[str, Any] | str, goal: float = 5.0) -> list[tuple[str, ...]]:
+    measure = "training vs the reference-style trainer (steps/s)"
+    if isinstance(d, str):
+        return [_missing(measure, f"≥ {goal:g}x", d)]
+    base = d["baseline"]["steps_per_s"]
+    where = f"{d.get('epochs', '?')} epochs x {d.get('steps_per_epoch', '?')} steps, {_get(d, 'data', 'source') or '?'} data"
+    rows = [(f"{measure}, reference preset ({where})", f"≥ {goal:g}x",
+             _rate(d["matsteer"]["steps_per_s"], "steps/s"), _rate(base, "steps/s"), f"{d['speedup']:.2f}x",
+             _met(d["speedup"], goal))]
+    if "default" in d:
+        ratio = d["default"]["steps_per_s"] / base
+        rows.append(("training, default settings (another objective) vs the reference-style trainer", "—",
+                     _rate(d["default"]["steps_per_s"], "steps/s"), _rate(base, "steps/s"), f"{ratio:.2f}x", "—"))
+    return rows
+
+
+def generate_rows(d: dict[str, Any] | str, agreement: dict[str, Any] | str, goal: float = 0.95) -> list[tuple[str, ...]]:
+    measure = "steered vs unsteered batched greedy `generate`"
+    agree = "greedy tokens, float32 vs bfloat16 (unsteered)"
+    rows = []
+    if isinstance(d, str):
+        rows.append(_missing(measure, f"≥ {goal:g}x", d))
+    else:
+        where = f"{d.get('prompts', '?')} prompts x {d.get('new_tokens', '?')} tokens, {d.get('dtype', 'float32?')}"
+        ratio = d["median_ratio"]
+        rows.append((f"{measure} ({where}; median of {d.get('repeats', '?')})", f"≥ {goal:g}x",
+                     _rate(d["median_steered_tok_s"], "tok/s"), _rate(d["median_unsteered_tok_s"], "tok/s"),
+                     f"{ratio:.3f}x", _met(ratio, goal)))
+        if isinstance(d.get("dtype_agreement"), dict):  # this run's own, over a possibly older separate file
+            agreement = d["dtype_agreement"]
+    if isinstance(agreement, str):
+        rows.append(_missing(agree, "—", agreement if agreement != NOT_RUN else "not run (`--compare-dtypes`)"))
+    else:
+        n = agreement.get("rows", "?")
+        rows.append((f"{agree}, {n} prompts x {agreement.get('new_tokens', '?')} tokens", "—",
+                     f"{agreement['prefix_agreement']:.1%} of tokens identical up to the first divergence; "
+                     f"{agreement['identical_sequences']}/{n} continuations identical", "", "", "—"))
+    return rows
+
+
+def eval_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
+    goal = "less than K full passes (ratio > 1)"
+    if isinstance(d, str):
+        return [_missing("scoring K methods vs K plain full forward passes", goal, d)]
+    q = d.get("questions", {})
+    where = " + ".join(f"{n} {t}" for t, n in q.items()) if isinstance(q, dict) else str(q)
+    check = d.get("check", {})
+    agrees = "" if not check else ("; unsteered log-probs agree" if check.get("ok") else "; **unsteered check failed**")
+    return [(f"scoring K = {d['K']} methods ({where} dev questions, {d.get('dtype', 'float32?')}{agrees})", goal,
+             f"{d['matsteer_s']:.1f} s", f"{d['plain_s']:.1f} s ({d['K']} full passes)", f"{d['ratio']:.2f}x",
+             _met(d["ratio"], 1.0, strict=True))]
+
+
+def _dtypes(data: dict[str, dict[str, Any] | str]) -> list[str]:
+    """Every dtype the runs name, in order of appearance."""
+    seen: list[str] = []
+    for d in data.values():
+        if isinstance(d, str):
+            continue
+        named = d.get("dtypes")
+        found = [d.get("dtype"), d.get("reference_dtype")]
+        found += list(named.values()) if isinstance(named, dict) else list(named or [])
+        found += list(_get(d, "dtype_compare", "tokens_per_s") or {})
+        found += list(_get(d, "dtype_agreement", "dtypes") or [])
+        seen += [x for x in dict.fromkeys(found) if isinstance(x, str) and x not in seen]
+    return seen
+
+
+def _cpu(d: dict[str, Any]) -> str:
+    if d.get("cpu_model"):
+        return str(d["cpu_model"])
+    return str(d["machine"]) if isinstance(d.get("machine"), str) else "unknown CPU"
+
+
+def footer(data: dict[str, dict[str, Any] | str]) -> str:
+    ran = {k: v for k, v in data.items() if not isinstance(v, str)}
+    if not ran:
+        return "Machine: nothing has run yet (`make bench`)."
+    cpus = " / ".join(dict.fromkeys(_cpu(d) for d in ran.values()))
+    cores = sorted({d.get("cpu_count", _get(d, "machine", "cpu_count")) for d in ran.values()} - {None})
+    core_text = f" ({', '.join(map(str, cores))} cores)" if cores else ""
+    threads = {k: d.get("threads", _get(d, "machine", "threads")) for k, d in ran.items()}
+    threads = {k: v for k, v in threads.items() if v is not None} or {"all": "?"}
+    if len(set(threads.values())) == 1:
+        thread_text = f"torch threads: {next(iter(threads.values()))}"
+    else:
+        thread_text = "torch threads: " + ", ".join(f"{k} {v}" for k, v in threads.items())
+    versions = sorted({str(d.get("torch", _get(d, "machine", "torch"))) for d in ran.values()} - {"None"})
+    torch_text = f", torch {', '.join(versions)}" if versions else ""
+    dates = sorted({str(d.get("date") or d["_mtime_date"]) for d in ran.values()})
+    date_text = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    dtypes = ", ".join(_dtypes(data)) or "unknown"
+    return f"Machine: {cpus}{core_text}, {thread_text}{torch_text}; dtypes used: {dtypes}. Date: {date_text}."
+
+
+def render(folder: Path) -> str:
+    data = {name: load(folder, name) for name in FILES}
+    agreement = load(folder, "dtype_agreement")
+    rows: list[tuple[str, ...]] = []
+    sections = ((extract_rows, data["extract"]), (train_rows, data["train"]),
+                (lambda d: generate_rows(d, agreement), data["generate"]), (eval_rows, data["eval"]))
+    for rows_of, d in sections:
+        try:
+            rows += rows_of(d)
+        except (KeyError, TypeError, ValueError) as exc:  # a file from an older or broken run: say so, go on
+            rows += rows_of(f"unreadable ({type(exc).__name__}: {exc})")
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    used_file = not isinstance(agreement, str) and not (
+        isinstance(data["generate"], dict) and isinstance(data["generate"].get("dtype_agreement"), dict))
+    extra = {**data, **({"dtype_agreement": agreement} if used_file else {})}
+    return "\n".join(lines) + "\n\n" + footer(extra) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default="results/bench", help="where the bench_*.py JSON files are")
+    ap.add_argument("--out", default=None, help="write the table here too (default: DIR/report.md)")
+    args = ap.parse_args(argv)
+    folder = Path(args.dir)
+    text = render(folder)
+    print(text, end="")
+    out = Path(args.out) if args.out else folder / "report.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return text
+
+
+if __name__ == "__main__":
+    main()
