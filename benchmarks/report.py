@@ -20,6 +20,8 @@ from typing import Any
 FILES = ("extract", "train", "generate", "eval")
 HEADER = ("measure", "goal", "value", "baseline (same run)", "ratio", "met?")
 NOT_RUN = "not run"
+#: bf16 may move a task's primary metric by at most this many points (the whole-split bootstrap half-widths are 2-4).
+TOLERANCE_POINTS = 1.0
 
 
 def load(folder: Path, name: str) -> dict[str, Any] | str:
@@ -147,6 +149,26 @@ def eval_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
              _met(d["ratio"], 1.0, strict=True))]
 
 
+def dtype_score_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
+    """bfloat16 minus float32 on the evaluation's primary metrics (``bench_dtype_scores.py``, not in make bench)."""
+    measure = "task scores, bfloat16 minus float32 (points)"
+    if isinstance(d, str):
+        why = d if d != NOT_RUN else "not run (`benchmarks/bench_dtype_scores.py`, ~15 min)"
+        return [_missing(measure, f"every |Δ| ≤ {TOLERANCE_POINTS:g} point", why)]
+    sizes = d["runs"]["float32"]["sizes"]
+    rows = []
+    for name, diff in d["bf16_minus_f32"].items():
+        cells = ", ".join(f"{t} {v * 100:+.2f}" for t, v in diff.items())
+        worst = max(abs(v) for v in diff.values()) * 100
+        rows.append((f"{measure}, {name} ({', '.join(f'{n} {t}' for t, n in sizes.items())} test questions)",
+                     f"every |Δ| ≤ {TOLERANCE_POINTS:g} point", cells, "float32", "",
+                     "yes" if worst <= TOLERANCE_POINTS else "**no**"))
+    rows.append(("scoring wall time, bfloat16 vs float32 (the two methods above)", "—",
+                 f"{d['runs']['bfloat16']['seconds']:.0f} s", f"{d['runs']['float32']['seconds']:.0f} s",
+                 f"{d['speedup_bf16']:.2f}x", "—"))
+    return rows
+
+
 def _dtypes(data: dict[str, dict[str, Any] | str]) -> list[str]:
     """Every dtype the runs name, in order of appearance."""
     seen: list[str] = []
@@ -194,7 +216,8 @@ def render(folder: Path) -> str:
     agreement = load(folder, "dtype_agreement")
     rows: list[tuple[str, ...]] = []
     sections = ((extract_rows, data["extract"]), (train_rows, data["train"]),
-                (lambda d: generate_rows(d, agreement), data["generate"]), (eval_rows, data["eval"]))
+                (lambda d: generate_rows(d, agreement), data["generate"]), (eval_rows, data["eval"]),
+                (dtype_score_rows, load(folder, "dtype_scores")))
     for rows_of, d in sections:
         try:
             rows += rows_of(d)

@@ -211,7 +211,9 @@ class Experiment:
 
     def __init__(self, cfg: EvalConfig, progress: bool = True, on_step: Callable[[str], None] | None = None) -> None:
         from .models import load_model
+        from .provenance import git_commit
 
+        self.commit = git_commit()  # the code this run starts from (the checkout may change while it runs)
         self.cfg, self.progress = cfg, progress
         self.on_step = on_step or _quiet
         self.timings: dict[str, float] = {}
@@ -556,7 +558,7 @@ def provenance(ex: Experiment, datasets: Sequence[str] = ()) -> dict[str, Any]:
                    datasets=[*ex.cfg.demo.datasets, *tasks, "paradetox", *datasets], seeds=list(ex.cfg.seeds),
                    extra={"site": ex.site.to_dict(), "dtype": str(ex.loaded.dtype).removeprefix("torch."),
                           "features": features,
-                          "sources": source_hashes(ex.cfg.sources)})
+                          "sources": source_hashes(ex.cfg.sources)}, commit=ex.commit)
 
 
 def source_hashes(sources: Mapping[str, str | Path]) -> dict[str, dict[str, str]]:
@@ -724,6 +726,11 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Plain task names for counts ("TruthfulQA 408"), where the table headers name a metric.
+_TASK_NAMES = {"truthfulqa": "TruthfulQA", "toxigen_pref": "ToxiGen pairs", "bbq": "BBQ", "toxigen": "ToxiGen Yes/No",
+               "hh_rlhf": "HH-RLHF"}
+
+
 def _params_text(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in params.items()) or "nothing to choose"
 
@@ -733,7 +740,7 @@ def size_and_choice_lines(report: Mapping[str, Any]) -> list[str]:
     lines = []
     sizes = report.get("sizes")
     if sizes:
-        lines.append("Questions: " + "; ".join(f"{split} " + ", ".join(f"{_task_header(t)} {n}" for t, n in
+        lines.append("Questions: " + "; ".join(f"{split} " + ", ".join(f"{_TASK_NAMES.get(t, t)} {n}" for t, n in
                                                                        sizes[split].items())
                                                for split in ("dev", "test")) + ".")
     selection = report.get("selection", {})

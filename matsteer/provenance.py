@@ -105,8 +105,12 @@ def collect(
     seeds: Mapping[str, int] | Sequence[int],
     extra: Mapping[str, Any] | None = None,
     data_dir: str | Path | None = None,
+    commit: str | None = None,
 ) -> dict[str, Any]:
     """One provenance record for a result file.
+
+    commit: the git commit to record (default: :func:`git_commit` now); a long run passes the one it started
+    from, since the checkout may change while it runs.
 
     Keys: ``model`` {name, hash}, ``data`` (:func:`data_hashes`), ``split_files`` {dataset: relative path of
     its saved split, or None for hub-only sets}, ``seeds`` (as given: a mapping such as ``{"train": 0}`` or a
@@ -127,7 +131,7 @@ def collect(
         "seeds": seed_record,
         "libraries": library_versions(),
         "environment": environment(),
-        "git_commit": git_commit(),
+        "git_commit": commit if commit is not None else git_commit(),
         "extra": dict(extra) if extra is not None else {},
     }
 

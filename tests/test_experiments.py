@@ -155,7 +155,7 @@ def test_positions_in_the_dev_grid(tiny_dir, tmp_path, monkeypatch):
     assert report["sizes"]["test"] == {"truthfulqa": 4, "toxigen_pref": 4, "bbq": 6, "toxigen": 6}
     md = (cfg.out_dir / "eval.md").read_text()
     assert "Chosen on dev (seed 0): " in md and f"positions {report['methods']['caa']['params']['positions']}" in md
-    assert "Questions: dev TruthfulQA MC2 4" in md
+    assert "Questions: dev TruthfulQA 4, ToxiGen pairs 4, BBQ 6; test TruthfulQA 4" in md
 
 
 def test_reference_config_is_whole_test_splits():

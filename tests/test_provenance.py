@@ -94,6 +94,8 @@ def test_collect_is_complete_deterministic_and_json():
     assert {"torch", "transformers", "pyvene", "safetensors", "matsteer"} <= set(a["libraries"])
     assert a["environment"]["python"].count(".") == 2 and a["extra"] == {"note": "x"}
     assert collect(model_name="m", model_hash=None, datasets=[], seeds=[0, 1])["seeds"] == [0, 1]
+    # A long run records the commit it started from, not the checkout's state when it ends.
+    assert collect(model_name="m", model_hash=None, datasets=[], seeds=[0], commit="abc123")["git_commit"] == "abc123"
 
 
 def test_datasets_in_nested_info():
