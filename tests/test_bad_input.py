@@ -203,7 +203,7 @@ MODEL_CASES = {
         r"Cannot load model", r"must hold a transformers causal LM: config.json"),
     "unknown dtype": Case(
         lambda c: load_model(str(c.tiny_dir), dtype="float8", progress=False), ModelError,
-        r"Unknown dtype 'float8'", r"choose one of float32, float16, bfloat16"),
+        r"Unknown dtype 'float8'", r"choose one of auto, float32, float16, bfloat16"),
     "device and device_map": Case(
         lambda c: load_model(str(c.tiny_dir), device="cpu", device_map="auto", progress=False), ModelError,
         r"either device or device_map, not both", r"device_map='auto'"),
