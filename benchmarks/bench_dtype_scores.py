@@ -38,7 +38,9 @@ def score(dtype: str, limit: int | None, norm: float, layer: int) -> dict:
     loaded = load_model(dtype=dtype, progress=False)
     limits = dict.fromkeys((*TASKS, *PROBES), limit)
     t0 = time.perf_counter()
-    ev = Evaluator(loaded, Site(layer), "test", limits, probes=PROBES, progress=False)
+    # probe_dtype=None: the probe in the compute dtype too (the evaluator scores probes in float32 by default,
+    # because of what this benchmark shows).
+    ev = Evaluator(loaded, Site(layer), "test", limits, probes=PROBES, progress=False, probe_dtype=None)
     control = random_direction_steerer(list(ATTRIBUTES), loaded.hidden_size, torch.full((3,), norm), seed=0)
     methods = {"none": Method("none"), "random": Method("random", control, positions="prompt")}
     out = {name: ev.evaluate(m) for name, m in methods.items()}

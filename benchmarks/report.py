@@ -22,6 +22,8 @@ HEADER = ("measure", "goal", "value", "baseline (same run)", "ratio", "met?")
 NOT_RUN = "not run"
 #: bf16 may move a task's primary metric by at most this many points (the whole-split bootstrap half-widths are 2-4).
 TOLERANCE_POINTS = 1.0
+#: Scored but not averaged: their own rows (the evaluator scores them in float32 by default).
+PROBE_TASKS = ("toxigen",)
 
 
 def load(folder: Path, name: str) -> dict[str, Any] | str:
@@ -158,11 +160,18 @@ def dtype_score_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
     sizes = d["runs"]["float32"]["sizes"]
     rows = []
     for name, diff in d["bf16_minus_f32"].items():
-        cells = ", ".join(f"{t} {v * 100:+.2f}" for t, v in diff.items())
-        worst = max(abs(v) for v in diff.values()) * 100
+        attribute = {t: v for t, v in diff.items() if t not in PROBE_TASKS}
+        cells = ", ".join(f"{t} {v * 100:+.2f}" for t, v in attribute.items())
+        worst = max(abs(v) for v in attribute.values()) * 100
         rows.append((f"{measure}, {name} ({', '.join(f'{n} {t}' for t, n in sizes.items())} test questions)",
                      f"every |Δ| ≤ {TOLERANCE_POINTS:g} point", cells, "float32", "",
                      "yes" if worst <= TOLERANCE_POINTS else "**no**"))
+        for t in PROBE_TASKS:
+            if t in diff:
+                rows.append((f"probe scores, bfloat16 minus float32 (points), {name}: {t}",
+                             f"|Δ| ≤ {TOLERANCE_POINTS:g} point, else float32 for it", f"{diff[t] * 100:+.2f}",
+                             "float32", "", "yes" if abs(diff[t]) * 100 <= TOLERANCE_POINTS
+                             else "**no**: probes are scored in float32 by default"))
     rows.append(("scoring wall time, bfloat16 vs float32 (the two methods above)", "—",
                  f"{d['runs']['bfloat16']['seconds']:.0f} s", f"{d['runs']['float32']['seconds']:.0f} s",
                  f"{d['speedup_bf16']:.2f}x", "—"))

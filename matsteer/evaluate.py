@@ -240,6 +240,7 @@ class Evaluator:
         neutral: int = 48,
         progress: bool = True,
         sources: Mapping[str, str | Path] | None = None,
+        probe_dtype: str | None = "float32",
     ) -> None:
         unknown = sorted(t for t in (*tasks, *probes) if t not in MC_TASKS)
         if unknown:
@@ -250,6 +251,10 @@ class Evaluator:
         self.loaded, self.site, self.split, self.tasks, self.positions = loaded, site, split, list(tasks), positions
         self.probes = [p for p in probes if p not in self.tasks]
         self.progress = progress
+        # Probes are scored in float32 by default: their Yes/No margins are near ties, and bfloat16 moved the
+        # unsteered probe by 7 points on the whole test split (README, Benchmarks). None: the model's dtype.
+        self.probe_dtype = probe_dtype
+        self._probe_model: Any = None
         self.fast = supports_upper_pass(loaded.model, site)
         self.questions = {t: self._load(t, limits) for t in self.all_tasks}
         self._cache: dict[tuple[str, str, str], Any] = {}
@@ -282,11 +287,12 @@ class Evaluator:
     def _scores(self, task: str, method: Method, choices: str = "choices") -> list[torch.Tensor]:
         prefix = method.prefix.get(task, "")
         questions = self._questions(task, prefix)
-        m, positions = self.loaded.model, method.positions or self.positions
+        loaded = self._model_for(task)
+        m, positions = loaded.model, method.positions or self.positions
         if self.fast:
             key = (task, prefix, choices)
             if key not in self._cache:
-                self._cache[key] = cache_questions(m, self.loaded.tokenizer, questions, self.site, choices=choices,
+                self._cache[key] = cache_questions(m, loaded.tokenizer, questions, self.site, choices=choices,
                                                    progress=self.progress)
             return score_cached(m, self.site, self._cache[key], method.edit(), positions,
                                 steer_special=method.steer_special)
@@ -297,6 +303,21 @@ class Evaluator:
         with steer(m, method.steerer, site=self.site, **method.steering(positions)) as handle:
             return score_mc(m, self.loaded.tokenizer, questions, handle, choices=choices, progress=self.progress,
                             steer_special=method.steer_special)
+
+    def _model_for(self, task: str) -> Any:
+        """The model that scores ``task``: the evaluator's, except that probes get a ``probe_dtype`` copy of it
+        (reloaded from its source, so float32 means the original weights) when the model computes in another dtype."""
+        if task not in self.probes or self.probe_dtype is None:
+            return self.loaded
+        from .models import load_model, resolve_dtype
+
+        weights = next(self.loaded.model.parameters())
+        if weights.dtype == resolve_dtype(self.probe_dtype):
+            return self.loaded
+        if self._probe_model is None:
+            device = str(weights.device)
+            self._probe_model = load_model(self.loaded.name, dtype=self.probe_dtype, device=device, progress=False)
+        return self._probe_model
 
     def _mc1_scores(self, task: str, method: Method, mc2: list[torch.Tensor]) -> list[torch.Tensor]:
         """MC1 log-probs taken from the MC2 scores (in TruthfulQA v0 every MC1 choice is also an MC2 choice);

@@ -80,3 +80,22 @@ def test_bf16_scores_agree_with_float32(tiny_dir):
     for f32, bf16 in zip(scores["float32"], scores["bfloat16"]):
         assert bf16.dtype == torch.float32
         assert float((f32 - bf16).abs().max()) < 0.15
+
+
+def test_probes_are_scored_in_float32_by_default(tiny_dir):
+    """A bfloat16 evaluator scores its attribute tasks in bfloat16 but its probes with the float32 weights (their
+    near-tie Yes/No margins move more than their noise in bf16): probe scores equal a float32 evaluator's exactly."""
+    from matsteer.evaluate import Evaluator, Method
+
+    limits = {"truthfulqa": 4, "toxigen": 8}
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        ev = Evaluator(load_model(str(tiny_dir), dtype=dtype, progress=False), Site(1), "dev", limits,
+                       tasks=("truthfulqa",), probes=("toxigen",), neutral=2, progress=False)
+        scores[dtype] = {t: ev._scores(t, Method("none")) for t in ("truthfulqa", "toxigen")}
+        if dtype == "bfloat16":
+            assert next(ev._model_for("toxigen").model.parameters()).dtype == torch.float32
+            assert ev._model_for("truthfulqa") is ev.loaded
+    for a, b in zip(scores["float32"]["toxigen"], scores["bfloat16"]["toxigen"]):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(scores["float32"]["truthfulqa"], scores["bfloat16"]["truthfulqa"]))

@@ -1,0 +1,44 @@
+"""The committed reference results (results/reference/) are whole, consistent and about the shipped data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from matsteer.data import load_mc_questions
+from matsteer.experiments import METHODS, SEEDED, markdown_table
+from matsteer.provenance import data_hashes
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
+
+
+@pytest.fixture(scope="module")
+def report():
+    path = REFERENCE / "eval.json"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the reference results are committed (make reference writes them).")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_reference_covers_whole_test_splits_and_every_method(report):
+    for task, n in report["sizes"]["test"].items():
+        assert n == len(load_mc_questions(task, "test")), task
+    assert sorted(report["methods"]) == sorted(METHODS)  # eval.json keys are written sorted
+    for name, entry in report["methods"].items():
+        seeds = [0, 1, 2] if name in SEEDED else [0]
+        assert entry["seeds"] == seeds
+        for task, n in report["sizes"]["test"].items():
+            items = entry["test"][task]["per_item"]
+            assert len(items) == len(seeds) and all(len(row) == n for row in items)
+    assert set(report["intervals"]) == {"vs_none", "vs_best_baseline"}
+
+
+def test_reference_table_is_its_json_and_its_data_is_ours(report):
+    assert (REFERENCE / "eval.md").read_text(encoding="utf-8") == markdown_table(report)
+    recorded = report["provenance"]["data"]
+    assert recorded == data_hashes(recorded)  # the shipped data and splits are the ones it was run on
+    assert report["provenance"]["git_commit"] and "+dirty" not in report["provenance"]["git_commit"]
+    for figure in ("method_table", "method_comparison"):
+        assert (REFERENCE / "figures" / f"{figure}.png").is_file()
