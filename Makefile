@@ -76,8 +76,7 @@ bench: setup
 	$(BIN)/matsteer extract --dataset toxigen --split train --layer 14 --tokens answer --limit 1200
 	$(BIN)/matsteer extract --dataset bbq --split train --layer 14 --tokens answer --limit 300
 	$(BIN)/python benchmarks/bench_train.py --features $(FEATS) --json results/bench/train.json
-	$(BIN)/python benchmarks/bench_generate.py --compare-dtypes --json results/bench/generate.json \
-		--agreement-json results/bench/dtype_agreement.json
+	$(BIN)/python benchmarks/bench_generate.py --compare-dtypes --json results/bench/generate.json
 	$(BIN)/python benchmarks/bench_eval.py --json results/bench/eval.json
 	$(BIN)/python benchmarks/report.py
 

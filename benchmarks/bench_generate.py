@@ -9,7 +9,7 @@ position by position up to each row's first divergence, and how many whole conti
 
     python benchmarks/bench_generate.py                      # default model (smollm2-135m-instruct)
     python benchmarks/bench_generate.py --tiny --json out.json  # tiny random Llama, no model files needed
-    python benchmarks/bench_generate.py --compare-dtypes --agreement-json results/bench/dtype_agreement.json
+    python benchmarks/bench_generate.py --compare-dtypes --json results/bench/generate.json
 """
 
 from __future__ import annotations
@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="steered and unsteered alike")
     ap.add_argument("--compare-dtypes", action="store_true",
                     help="also report float32 vs bfloat16 greedy-token agreement (unsteered)")
-    ap.add_argument("--agreement-json", default=None, help="with --compare-dtypes: also write the agreement here")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", dest="json_out", default=None, help="write the results here")
@@ -228,9 +227,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if agreement is not None and args.agreement_json:
-        Path(args.agreement_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.agreement_json).write_text(json.dumps(agreement, indent=2) + "\n", encoding="utf-8")
     return result
 
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-#: The ``--dtype`` choices of the benchmarks ("auto": :func:`matsteer.models.auto_dtype`).
-DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+from matsteer.models import DTYPE_CHOICES  # noqa: F401  ("auto": matsteer.models.auto_dtype), re-exported
 
 
 def cpu_model() -> str:
@@ -50,8 +49,3 @@ def machine_fields(dtype: torch.dtype | str | None = None, threads: int | None =
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
-
-
-def other_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The other side of the bfloat16 / float32 comparison (``--compare-dtypes``)."""
-    return torch.float32 if dtype == torch.bfloat16 else torch.bfloat16

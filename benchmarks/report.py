@@ -1,7 +1,7 @@
 """One table of every benchmark's measure, goal and today's value, from the JSON files ``make bench`` writes.
 
 Reads ``extract.json``, ``train.json``, ``generate.json``, ``eval.json`` in ``--dir``, and the float32 vs bfloat16
-greedy-token agreement from ``generate.json``'s ``dtype_agreement`` block, else the optional ``dtype_agreement.json``;
+greedy-token agreement from ``generate.json``'s ``dtype_agreement`` block, and ``dtype_scores.json`` if present;
 prints a markdown table (measure | goal | value | baseline (same run) | ratio | met?) and a line with the machine
 (CPU model, torch threads, dtypes) and the date, and writes the same to ``--out`` (default ``DIR/report.md``).
 A missing file shows as "not run". No model is loaded.
@@ -114,22 +114,19 @@ def train_rows(d: dict[str, Any] | str, goal: float = 5.0) -> list[tuple[str, ..
     return rows
 
 
-def generate_rows(d: dict[str, Any] | str, agreement: dict[str, Any] | str, goal: float = 0.95) -> list[tuple[str, ...]]:
+def generate_rows(d: dict[str, Any] | str, goal: float = 0.95) -> list[tuple[str, ...]]:
     measure = "steered vs unsteered batched greedy `generate`"
     agree = "greedy tokens, float32 vs bfloat16 (unsteered)"
-    rows = []
     if isinstance(d, str):
-        rows.append(_missing(measure, f"≥ {goal:g}x", d))
-    else:
-        where = f"{d.get('prompts', '?')} prompts x {d.get('new_tokens', '?')} tokens, {d.get('dtype', 'float32?')}"
-        ratio = d["median_ratio"]
-        rows.append((f"{measure} ({where}; median of {d.get('repeats', '?')})", f"≥ {goal:g}x",
-                     _rate(d["median_steered_tok_s"], "tok/s"), _rate(d["median_unsteered_tok_s"], "tok/s"),
-                     f"{ratio:.3f}x", _met(ratio, goal)))
-        if isinstance(d.get("dtype_agreement"), dict):  # this run's own, over a possibly older separate file
-            agreement = d["dtype_agreement"]
-    if isinstance(agreement, str):
-        rows.append(_missing(agree, "—", agreement if agreement != NOT_RUN else "not run (`--compare-dtypes`)"))
+        return [_missing(measure, f"≥ {goal:g}x", d), _missing(agree, "—", d)]
+    where = f"{d.get('prompts', '?')} prompts x {d.get('new_tokens', '?')} tokens, {d.get('dtype', 'float32?')}"
+    ratio = d["median_ratio"]
+    rows = [(f"{measure} ({where}; median of {d.get('repeats', '?')})", f"≥ {goal:g}x",
+             _rate(d["median_steered_tok_s"], "tok/s"), _rate(d["median_unsteered_tok_s"], "tok/s"),
+             f"{ratio:.3f}x", _met(ratio, goal))]
+    agreement = d.get("dtype_agreement")
+    if not isinstance(agreement, dict):
+        rows.append(_missing(agree, "—", "not run (`--compare-dtypes`)"))
     else:
         n = agreement.get("rows", "?")
         rows.append((f"{agree}, {n} prompts x {agreement.get('new_tokens', '?')} tokens", "—",
@@ -222,10 +219,9 @@ def footer(data: dict[str, dict[str, Any] | str]) -> str:
 
 def render(folder: Path) -> str:
     data = {name: load(folder, name) for name in FILES}
-    agreement = load(folder, "dtype_agreement")
     rows: list[tuple[str, ...]] = []
     sections = ((extract_rows, data["extract"]), (train_rows, data["train"]),
-                (lambda d: generate_rows(d, agreement), data["generate"]), (eval_rows, data["eval"]),
+                (generate_rows, data["generate"]), (eval_rows, data["eval"]),
                 (dtype_score_rows, load(folder, "dtype_scores")))
     for rows_of, d in sections:
         try:
@@ -234,10 +230,7 @@ def render(folder: Path) -> str:
             rows += rows_of(f"unreadable ({type(exc).__name__}: {exc})")
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    used_file = not isinstance(agreement, str) and not (
-        isinstance(data["generate"], dict) and isinstance(data["generate"].get("dtype_agreement"), dict))
-    extra = {**data, **({"dtype_agreement": agreement} if used_file else {})}
-    return "\n".join(lines) + "\n\n" + footer(extra) + "\n"
+    return "\n".join(lines) + "\n\n" + footer(data) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -651,7 +651,7 @@ def _ci_cell(ci: Mapping[str, Any]) -> str:
     return f"{ci['mean_diff'] * 100:+.2f} [{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}]"
 
 
-def _in_table_order(entries: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def in_table_order(entries: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """``entries`` in the order of :data:`METHODS` (then any others as given): eval.json is written with sorted
     keys, and a table read back from it keeps the comparison's order."""
     rank = {name: i for i, name in enumerate(METHODS)}
@@ -661,7 +661,7 @@ def _in_table_order(entries: Mapping[str, Any]) -> list[tuple[str, Any]]:
 def _interval_table(rows: Mapping[str, Mapping[str, Any]], report: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     head = " | ".join(_task_header(k) for k in keys)
     lines = [f"| method | {head} |", "|---" * (len(keys) + 1) + "|"]
-    for name, row in _in_table_order(rows):
+    for name, row in in_table_order(rows):
         label = report["methods"][name]["label"]
         lines.append(f"| {label} | " + " | ".join(_ci_cell(row[k]) if k in row else "n/a" for k in keys) + " |")
     return lines
@@ -689,7 +689,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| method | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
     if const_entry is not None:
         lines.append(f"| {const_entry['label']} | " + " | ".join(_row_cells(const, None, tasks, probes)) + " |")
-    for _, m in _in_table_order(methods):
+    for _, m in in_table_order(methods):
         lines.append(f"| {m['label']} | " + " | ".join(_row_cells(m["test"], const, tasks, probes)) + " |")
     lines += ["", f"{MARK} at or below the constant / majority answer on that task's primary metric (first column "
               "of each task) or on the mean. Mean: the mean of the attribute tasks' primary metrics; the ToxiGen "
@@ -752,7 +752,7 @@ def size_and_choice_lines(report: Mapping[str, Any]) -> list[str]:
                                                for split in ("dev", "test")) + ".")
     selection = report.get("selection", {})
     chosen = [f"{entry['label']}: {_params_text(selection[m]['chosen'])}"
-              for m, entry in _in_table_order(report.get("methods", {})) if m in selection]
+              for m, entry in in_table_order(report.get("methods", {})) if m in selection]
     if chosen:
         training = selection.get("training_default", {}).get("chosen", {}).get("overrides")
         lines.append("Chosen on dev (seed 0): " + "; ".join(chosen)

@@ -998,14 +998,13 @@ def _comparison_rows(report: Any) -> tuple[list[str], list[tuple[str, dict[str, 
     hints = report.get("primary") if isinstance(report.get("primary"), Mapping) else {}
     columns: list[str] = []
     rows: list[tuple[str, dict[str, float | None]]] = []
-    from .experiments import METHODS
+    from .experiments import in_table_order
 
-    rank = {name: i for i, name in enumerate(METHODS)}  # eval.json keys are sorted; show the comparison's order
     groups = [report.get("methods")] + [v for k, v in report.items() if k != "methods"]
     for group in groups:
         if not isinstance(group, Mapping):
             continue
-        for key, entry in sorted(group.items(), key=lambda kv: rank.get(kv[0], len(rank))):
+        for key, entry in in_table_order(group):  # eval.json keys are sorted; show the comparison's order
             test = entry.get("test") if isinstance(entry, Mapping) else None
             if not isinstance(test, Mapping):
                 continue
