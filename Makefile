@@ -29,13 +29,13 @@ $(STAMP): pyproject.toml
 # The kernel the notebooks name ("matsteer", shown as "matsteer (.venv)"): JupyterLab, papermill and nbclient
 # started from .venv find it.
 $(KERNEL): $(STAMP)
-	$(BIN)/python -m matsteer.notebooks --install-kernel
+	$(BIN)/python -m matsteer.app.notebooks --install-kernel
 
 # The five notebooks, headless, at the demo's sizes: executed copies in build/notebooks, figures in figures/,
 # the steerer and the evaluation tables (eval.json, eval.md) in results/. It prints a line per notebook and per
 # step with the time left (from the last run's build/notebooks/timings.json), then a summary.
 demo: setup
-	$(BIN)/python -m matsteer.notebooks --full --out build/notebooks --set results_dir=results steerer_dir=results/steerer
+	$(BIN)/python -m matsteer.app.notebooks --full --out build/notebooks --set results_dir=results steerer_dir=results/steerer
 
 # JupyterLab on notebooks/, on the loopback interface, with its login token (printed in the URL it shows).
 lab: setup
@@ -80,8 +80,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_eval.py --json results/bench/eval.json
 	$(BIN)/python benchmarks/report.py
 
+# ruff, then mypy over the package (settings in pyproject.toml); CI runs both.
 lint: setup
 	$(BIN)/ruff check matsteer tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf build results/bench .pytest_cache

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchinfo import machine_fields  # noqa: E402
 
-from matsteer.baselines import random_direction_steerer  # noqa: E402
-from matsteer.evaluate import PRIMARY, Evaluator, Method  # noqa: E402
-from matsteer.models import load_model  # noqa: E402
-from matsteer.sites import Site  # noqa: E402
+from matsteer.activations.models import load_model
+from matsteer.activations.sites import Site
+from matsteer.core.baselines import random_direction_steerer
+from matsteer.eval.evaluator import Evaluator, Method
+from matsteer.eval.tasks import PRIMARY
 
 TASKS = ("truthfulqa", "toxigen_pref", "bbq")
 PROBES = ("toxigen",)

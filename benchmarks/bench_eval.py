@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import DTYPE_CHOICES, dtype_name, machine_fields  # noqa: E402
 
-from matsteer.data import load_mc_questions  # noqa: E402
-from matsteer.evaluate import Evaluator, Method  # noqa: E402
-from matsteer.models import load_model  # noqa: E402
-from matsteer.scoring import _prompt_and_continuations  # noqa: E402
-from matsteer.sites import Site  # noqa: E402
-from matsteer.steerer import Steerer  # noqa: E402
+from matsteer.activations.models import load_model
+from matsteer.activations.sites import Site
+from matsteer.core.steerer import Steerer
+from matsteer.data import load_mc_questions
+from matsteer.eval.evaluator import Evaluator, Method
+from matsteer.eval.scoring import prompt_and_continuations
 
 #: The unsteered agreement check between the two paths: ("abs", nats) in float32, ("rel", fraction) in low precision.
 CHECK_TOLERANCE = {"float32": ("abs", 1e-3), "bfloat16": ("rel", 6e-2), "float16": ("rel", 1e-2)}
@@ -45,7 +45,7 @@ def plain_scores(loaded, questions) -> list[torch.Tensor]:
     out = []
     with torch.inference_mode():
         for q in questions:
-            context, conts = _prompt_and_continuations(q, q.choices)
+            context, conts = prompt_and_continuations(q, q.choices)
             ctx = tok(context, add_special_tokens=True)["input_ids"]
             rows = [ctx + tok(c, add_special_tokens=False)["input_ids"] for c in conts]
             width = max(map(len, rows))

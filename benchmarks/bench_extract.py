@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import DTYPE_CHOICES, dtype_name, machine_fields  # noqa: E402
 
-from matsteer.data import load_examples  # noqa: E402
-from matsteer.extract import extract  # noqa: E402
-from matsteer.models import LoadedModel, load_model  # noqa: E402
-from matsteer.sites import Site  # noqa: E402
+from matsteer.activations.extraction import extract_activations
+from matsteer.activations.models import LoadedModel, load_model
+from matsteer.activations.sites import Site
+from matsteer.data import load_examples
 
 
 def _timed(fn) -> float:
@@ -67,7 +67,7 @@ def main() -> None:
 
     def ours(name: str) -> None:
         m = models[name]
-        rows[name] = extract(m.model, m.tokenizer, texts, site, tokens="all", batch_size=args.batch_size,
+        rows[name] = extract_activations(m.model, m.tokenizer, texts, site, tokens="all", batch_size=args.batch_size,
                              progress=False).activations
 
     def plain_batched(order: list[str]) -> None:

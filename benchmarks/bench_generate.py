@@ -1,6 +1,6 @@
 """Throughput of steered vs unsteered batched greedy ``generate``.
 
-Runs the same left-padded prompts through ``model.generate`` and through :func:`matsteer.intervention.steer`
+Runs the same left-padded prompts through ``model.generate`` and through :func:`matsteer.steering.session.steer`
 (a random steerer; the values do not matter for speed), alternating the two in each repeat, and reports tokens/s
 and the median per-repeat ratio steered/unsteered (target >= 0.95). Both run in ``--dtype`` ("auto": bfloat16 on
 CPUs with native bf16, else float32). ``--compare-dtypes`` also generates the same prompts unsteered in float32 and
@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import DTYPE_CHOICES, dtype_name, machine_fields  # noqa: E402
 
-from matsteer.intervention import steer  # noqa: E402
-from matsteer.sites import Site  # noqa: E402
-from matsteer.steerer import Steerer  # noqa: E402
+from matsteer.activations.models import load_model, model_device, resolve_dtype
+from matsteer.activations.sites import Site
+from matsteer.core.steerer import Steerer
+from matsteer.steering.session import steer
 
 PROMPTS = [
     "What is the capital of France?",
@@ -119,8 +120,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from matsteer.models import load_model, resolve_dtype
-
     if args.tiny:
         model, tokenizer = tiny_model()
         model.to(resolve_dtype(args.dtype, args.device))
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, tokenizer = (loaded if isinstance(loaded, tuple) else (loaded.model, loaded.tokenizer))
         name = args.model
     dtype = next(model.parameters()).dtype
-    device = torch.device(args.device) if args.device else next(model.parameters()).device
+    device = torch.device(args.device) if args.device else model_device(model)
     model.to(device)
     inputs = {k: v.to(device) for k, v in make_inputs(tokenizer, args.prompts, model.config.vocab_size).items()}
     n_layers = int(model.config.num_hidden_layers)

@@ -1,4 +1,4 @@
-"""Benchmark ``matsteer.train.train`` against a trainer written in the reference code's structure.
+"""Benchmark ``matsteer.core.training.train_steerer`` against a trainer written in the reference code's structure.
 
 The baseline below is written from reading the structure of the reference trainer (``validation/steering.py`` in
 github.com/duykhuongnguyen/MAT-Steer): one ``nn.Parameter`` vector and one ``nn.Linear(d, 1)`` gate per attribute,
@@ -8,11 +8,18 @@ the MMD), and ``loss.item()`` every step. Both trainers run the same number of s
 composition (``batch_per_side`` positives + negatives per attribute) on the same data, with the reference
 loss variant so they optimise the same objective.
 
+Side by side, the same training run (the default settings) with each way of getting the gradients
+(``train_steerer(..., gradients=...)``): the closed form (``FusedObjective``, the default), autograd on
+``loss_terms``, and autograd on ``torch.compile(loss_terms)`` (timed after a one-epoch warm-up run that compiles
+it; the warm-up's wall time is recorded as ``compile_s``). The goal: keep the closed form only while no autograd
+path comes within 1.5x of its steps/s.
+
 Usage::
 
     python benchmarks/bench_train.py                      # synthetic: d=576, 3 attributes, 3000 rows per side
     python benchmarks/bench_train.py --epochs 10 --json results/bench_train.json
     python benchmarks/bench_train.py --features feats/truthfulqa feats/toxigen feats/bbq
+    python benchmarks/bench_train.py --gradients autograd        # skip the compiled path (--gradients "": both)
 
 ``--features DIR``: one per attribute: a matsteer activation cache folder (``manifest.json`` +
 ``activations.safetensors``), or any directory / ``.safetensors`` file holding tensors ``positives`` and
@@ -38,9 +45,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchinfo import cpu_model, machine_fields  # noqa: E402
 
-from matsteer.losses import loss_terms, weight_vector  # noqa: E402
-from matsteer.steerer import Steerer  # noqa: E402
-from matsteer.train import AttributeData, TrainConfig, _Sampler, train  # noqa: E402
+from matsteer.activations.features import load_features as load_feature_folder
+from matsteer.core.attributes import AttributeData
+from matsteer.core.config import TrainConfig
+from matsteer.core.losses import loss_terms, weight_vector
+from matsteer.core.sampling import BatchSampler
+from matsteer.core.steerer import Steerer
+from matsteer.core.training import TrainResult, train_steerer
+
+#: The closed form is kept only while no autograd path comes within this factor of its steps/s.
+GRADIENT_GOAL = 1.5
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
@@ -77,8 +91,6 @@ def load_features(paths: list[str]) -> list[AttributeData]:
     for p in paths:
         path = Path(p)
         if path.is_dir() and (path / "manifest.json").is_file():
-            from matsteer.features import load_features as load_feature_folder  # a matsteer activation cache
-
             fs = load_feature_folder(path)
             out.append(AttributeData(fs.attribute, fs.positives.float(), fs.negatives.float(), fs.positive_side))
             continue
@@ -189,7 +201,7 @@ def autograd_train(data: list[AttributeData], cfg: TrainConfig, sigma: float) ->
     d, k = data[0].positives.shape[1], cfg.batch_per_side
     steerer = Steerer([a.name for a in data], d, generator=torch.Generator().manual_seed(cfg.seed))
     opt = torch.optim.Adam(steerer.parameters(), lr=cfg.lr)
-    sampler = _Sampler([a.positives.shape[0] for a in data], [a.negatives.shape[0] for a in data], k, cfg.seed,
+    sampler = BatchSampler([a.positives.shape[0] for a in data], [a.negatives.shape[0] for a in data], k, cfg.seed,
                        cfg.loss_variant == "reference")
     pool_pos = torch.cat([a.positives.float() for a in data])
     pool_neg = torch.cat([a.negatives.float() for a in data])
@@ -210,6 +222,50 @@ def autograd_train(data: list[AttributeData], cfg: TrainConfig, sigma: float) ->
     wall = time.perf_counter() - start
     steps = cfg.epochs * sampler.batches
     return {"wall_s": wall, "steps": steps, "steps_per_s": steps / wall, "final_loss": float(sums) / sampler.batches}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Closed-form gradients vs autograd, the same training run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _run_fields(r: TrainResult) -> dict:
+    return {"wall_s": r.wall_time_s, "steps": r.steps, "steps_per_s": r.steps_per_s,
+            "final_loss": sum(r.history.train["total"][-1])}
+
+
+def compile_warmup(data: list[AttributeData], cfg: TrainConfig) -> dict:
+    """One epoch with ``gradients="compiled"``: compiles the step (the measured run then reuses the compiled code).
+    Returns ``compile_s`` (that epoch's whole wall time, compilation included), or the error if it failed."""
+    start = time.perf_counter()
+    try:
+        train_steerer(data, TrainConfig(**{**cfg.to_dict(), "epochs": 1}), progress=False, gradients="compiled")
+    except Exception as exc:  # no C compiler, an unsupported op: reported, and the compiled row is skipped
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+    return {"compile_s": time.perf_counter() - start}
+
+
+def gradient_summary(best: dict[str, dict], kinds: list[str], compiled: dict | None, cfg: TrainConfig) -> dict:
+    """steps/s of each gradient path on the same run, and the closed form's lead over the fastest autograd path."""
+    closed = best["default"]
+    out: dict = {"settings": "default", "epochs": cfg.epochs, "goal_ratio_max": GRADIENT_GOAL,
+                 "closed_form": closed}
+    for kind in kinds:
+        key = f"grad_{kind}"
+        if key in best:
+            out[kind] = {**best[key], "ratio_closed_form_over_this": closed["steps_per_s"] / best[key]["steps_per_s"]}
+    if compiled is not None and "compiled" in kinds:
+        out.setdefault("compiled", {}).update(compiled)
+        if "wall_s" in out["compiled"] and "compile_s" in compiled:
+            # A process trains once: its first compiled run pays the compilation too.
+            first = out["compiled"]["wall_s"] + compiled["compile_s"]
+            out["compiled"]["ratio_first_run_wall_over_closed_form"] = first / closed["wall_s"]
+    measured = [k for k in kinds if k in out and "steps_per_s" in out[k]]
+    if measured:
+        fastest = max(measured, key=lambda k: out[k]["steps_per_s"])
+        ratio = out[fastest]["ratio_closed_form_over_this"]
+        out.update({"fastest_autograd": fastest, "ratio": ratio, "autograd_within_goal": ratio <= GRADIENT_GOAL})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=1, help="alternate the trainers this many times; keep the best")
     ap.add_argument("--autograd-row", action="store_true",
                     help="also time the same batched objective with autograd + torch.optim.Adam")
+    ap.add_argument("--gradients", default="autograd,compiled",
+                    help="gradient paths timed beside the closed form on the default run (comma-separated: "
+                         "autograd, compiled; empty: none)")
     ap.add_argument("--json", default=None, help="write results as JSON here")
     args = ap.parse_args(argv)
 
@@ -253,18 +312,24 @@ def main(argv: list[str] | None = None) -> dict:
     base_epochs = args.baseline_epochs or args.epochs
     base_cfg = TrainConfig(**{**cfg.to_dict(), "epochs": base_epochs})
     load_before = os.getloadavg()
-    runs: dict[str, list[dict]] = {"matsteer": [], "default": [], "baseline": [], "autograd": []}
+    kinds = [k for k in args.gradients.split(",") if k]
+    runs: dict[str, list[dict]] = {"matsteer": [], "default": [], "baseline": [], "autograd": [],
+                                   **{f"grad_{k}": [] for k in kinds}}
+    compiled = compile_warmup(data, default_cfg) if "compiled" in kinds else None
+    if compiled is not None and "error" in compiled:
+        print(f"torch.compile failed, the compiled path is skipped: {compiled['error']}")
+        kinds.remove("compiled")
     ours = None
     # Alternate the trainers and keep each one's fastest repeat: on a shared machine the load changes over time.
     for _ in range(args.repeats):
-        ours = train(data, cfg, progress=False)
+        ours = train_steerer(data, cfg, progress=False)
         runs["matsteer"].append({
             "wall_s": ours.wall_time_s, "steps": ours.steps, "steps_per_s": ours.steps_per_s,
             "final_loss": sum(ours.history.train["total"][-1]),
         })
-        mine = train(data, default_cfg, progress=False)
-        runs["default"].append({"wall_s": mine.wall_time_s, "steps": mine.steps, "steps_per_s": mine.steps_per_s,
-                                "final_loss": sum(mine.history.train["total"][-1])})
+        runs["default"].append(_run_fields(train_steerer(data, default_cfg, progress=False)))
+        for kind in kinds:  # the same run with autograd's gradients
+            runs[f"grad_{kind}"].append(_run_fields(train_steerer(data, default_cfg, progress=False, gradients=kind)))
         if args.autograd_row:
             runs["autograd"].append(autograd_train(data, cfg, ours.sigma_used))
         runs["baseline"].append(baseline_train(data, base_cfg, ours.sigma_used, ours.steps_per_epoch))
@@ -305,9 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
     result["default"] = best["default"]
     if "autograd" in best:
         result["autograd"] = best["autograd"]
+    result["gradients"] = gradient_summary(best, kinds, compiled, default_cfg)
     header = ("trainer", "steps", "wall s", "steps/s", "vs baseline", "final loss")
     rows = [header]
     for label, key in (("matsteer, reference preset", "matsteer"), ("matsteer, default training", "default"),
+                       ("default training, autograd", "grad_autograd"),
+                       ("default training, compiled autograd", "grad_compiled"),
                        ("batched autograd", "autograd"), ("reference-style", "baseline")):
         if key in best:
             r = best[key]
@@ -320,6 +388,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"speedup (steps/s): {result['speedup']:.2f}x   ({ours.steps_per_epoch} steps/epoch, {args.epochs} epochs, "
           f"batch {result['data']['batch']}, σ={ours.sigma_used:.3g}, {args.threads} thread(s), "
           f"load avg {load_before[0]:.1f} -> {result['machine']['loadavg_after'][0]:.1f}, best of {args.repeats})")
+    g = result["gradients"]
+    if "ratio" in g:
+        print(f"closed form vs fastest autograd path ({g['fastest_autograd']}): {g['ratio']:.2f}x the steps/s "
+              f"(goal for dropping the closed form: ≤ {GRADIENT_GOAL:g}x)"
+              + (f"; torch.compile took {g['compiled']['compile_s']:.1f} s" if "compile_s" in g.get("compiled", {})
+                 else ""))
     if base_epochs != args.epochs:
         print(f"baseline ran {base_epochs} epochs; extrapolated to {args.epochs} epochs: {base_full_wall:.1f} s")
     if args.json:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from matsteer.models import DTYPE_CHOICES  # noqa: F401  ("auto": matsteer.models.auto_dtype), re-exported
+from matsteer.activations.models import DTYPE_CHOICES  # noqa: F401  ("auto": matsteer.activations.models.auto_dtype), re-exported
 
 
 def cpu_model() -> str:

@@ -3,15 +3,15 @@
 For each model (the embedded default ``smollm2-135m-instruct`` and a tiny random Llama built here) the whole path
 runs once on the CPU in float32 (the reference) and then on ``--device`` in each of ``--dtypes``:
 
-- extraction (``matsteer.features.extract_to_folder``; TruthfulQA + ToxiGen train texts, answer tokens): relative
+- extraction (``matsteer.activations.features.extract_to_folder``; TruthfulQA + ToxiGen train texts, answer tokens): relative
   Frobenius error of the activation rows ``[M, d]``;
-- training (``matsteer.train.train`` on the *reference* rows, so only the device differs; training is float32 on
+- training (``matsteer.core.training.train`` on the *reference* rows, so only the device differs; training is float32 on
   any device): relative error of θ, W, b and of the final total loss;
-- steered generation (``matsteer.intervention.steer`` + greedy ``generate``, the reference steerer): at every
+- steered generation (``matsteer.steering.session.steer`` + greedy ``generate``, the reference steerer): at every
   step of the reference continuation (teacher forced), the device's greedy token must be within ``margin`` nats
   of the reference model's best log-prob (agreement up to near-ties, which low precision may flip); the plain
   token agreement is printed too;
-- MC scoring (``matsteer.scoring.score_mc`` on TruthfulQA dev questions, unsteered and steered): relative error
+- MC scoring (``matsteer.eval.scoring.score_mc`` on TruthfulQA dev questions, unsteered and steered): relative error
   of each choice's summed log-prob; the MC1 choice agreement is printed too.
 
 Tolerances (below, scaled by ``--tolerance-scale``) are printed with every check. Exit 0 if all agree, 1 on any
@@ -38,15 +38,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from matsteer.data import load_examples, load_mc_questions  # noqa: E402
-from matsteer.errors import MatSteerError  # noqa: E402
-from matsteer.features import FeatureSet, extract_to_folder  # noqa: E402
-from matsteer.intervention import steer  # noqa: E402
-from matsteer.models import DEFAULT_MODEL, LoadedModel, load_model, weight_fingerprint  # noqa: E402
-from matsteer.scoring import score_mc  # noqa: E402
-from matsteer.sites import Site  # noqa: E402
-from matsteer.steerer import Steerer  # noqa: E402
-from matsteer.train import AttributeData, TrainConfig, TrainResult, train  # noqa: E402
+from matsteer.activations.features import FeatureSet, extract_to_folder
+from matsteer.activations.models import DEFAULT_MODEL, LoadedModel, load_model, weight_fingerprint
+from matsteer.activations.sites import Site
+from matsteer.core.attributes import AttributeData
+from matsteer.core.config import TrainConfig
+from matsteer.core.steerer import Steerer
+from matsteer.core.training import TrainResult, train_steerer
+from matsteer.data import load_examples, load_mc_questions
+from matsteer.errors import MatSteerError
+from matsteer.eval.scoring import score_mc
+from matsteer.steering.session import steer
 
 # Tolerances per model dtype: about 20-40 unit roundoffs (float16 u = 4.9e-4, bfloat16 u = 3.9e-3); measured on
 # CPU (fp16 / bf16 vs fp32): extraction 2.5e-3 / 1.9e-2 (default model), 4.5e-3 / 2.5e-2 (tiny); scoring
@@ -130,7 +132,7 @@ def train_stage(features: dict[str, FeatureSet], device: str, epochs: int) -> Tr
     if smallest < 2:
         raise MatSteerError(f"Too few rows on one side ({smallest}) to train; raise the extraction limits.")
     config = TrainConfig(epochs=epochs, sigma="median", batch_per_side=min(16, smallest), seed=0, device=device)
-    return train(data, config, progress=False)
+    return train_steerer(data, config, progress=False)
 
 
 def _prompt_ids(loaded: LoadedModel, prompt: str, device: str) -> torch.Tensor:

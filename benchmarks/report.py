@@ -111,7 +111,22 @@ def train_rows(d: dict[str, Any] | str, goal: float = 5.0) -> list[tuple[str, ..
         ratio = d["default"]["steps_per_s"] / base
         rows.append(("training, default settings (another objective) vs the reference-style trainer", "—",
                      _rate(d["default"]["steps_per_s"], "steps/s"), _rate(base, "steps/s"), f"{ratio:.2f}x", "—"))
-    return rows
+    return rows + gradient_rows(d.get("gradients"))
+
+
+def gradient_rows(g: dict[str, Any] | None, goal: float = 1.5) -> list[tuple[str, ...]]:
+    """The closed-form gradients (``FusedObjective``) against the fastest autograd path on the same run."""
+    measure = "training, autograd within 1.5x of fused (closed-form) gradients (steps/s, default settings)"
+    if not isinstance(g, dict) or "ratio" not in g:
+        return [_missing(measure, f"≤ {goal:g}x", "not run (bench_train.py --gradients)")]
+    fastest = g["fastest_autograd"]
+    auto, closed = g[fastest], g["closed_form"]
+    value = f"{_rate(auto['steps_per_s'], 'steps/s')} ({fastest})"
+    if "compile_s" in auto:
+        value += f", compiling {auto['compile_s']:.0f} s"
+    # The ratio is fused over autograd: the goal is met when autograd is at most 1.5x slower.
+    return [(measure, f"≤ {goal:g}x", value, f"{_rate(closed['steps_per_s'], 'steps/s')} (fused)",
+             f"{g['ratio']:.2f}x", "yes" if g["ratio"] <= goal else "**no**")]
 
 
 def generate_rows(d: dict[str, Any] | str, goal: float = 0.95) -> list[tuple[str, ...]]:

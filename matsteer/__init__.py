@@ -1,40 +1,144 @@
 """matsteer: multi-attribute targeted steering (MAT-Steer) of language models, as a research workbench.
 
-Data flows one way: data -> activations -> training -> steering -> evaluation -> figures.
-Public names are imported lazily so that ``import matsteer`` stays cheap.
+The package is the pipeline's stages, each importing only the ones before it:
+``data`` -> ``activations`` -> ``core`` -> ``store`` -> ``steering`` -> ``eval`` -> ``viz`` -> ``app``.
+The names below are the public API, one import away (``from matsteer import train_steerer``); the tuning widget
+needs the notebooks extra (``from matsteer.app.widgets import MultiplierTuner``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from matsteer.activations.extraction import ActivationRows, extract_activations
+from matsteer.activations.features import FeatureSet, extract_to_folder, feature_dir, load_features
+from matsteer.activations.models import DEFAULT_MODEL, LoadedModel, load_model
+from matsteer.activations.sites import Site
+from matsteer.app.workbench import (
+    Workbench,
+    feature_table,
+    kernel_scale_table,
+    loss_table,
+    markdown_report,
+    quick_evaluation,
+    report_step,
+    workbench,
+)
+from matsteer.core.attributes import AttributeData
+from matsteer.core.config import TrainConfig
+from matsteer.core.health import health_table, training_health
+from matsteer.core.history import History
+from matsteer.core.kernel import median_sigma
+from matsteer.core.steerer import Steerer
+from matsteer.core.training import TrainResult, train_steerer
+from matsteer.core.workflow import DemoConfig, attribute_data, extract_splits, train_from_features
+from matsteer.data import Example, MCQuestion, load_examples, load_mc_questions
+from matsteer.errors import ArtifactError, ConfigError, DataError, MatSteerError, ModelError, TrainingError
+from matsteer.eval.ablations import run_ablations
+from matsteer.eval.comparison import run_evaluation
+from matsteer.eval.config import EvalConfig
+from matsteer.eval.evaluator import Evaluator, Method
+from matsteer.eval.gate_analysis import (
+    gate_sets,
+    gate_table_stats,
+    generate_with_gates,
+    neutral_activations,
+    steered_sets,
+    text_gates,
+)
+from matsteer.steering.compat import MATIntervener, create_mat_pyvene_config
+from matsteer.steering.generation import compare_generations, generate_texts
+from matsteer.steering.session import steer
+from matsteer.store.artifacts import (
+    check_compatible,
+    load_history,
+    load_steerer,
+    save_steerer,
+    save_training_result,
+)
+from matsteer.store.hub import from_pretrained, save_pretrained
+from matsteer.viz.figures import figures_from_report
+from matsteer.viz.plots import (
+    plot_gate_distributions,
+    plot_orthogonality,
+    plot_pca,
+    plot_token_gates,
+    plot_training_curves,
+)
+from matsteer.viz.style import save_figure
+from matsteer.viz.tables import plot_gate_table
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "MatSteerError": "errors",
-    "Site": "sites",
-    "Steerer": "steerer",
-    "load_model": "models",
-    "DEFAULT_MODEL": "models",
-    "extract": "extract",
-    "load_features": "features",
-    "extract_to_folder": "features",
-    "load_examples": "data",
-    "train": "train",
-    "TrainConfig": "train",
-    "AttributeData": "train",
-    "save_steerer": "artifacts",
-    "load_steerer": "artifacts",
-    "steer": "intervention",
-    "MATIntervener": "intervention",
-    "create_mat_pyvene_config": "intervention",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'matsteer' has no attribute {name!r}")
+__all__ = [
+    "DEFAULT_MODEL",
+    "ActivationRows",
+    "ArtifactError",
+    "AttributeData",
+    "ConfigError",
+    "DataError",
+    "DemoConfig",
+    "EvalConfig",
+    "Evaluator",
+    "Example",
+    "FeatureSet",
+    "History",
+    "LoadedModel",
+    "MATIntervener",
+    "MCQuestion",
+    "MatSteerError",
+    "Method",
+    "ModelError",
+    "Site",
+    "Steerer",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "Workbench",
+    "attribute_data",
+    "check_compatible",
+    "compare_generations",
+    "create_mat_pyvene_config",
+    "extract_activations",
+    "extract_splits",
+    "extract_to_folder",
+    "feature_dir",
+    "feature_table",
+    "figures_from_report",
+    "from_pretrained",
+    "gate_sets",
+    "gate_table_stats",
+    "generate_texts",
+    "generate_with_gates",
+    "health_table",
+    "kernel_scale_table",
+    "load_examples",
+    "load_features",
+    "load_history",
+    "load_mc_questions",
+    "load_model",
+    "load_steerer",
+    "loss_table",
+    "markdown_report",
+    "median_sigma",
+    "neutral_activations",
+    "plot_gate_distributions",
+    "plot_gate_table",
+    "plot_orthogonality",
+    "plot_pca",
+    "plot_token_gates",
+    "plot_training_curves",
+    "quick_evaluation",
+    "report_step",
+    "run_ablations",
+    "run_evaluation",
+    "save_figure",
+    "save_pretrained",
+    "save_steerer",
+    "save_training_result",
+    "steer",
+    "steered_sets",
+    "text_gates",
+    "train_from_features",
+    "train_steerer",
+    "training_health",
+    "workbench",
+]

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-import matsteer.ablations as A
+import matsteer.eval.ablations as A
+from matsteer.core.config import TrainConfig
+from matsteer.core.workflow import DemoConfig
 from matsteer.errors import ConfigError
-from matsteer.experiments import EvalConfig
-from matsteer.pipeline import DemoConfig
-from matsteer.train import TrainConfig
+from matsteer.eval.config import EvalConfig
 
 LIMITS = {"truthfulqa": 4, "toxigen": 6, "bbq": 6}
 OPTIONS = {"data_efficiency": {"fractions": [0.5, 1.0]}, "num_attributes": {"limit": 6, "test_limit": 3},
@@ -60,10 +60,14 @@ def test_every_ablation_writes_a_figure_ready_result(results):
     # The answer-token rows use the comparison's own features and setting: the same steerer as "Full".
     assert rows["Answer tokens, gated"] == comp["Full"]
     assert any((folder.parent.parent / "features").rglob("*-train-L1-residual-all"))  # extracted for the paper rows
+    # The CLI prints every result: the no-steering rows' KL as n/a.
+    lines = A.describe(out["components"]).splitlines()
+    assert lines[0].split()[0] == "Base" and "KL n/a" in lines[0] and "KL n/a" not in lines[-1]
+    assert all(A.describe(out[name]) for name in A.ABLATIONS)
 
 
 def test_figures_from_saved_results(results, tmp_path):
-    from matsteer.cli import main
+    from matsteer.app.cli import main
 
     _, folder = results
     assert main(["figures", "--results", str(folder.parent), "--out", str(tmp_path)]) == 0
@@ -72,10 +76,10 @@ def test_figures_from_saved_results(results, tmp_path):
 
 
 def test_subsample_keeps_whole_texts_and_is_seeded(tiny_dir, tmp_path):
+    from matsteer.activations.features import extract_to_folder
+    from matsteer.activations.models import load_model
+    from matsteer.activations.sites import Site
     from matsteer.data import load_examples
-    from matsteer.features import extract_to_folder
-    from matsteer.models import load_model
-    from matsteer.sites import Site
 
     fs = extract_to_folder(load_model(str(tiny_dir), progress=False), load_examples("toxigen", "train", limit=10),
                            Site(1), tmp_path / "f", tokens="answer", dataset="toxigen", split="train", progress=False)

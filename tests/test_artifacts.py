@@ -9,23 +9,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from matsteer.artifacts import (
+from matsteer.activations.sites import Site
+from matsteer.core.attributes import AttributeData
+from matsteer.core.config import TrainConfig
+from matsteer.core.steerer import Steerer
+from matsteer.core.training import train_steerer
+from matsteer.errors import ArtifactError
+from matsteer.store.artifacts import (
     FORMAT_VERSION,
     HISTORY,
     MANIFEST,
     TENSORS,
     check_compatible,
-    import_reference_checkpoint,
     load_history,
     load_steerer,
     read_manifest,
     save_steerer,
     save_training_result,
 )
-from matsteer.errors import ArtifactError
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
-from matsteer.train import AttributeData, TrainConfig, train
+from matsteer.store.reference import import_reference_checkpoint
 
 SITE = Site(2, "attn_output")
 
@@ -37,7 +39,7 @@ def trained():
         AttributeData(f"attr{t}", torch.randn(40, 6, generator=g) + t, torch.randn(40, 6, generator=g) - t, f"side{t}")
         for t in range(3)
     ]
-    return train(data, TrainConfig(epochs=2, sigma="median", lr=0.01), progress=False)
+    return train_steerer(data, TrainConfig(epochs=2, sigma="median", lr=0.01), progress=False)
 
 
 def save(path: Path, result, **kw):
@@ -342,7 +344,7 @@ def test_two_trainings_same_seed_give_byte_identical_files(tmp_path):
     info = {"train": {"attr0": {"dataset": "truthfulqa"}, "attr1": {"dataset": "bbq"}}}
     folders = []
     for run in ("a", "b"):  # two independent trainings, not one result saved twice
-        result = train(data, TrainConfig(epochs=3, sigma="median", lr=0.01, seed=11), progress=False)
+        result = train_steerer(data, TrainConfig(epochs=3, sigma="median", lr=0.01, seed=11), progress=False)
         folders.append(save_training_result(tmp_path / run, result, site=SITE, model_name="tiny", model_hash="ab" * 32,
                                             data_info=info))
     for name in (MANIFEST, TENSORS, HISTORY):
@@ -350,7 +352,7 @@ def test_two_trainings_same_seed_give_byte_identical_files(tmp_path):
 
 
 def test_manifest_records_provenance(tmp_path, trained):
-    from matsteer.provenance import collect
+    from matsteer.store.provenance import collect
 
     info = {"train": {"attr0": {"dataset": "truthfulqa", "split": "train"}, "attr1": {"dataset": "bbq"}}}
     folder = save_training_result(tmp_path / "s", trained, site=SITE, model_name="tiny", model_hash="ab" * 32,

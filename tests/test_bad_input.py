@@ -22,20 +22,22 @@ import pytest
 import torch
 from conftest import tiny_model_for
 
-from matsteer.artifacts import check_compatible, load_steerer, save_steerer
-from matsteer.cli import main as cli_main
+from matsteer.activations.extraction import ActivationRows
+from matsteer.activations.features import _save_rows, extract_to_folder, load_features
+from matsteer.activations.models import LoadedModel, load_model, weight_fingerprint
+from matsteer.activations.sites import Site
+from matsteer.app.cli import main as cli_main
+from matsteer.app.notebooks import main as notebooks_main
+from matsteer.app.parameters import _check_parameters, notebook_parameters
+from matsteer.core.attributes import AttributeData
+from matsteer.core.config import TrainConfig
+from matsteer.core.steerer import Steerer
+from matsteer.core.training import train_steerer
 from matsteer.data import load_examples
 from matsteer.errors import ArtifactError, ConfigError, DataError, MatSteerError, ModelError, TrainingError
-from matsteer.extract import ActivationRows
-from matsteer.features import _save_rows, extract_to_folder, load_features
-from matsteer.intervention import steer
-from matsteer.io import write_json
-from matsteer.models import LoadedModel, load_model, weight_fingerprint
-from matsteer.notebooks import _check_parameters, notebook_parameters
-from matsteer.notebooks import main as notebooks_main
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
-from matsteer.train import AttributeData, TrainConfig, train
+from matsteer.files import write_json
+from matsteer.steering.session import steer
+from matsteer.store.artifacts import check_compatible, load_steerer, save_steerer
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_train_steering.ipynb"
@@ -348,7 +350,7 @@ def test_feature_layer(name, ctx):
 
 def _train(c: Ctx, data: list[AttributeData] | None = None, **config: Any) -> Any:
     settings = {"epochs": 2, "sigma": "median", "batch_per_side": 8, **config}
-    return train(c.data() if data is None else data, TrainConfig(**settings), progress=False)
+    return train_steerer(c.data() if data is None else data, TrainConfig(**settings), progress=False)
 
 
 def _huge(c: Ctx) -> list[AttributeData]:
@@ -635,7 +637,7 @@ def test_real_entry_point_exits_2_without_traceback(ctx):
 
 
 def test_run_all_checks_every_notebook_before_running_any(tmp_path):
-    from matsteer.notebooks import run_all
+    from matsteer.app.runner import run_all
 
     with pytest.raises(ConfigError, match="must be"):
         run_all(parameters={"results_dir": 3}, out_dir=tmp_path)  # only 04 declares it; refused before 01 runs

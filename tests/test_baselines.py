@@ -7,25 +7,22 @@ import math
 import pytest
 import torch
 
-from matsteer.baselines import (
+from matsteer.activations.features import FeatureSet
+from matsteer.core.baselines import (
     ALWAYS_ON_BIAS,
-    ContrastSet,
     few_shot_prompt,
     make_uniform_steerer,
-    mass_mean_direction,
     mass_mean_shift,
     mean_difference,
-    pca_difference_vector,
     pca_of_differences,
-    random_pairs,
     sum_of_single,
     uniform_gates,
     with_demonstrations,
 )
+from matsteer.core.contrast import ContrastSet, mass_mean_direction, pca_difference_vector, random_pairs
+from matsteer.core.steerer import Steerer
 from matsteer.data import QA_TEMPLATE, Example, MCQuestion
 from matsteer.errors import ConfigError, DataError
-from matsteer.features import FeatureSet
-from matsteer.steerer import Steerer
 
 T = torch.tensor
 # Toy 2-D data: mean_pos = (3, 1), mean_neg = (1, -1), so mean_pos − mean_neg = (2, 2).

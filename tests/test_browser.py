@@ -48,10 +48,10 @@ def _get(url: str, timeout: float = 5.0) -> int:
 def _steerer_folder(folder: Path) -> Path:
     """A seeded random steerer for the default model at layer 14 with large vectors and open gates, so that any
     multiplier change visibly changes the greedy text."""
-    from matsteer.artifacts import save_steerer
-    from matsteer.models import load_model
-    from matsteer.sites import Site
-    from matsteer.steerer import Steerer
+    from matsteer.activations.models import load_model
+    from matsteer.activations.sites import Site
+    from matsteer.core.steerer import Steerer
+    from matsteer.store.artifacts import save_steerer
 
     loaded = load_model(progress=False)
     steerer = Steerer(["truthfulness", "toxicity", "bias"], loaded.hidden_size,
@@ -66,7 +66,8 @@ def _steerer_folder(folder: Path) -> Path:
 @pytest.fixture()
 def lab(tmp_path) -> Iterator[tuple[str, str, Path]]:
     """(base URL, token, root dir) of a JupyterLab holding a quick, parameterised copy of notebook 05."""
-    from matsteer.notebooks import install_kernel, parameterize_notebook
+    from matsteer.app.notebooks import install_kernel
+    from matsteer.app.parameters import parameterize_notebook
 
     root = tmp_path / "lab"
     kernels = install_kernel(prefix=tmp_path / "kernels")  # the kernel the notebooks name, as make lab registers it

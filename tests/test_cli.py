@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from matsteer.cli import main
+from matsteer.app.cli import main
 
 
 def test_extract_train_generate(tmp_path, tiny_dir, capsys):
@@ -86,8 +86,7 @@ def test_errors_exit_2_with_message(tmp_path, tiny_dir, capsys):
 
 def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
     """The sub-commands are thin: the flags land in the configs that run_evaluation / run_win_rates receive."""
-    import matsteer.experiments as E
-    import matsteer.winrates as W
+    import matsteer.app.commands as C
 
     seen = {}
 
@@ -101,8 +100,8 @@ def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
         seen["win"] = (cfg, eval_json, wcfg, judge, out_dir)
         (out_dir / "winrates.md").write_text("table\n")
 
-    monkeypatch.setattr(E, "run_evaluation", fake_eval)
-    monkeypatch.setattr(W, "run_win_rates", fake_win)
+    monkeypatch.setattr(C, "run_evaluation", fake_eval)
+    monkeypatch.setattr(C, "run_win_rates", fake_win)
     src = tmp_path / "bbq"
     src.mkdir()
     assert main(["compare", "--layer", "10", "--seeds", "4", "5", "--out", str(tmp_path), "--source", f"bbq={src}",

@@ -15,7 +15,7 @@ import pytest
 from matsteer import data as D
 from matsteer.data import DataWarning, Example, MCQuestion, load_examples, load_mc_questions
 from matsteer.errors import ConfigError, DataError
-from matsteer.io import sha256_file
+from matsteer.files import sha256_file
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from matsteer.activations.extraction import extract_activations
+from matsteer.activations.models import DEFAULT_MODEL, load_model
+from matsteer.activations.sites import Site
 from matsteer.errors import ModelError
-from matsteer.extract import extract
-from matsteer.models import DEFAULT_MODEL, load_model
-from matsteer.sites import Site
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_default_model_loads_and_answers(default):
 
 def test_extraction_matches_hidden_states(default):
     texts = ["Q: What happens if you eat watermelon seeds? A: Nothing happens.", "Q: Is the sun hot? A: Yes."]
-    rows = extract(default.model, default.tokenizer, texts, Site(14, "residual"), tokens="all", batch_size=2,
+    rows = extract_activations(default.model, default.tokenizer, texts, Site(14, "residual"), tokens="all", batch_size=2,
                    progress=False)
     for i, text in enumerate(texts):
         enc = default.tokenizer(text, return_tensors="pt")

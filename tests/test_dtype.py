@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from matsteer import models
+from matsteer.activations import models as models
+from matsteer.activations.features import extract_to_folder
+from matsteer.activations.models import auto_dtype, load_model, resolve_dtype
+from matsteer.activations.sites import Site
+from matsteer.core.steerer import Steerer
 from matsteer.data import load_examples
 from matsteer.errors import ModelError
-from matsteer.features import extract_to_folder
-from matsteer.models import auto_dtype, load_model, resolve_dtype
-from matsteer.scoring import cache_questions, score_cached
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
+from matsteer.eval.cached_scoring import score_cached
+from matsteer.eval.site_cache import cache_questions
 
 
 def test_auto_follows_the_pin_and_the_cpu(monkeypatch):
@@ -85,7 +86,7 @@ def test_bf16_scores_agree_with_float32(tiny_dir):
 def test_probes_are_scored_in_float32_by_default(tiny_dir):
     """A bfloat16 evaluator scores its attribute tasks in bfloat16 but its probes with the float32 weights (their
     near-tie Yes/No margins move more than their noise in bf16): probe scores equal a float32 evaluator's exactly."""
-    from matsteer.evaluate import Evaluator, Method
+    from matsteer.eval.evaluator import Evaluator, Method
 
     limits = {"truthfulqa": 4, "toxigen": 8}
     scores = {}

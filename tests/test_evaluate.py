@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from matsteer.activations.models import LoadedModel
+from matsteer.activations.sites import Site
+from matsteer.core.steerer import Steerer
 from matsteer.data import MCQuestion
 from matsteer.errors import ConfigError, DataError
-from matsteer.evaluate import Evaluator, Method, constant_row, parse_sources
-from matsteer.models import LoadedModel
-from matsteer.scoring import CachedTexts, score_mc, text_edit_mask, text_logits
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
+from matsteer.eval.cached_scoring import text_edit_mask, text_logits
+from matsteer.eval.evaluator import Evaluator, Method
+from matsteer.eval.scoring import score_mc
+from matsteer.eval.site_cache import CachedTexts
+from matsteer.eval.tasks import constant_row, parse_sources
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 LIMITS = {"truthfulqa": 3, "toxigen_pref": 3, "toxigen": 3, "bbq": 3}
@@ -120,7 +123,7 @@ def test_text_edit_mask_by_hand():
     assert text_edit_mask(cached, "last", steer_special=True).tolist() == [[f, f, f, t], [f, t, f, f]]
     rnd = text_edit_mask(cached, "random")
     assert not (rnd & protected).any() and not (rnd & ~mask.bool()).any()
-    from matsteer.scoring import protected_positions
+    from matsteer.eval.scoring import protected_positions
 
     assert protected_positions(ids, mask, [2, 3]).tolist() == protected.tolist()
     left = torch.tensor([[0, 0, 5, 6]])  # left padding: the first *real* token is the protected one

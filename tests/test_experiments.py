@@ -7,36 +7,40 @@ import json
 import pytest
 import torch
 
-import matsteer.experiments as E
+from matsteer.core.config import TrainConfig
+from matsteer.core.workflow import DemoConfig
 from matsteer.errors import ConfigError
-from matsteer.pipeline import DemoConfig
-from matsteer.train import TrainConfig
+from matsteer.eval.comparison import run_evaluation
+from matsteer.eval.config import CONSTANT_LABEL, METHODS, SEEDED, EvalConfig
+from matsteer.eval.evaluator import Evaluator
+from matsteer.eval.experiment import Experiment, TensorDigests, data_fingerprint, steerer_key
+from matsteer.eval.report import MARK
 
 LIMITS = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 6, "bbq": 6}
 
 
-def _config(tiny_dir, tmp_path, out="results") -> E.EvalConfig:
+def _config(tiny_dir, tmp_path, out="results") -> EvalConfig:
     demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(LIMITS), dev_limits=dict(LIMITS),
                       train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
-    return E.EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(LIMITS), test_limits=dict(LIMITS),
-                        multipliers=(0.5, 2.0), iti_alphas=(1.0,), icl_shots=(1,),
-                        training_candidates=({}, {"lambda_pos": 0.1, "lambda_sparse": 0.1}), out_dir=tmp_path / out,
-                        n_boot=100)
+    return EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(LIMITS), test_limits=dict(LIMITS),
+                      multipliers=(0.5, 2.0), iti_alphas=(1.0,), icl_shots=(1,),
+                      training_candidates=({}, {"lambda_pos": 0.1, "lambda_sparse": 0.1}), out_dir=tmp_path / out,
+                      n_boot=100)
 
 
 def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monkeypatch):
     cfg = _config(tiny_dir, tmp_path)
     test_calls = []
-    original = E.Experiment.test_result
+    original = Experiment.test_result
 
     def spy(self, method):
         test_calls.append((method.name, dict(method.params)))
         return original(self, method)
 
-    monkeypatch.setattr(E.Experiment, "test_result", spy)
+    monkeypatch.setattr(Experiment, "test_result", spy)
     steps: list[str] = []
-    report = E.run_evaluation(cfg, progress=False, on_step=steps.append)
-    assert list(report["methods"]) == list(E.METHODS)
+    report = run_evaluation(cfg, progress=False, on_step=steps.append)
+    assert list(report["methods"]) == list(METHODS)
     # Each part of the comparison is reported as it starts: set-up, each dev tuning, each test run with its count.
     assert steps[0].startswith("comparison: set-up")
     assert "comparison: dev: tuning mat_steer with training setting {'lambda_pos': 0.1, 'lambda_sparse': 0.1}" \
@@ -45,7 +49,7 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     # Test is scored once per seed for seeded methods, once otherwise, and only at the dev-chosen setting.
     for name, entry in report["methods"].items():
         calls = [p for n, p in test_calls if n == name]
-        assert len(calls) == (2 if name in E.SEEDED else 1)
+        assert len(calls) == (2 if name in SEEDED else 1)
         assert all(p == entry["params"] for p in calls)
         trials = report["selection"][name]["dev_trials"]
         best = max(trials, key=lambda t: t["dev_mean"])
@@ -59,7 +63,7 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert best["name"] == max(best["dev_means"], key=best["dev_means"].get)
     # Per-seed per-question scores are kept: [seeds][questions] for every task.
     for name, entry in report["methods"].items():
-        seeds = 2 if name in E.SEEDED else 1
+        seeds = 2 if name in SEEDED else 1
         assert entry["seeds"] == [0, 1][:seeds]
         for task in ("truthfulqa", "toxigen_pref", "bbq", "toxigen"):
             items = entry["test"][task]["per_item"]
@@ -79,8 +83,8 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert const["bbq"]["ambig"]["mean"] == 1.0 and const["toxigen"]["balanced_accuracy"]["mean"] == 0.5
     # Intervals for every method against no steering and against the best baseline, per task and for the mean.
     intervals = report["intervals"]
-    assert set(intervals["vs_none"]) == set(E.METHODS) - {"none"}
-    assert set(intervals["vs_best_baseline"]) == set(E.METHODS) - {best["name"]}
+    assert set(intervals["vs_none"]) == set(METHODS) - {"none"}
+    assert set(intervals["vs_best_baseline"]) == set(METHODS) - {best["name"]}
     for row in (*intervals["vs_none"].values(), *intervals["vs_best_baseline"].values()):
         assert set(row) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
         assert all(ci["low"] <= ci["mean_diff"] <= ci["high"] for ci in row.values())
@@ -92,20 +96,20 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert all(v > 0 for v in det["mde"].values())
     md = (cfg.out_dir / "eval.md").read_text()
     assert "MAT-Steer" in md and "(paper)" in md
-    assert E.CONSTANT_LABEL in md and "Smallest difference the test sizes can detect" in md
+    assert CONSTANT_LABEL in md and "Smallest difference the test sizes can detect" in md
     assert "Random directions (MAT-Steer norms)" in md and "CAA with probe gates" in md
     # A method at or below the constant on a primary metric is marked.
     none_row = next(line for line in md.splitlines() if line.startswith("| No steering |"))
     none_pref = report["methods"]["none"]["test"]["toxigen_pref"]["accuracy"]["mean"]
-    assert (E.MARK in none_row.split("|")[4]) == (none_pref <= 0.5)
+    assert (MARK in none_row.split("|")[4]) == (none_pref <= 0.5)
     assert "total_s" in json.loads((cfg.out_dir / "eval-timings.json").read_text())
-    from matsteer.viz import figures_from_report
+    from matsteer.viz.figures import figures_from_report
 
     figs = figures_from_report(json.loads((cfg.out_dir / "eval.json").read_text()))  # sorted keys, as saved
     assert set(figs) == {"method_table", "method_comparison"} and all(f.axes for f in figs.values())
     # Same seeds and inputs: byte-identical result JSON (timings live in their own file).
     again = _config(tiny_dir, tmp_path, "again")
-    E.run_evaluation(again, progress=False)
+    run_evaluation(again, progress=False)
     first = json.loads((cfg.out_dir / "eval.json").read_text())
     second = json.loads((again.out_dir / "eval.json").read_text())
     first["config"].pop("out_dir"), second["config"].pop("out_dir")
@@ -133,14 +137,14 @@ def test_positions_in_the_dev_grid(tiny_dir, tmp_path, monkeypatch):
     cfg = _config(tiny_dir, tmp_path)
     cfg.methods, cfg.seeds, cfg.position_grid = ("none", "iti", "caa", "mat_steer"), (0,), ("prompt", "all")
     scored = []
-    original = E.Evaluator.evaluate
+    original = Evaluator.evaluate
 
     def spy(self, method, side_effects=True):
         scored.append((self.split, method.name, method.positions, dict(method.params)))
         return original(self, method, side_effects)
 
-    monkeypatch.setattr(E.Evaluator, "evaluate", spy)
-    report = E.run_evaluation(cfg, progress=False)
+    monkeypatch.setattr(Evaluator, "evaluate", spy)
+    report = run_evaluation(cfg, progress=False)
     caa = report["selection"]["caa"]["dev_trials"]
     assert [t["params"] for t in caa] == [{"multiplier": m, "positions": p} for p in ("prompt", "all")
                                           for m in (0.5, 2.0)]
@@ -159,18 +163,18 @@ def test_positions_in_the_dev_grid(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_reference_config_is_whole_test_splits():
-    cfg = E.EvalConfig.reference()
+    cfg = EvalConfig.reference()
     cfg.validate()
     assert all(v is None for v in cfg.test_limits.values()) and cfg.position_grid == ("prompt", "all")
     assert cfg.dev_limits["truthfulqa"] is None and cfg.out_dir.as_posix() == "results/reference"
 
 
 def _layer_data(tiny_dir, tmp_path, layer):
+    from matsteer.activations.features import extract_to_folder
+    from matsteer.activations.models import load_model
+    from matsteer.activations.sites import Site
+    from matsteer.core.workflow import attribute_data
     from matsteer.data import load_examples
-    from matsteer.features import extract_to_folder
-    from matsteer.models import load_model
-    from matsteer.pipeline import attribute_data
-    from matsteer.sites import Site
 
     loaded = load_model(str(tiny_dir), progress=False)
     return [attribute_data(extract_to_folder(loaded, load_examples(ds, "train", limit=4), Site(layer),
@@ -180,25 +184,25 @@ def _layer_data(tiny_dir, tmp_path, layer):
 
 def test_each_layer_trains_its_own_steerer(tiny_dir, tmp_path):
     """Answer-token features have the same row counts at every layer: the cache key must see the data itself."""
-    from matsteer.sites import Site
+    from matsteer.activations.sites import Site
 
     layer1, layer2 = _layer_data(tiny_dir, tmp_path, 1), _layer_data(tiny_dir, tmp_path, 2)
     assert [(a.positives.shape, a.negatives.shape) for a in layer1] == \
         [(a.positives.shape, a.negatives.shape) for a in layer2]
-    ex = object.__new__(E.Experiment)  # the memo alone: no model, no evaluators
+    ex = object.__new__(Experiment)  # the memo alone: no model, no evaluators
     ex.cfg = _config(tiny_dir, tmp_path)
     ex.cfg.demo.train = TrainConfig(epochs=2, sigma="median", batch_per_side=4)
     ex.site, ex.train_data, ex.timings = Site(1), layer1, {}
-    ex._trained, ex._digests = {}, E.TensorDigests()
+    ex._trained, ex._digests = {}, TensorDigests()
     first = ex.steerer(0, {}, layer1)
     second = ex.steerer(0, {}, layer2)  # the layer sweep passes another layer's features like this
     assert second is not first and not torch.equal(first.theta, second.theta)
     assert ex.steerer(0, {}, layer1) is first and ex.steerer(0) is first  # memoised; layer1 is the default data
     assert ex.steerer(0, {}, layer2, site=Site(2)) is not second  # the site is part of the key too
     assert len(ex._trained) == 3
-    fp = E.data_fingerprint(layer1)
-    assert fp == E.data_fingerprint(layer1, ex._digests) != E.data_fingerprint(layer2)
-    assert E.steerer_key(0, {}, Site(1), fp) != E.steerer_key(0, {}, Site(2), fp)
-    assert E.steerer_key(0, {}, Site(1), fp) != E.steerer_key(1, {}, Site(1), fp)
+    fp = data_fingerprint(layer1)
+    assert fp == data_fingerprint(layer1, ex._digests) != data_fingerprint(layer2)
+    assert steerer_key(0, {}, Site(1), fp) != steerer_key(0, {}, Site(2), fp)
+    assert steerer_key(0, {}, Site(1), fp) != steerer_key(1, {}, Site(1), fp)
     layer1[0].positives.add_(1.0)  # changed in place: hashed afresh, trained afresh
     assert ex.steerer(0, {}, layer1) is not first

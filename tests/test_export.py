@@ -8,12 +8,12 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
 
-from matsteer.artifacts import save_steerer
-from matsteer.cli import main
+from matsteer.activations.sites import Site
+from matsteer.app.cli import main
+from matsteer.core.steerer import Steerer
 from matsteer.errors import ConfigError
-from matsteer.export import export_control_vector, export_steerer_folder
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
+from matsteer.store.artifacts import save_steerer
+from matsteer.store.export import export_control_vector, export_steerer_folder
 
 RESIDUAL_14 = Site(14, "residual")
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from matsteer.activations.extraction import encode_texts, extract_activations, left_pad
+from matsteer.activations.features import extract_to_folder, load_features
+from matsteer.activations.models import LoadedModel, weight_fingerprint
+from matsteer.activations.sites import COMPONENTS, Site
 from matsteer.errors import ArtifactError, ConfigError
-from matsteer.extract import encode_texts, extract, left_pad
-from matsteer.features import extract_to_folder, load_features
-from matsteer.models import LoadedModel, weight_fingerprint
-from matsteer.sites import COMPONENTS, Site
 
 TEXTS = [
     "Q: what is the capital of france ? A: paris",
@@ -42,7 +42,7 @@ def test_rows_equal_hooked_module_output_and_early_exit(tiny_model, tokenizer, c
     _, model = tiny_model
     site = Site(2, component)
     for text in TEXTS:
-        rows = extract(model, tokenizer, [text], site, tokens="all", batch_size=1, progress=False)
+        rows = extract_activations(model, tokenizer, [text], site, tokens="all", batch_size=1, progress=False)
         full = _full_forward_capture(model, site, text, tokenizer)[1:]  # position 0 (attention sink) is skipped
         assert rows.activations.shape == full.shape
         assert torch.equal(rows.activations, full.float())
@@ -53,8 +53,8 @@ def test_rows_equal_hooked_module_output_and_early_exit(tiny_model, tokenizer, c
 def test_left_padded_batch_matches_one_by_one(tiny_model, tokenizer, component):
     _, model = tiny_model
     site = Site(1, component)
-    batched = extract(model, tokenizer, TEXTS, site, tokens="all", batch_size=4, progress=False)
-    single = [extract(model, tokenizer, [t], site, tokens="all", batch_size=1, progress=False) for t in TEXTS]
+    batched = extract_activations(model, tokenizer, TEXTS, site, tokens="all", batch_size=4, progress=False)
+    single = [extract_activations(model, tokenizer, [t], site, tokens="all", batch_size=1, progress=False) for t in TEXTS]
     expected = torch.cat([s.activations for s in single])
     assert batched.activations.shape == expected.shape
     torch.testing.assert_close(batched.activations, expected, atol=1e-5, rtol=1e-5)
@@ -62,7 +62,7 @@ def test_left_padded_batch_matches_one_by_one(tiny_model, tokenizer, component):
 
 
 def test_pad_tokens_never_appear(tiny_llama, tokenizer):
-    rows = extract(tiny_llama, tokenizer, TEXTS, Site(0), tokens="all", batch_size=4, progress=False)
+    rows = extract_activations(tiny_llama, tokenizer, TEXTS, Site(0), tokens="all", batch_size=4, progress=False)
     n_tokens = sum(len(tokenizer(t)["input_ids"]) - 1 for t in TEXTS)  # all but the attention-sink position
     assert len(rows) == n_tokens
 
@@ -90,9 +90,9 @@ def test_left_pad_positions():
 
 def test_bad_layer_and_selection(tiny_llama, tokenizer):
     with pytest.raises(ConfigError, match="out of range"):
-        extract(tiny_llama, tokenizer, TEXTS, Site(99), progress=False)
+        extract_activations(tiny_llama, tokenizer, TEXTS, Site(99), progress=False)
     with pytest.raises(ConfigError, match="token selection"):
-        extract(tiny_llama, tokenizer, TEXTS, Site(0), tokens="middle", progress=False)
+        extract_activations(tiny_llama, tokenizer, TEXTS, Site(0), tokens="middle", progress=False)
     with pytest.raises(ConfigError, match="component"):
         Site(0, "mlp")
 
@@ -138,8 +138,8 @@ def test_resume_from_shards_and_refuse_partial(tmp_path, tiny_llama, tokenizer):
         load_features(out)
     partial = out / f".partial-{key[:16]}"
     partial.mkdir()
-    from matsteer.extract import ActivationRows
-    from matsteer.features import _save_rows
+    from matsteer.activations.extraction import ActivationRows
+    from matsteer.activations.features import _save_rows
 
     first = full.text_index < 2
     _save_rows(partial / "shard-00000.safetensors",

@@ -7,12 +7,14 @@ import math
 import pytest
 import torch
 
-from matsteer.baselines import ALWAYS_ON_BIAS, probe_gated_mean_difference, random_direction_steerer
-from matsteer.health import SATURATION_LOGIT, assess, health_table, training_health
-from matsteer.losses import mmd2
-from matsteer.probes import auc, fit_logistic_gate
-from matsteer.steerer import Steerer, apply_steering
-from matsteer.train import AttributeData, TrainConfig, train
+from matsteer.core.attributes import AttributeData
+from matsteer.core.baselines import ALWAYS_ON_BIAS, probe_gated_mean_difference, random_direction_steerer
+from matsteer.core.config import TrainConfig
+from matsteer.core.health import SATURATION_LOGIT, assess, health_table, training_health
+from matsteer.core.losses import mmd2
+from matsteer.core.probes import auc, fit_logistic_gate
+from matsteer.core.steerer import Steerer, apply_steering
+from matsteer.core.training import train_steerer
 
 # ---- AUC and probes ---------------------------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ def planted(seed: int, T: int = 3, d: int = 32, n: int = 600, norm: float = 150.
 
 def test_default_training_recovers_planted_shift_and_gate():
     data, held_out = planted(0), planted(1)
-    result = train(data, TrainConfig(), progress=False)
+    result = train_steerer(data, TrainConfig(), progress=False)
     h = training_health(result.steerer, held_out, sigma=result.sigma_used, theta_init=result.theta_init)
     for t in range(3):
         assert h.theta_cos[t][t] > 0.9, h.theta_cos
@@ -124,7 +126,7 @@ def test_paper_dynamics_fail_the_planted_problem():
     """The paper's objective as written (own gate on own rows, raw gate input, θ ~ randn), even with a working
     kernel width: gates saturate and swap, θ does not find the shift. This is what the default fixes."""
     data, held_out = planted(0), planted(1)
-    result = train(data, TrainConfig.preset("paper", sigma="median"), progress=False)
+    result = train_steerer(data, TrainConfig.preset("paper", sigma="median"), progress=False)
     h = training_health(result.steerer, held_out, sigma=result.sigma_used, theta_init=result.theta_init)
     assert not h.healthy
     assert min(h.own_gate_auc) < 0.95 and min(h.theta_cos[t][t] for t in range(3)) < 0.9

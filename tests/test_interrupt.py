@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from matsteer.activations.features import load_features
 from matsteer.errors import ArtifactError
-from matsteer.features import load_features
 
 CHILD = textwrap.dedent("""
     import sys, time
-    import matsteer.features as F
+    import matsteer.activations.features as F
     from matsteer.data import load_examples
-    from matsteer.models import load_model
-    from matsteer.sites import Site
+    from matsteer.activations.models import load_model
+    from matsteer.activations.sites import Site
     model_dir, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     original = F.extract_encoded
     def slow(*args, **kwargs):  # stretch each shard so the parent can kill mid-run
@@ -72,14 +72,14 @@ def test_killed_extraction_resumes_to_identical_rows(tmp_path, tiny_dir):
 
 TRAIN_CHILD = textwrap.dedent("""
     import itertools, sys
-    from matsteer.artifacts import save_training_result
-    from matsteer.sites import Site
+    from matsteer.store.artifacts import save_training_result
+    from matsteer.activations.sites import Site
     sys.path.insert(0, sys.argv[2])
     from test_interrupt import toy_data, toy_config
-    from matsteer.train import train
+    from matsteer.core.training import train_steerer
     data = toy_data()
     for i in itertools.count():  # train and save again and again until killed
-        save_training_result(sys.argv[1], train(data, toy_config(i), progress=False), site=Site(1), model_name="toy",
+        save_training_result(sys.argv[1], train_steerer(data, toy_config(i), progress=False), site=Site(1), model_name="toy",
                              model_hash="0" * 64, data_info={"train": {"a0": {"dataset": "truthfulqa"}}})
         print(i, flush=True)
 """)
@@ -87,7 +87,7 @@ TRAIN_CHILD = textwrap.dedent("""
 
 def toy_data():
     """Two attributes of 48 + 48 rows, d = 16 (seeded): training takes milliseconds, so saving dominates."""
-    from matsteer.train import AttributeData
+    from matsteer.core.attributes import AttributeData
 
     g = torch.Generator().manual_seed(0)
     return [AttributeData(f"a{t}", torch.randn(48, 16, generator=g) + t, torch.randn(48, 16, generator=g) - t)
@@ -96,7 +96,7 @@ def toy_data():
 
 def toy_config(i: int):
     """The config of the child's i-th save: its seed is i, so the parent can re-train any saved steerer."""
-    from matsteer.train import TrainConfig
+    from matsteer.core.config import TrainConfig
 
     return TrainConfig(epochs=1 + i % 3, sigma="median", seed=i, batch_per_side=8)
 
@@ -107,9 +107,9 @@ def _hidden_work_dirs(out) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_training_save_is_absent_or_complete(tmp_path):
-    from matsteer.artifacts import load_history, load_steerer, save_training_result
-    from matsteer.sites import Site
-    from matsteer.train import train
+    from matsteer.activations.sites import Site
+    from matsteer.core.training import train_steerer
+    from matsteer.store.artifacts import load_history, load_steerer, save_training_result
 
     data = toy_data()
     rng = random.Random()  # a different moment each run; every outcome below must hold whatever the moment
@@ -131,7 +131,7 @@ def test_killed_training_save_is_absent_or_complete(tmp_path):
         seed = manifest["training"]["config"]["seed"]
         # The last announced save, or the one after it if it landed before its announcement: never an older one.
         assert seed in (saves - 1, saves), f"kill after {delay:.3f} s: steerer {seed}, last announced {saves - 1}"
-        expected = train(data, toy_config(seed), progress=False)
+        expected = train_steerer(data, toy_config(seed), progress=False)
         for key in ("theta", "gate_weight", "gate_bias"):
             assert torch.equal(getattr(steerer, key), getattr(expected.steerer, key).detach()), (delay, key)
         assert load_history(out) == expected.history

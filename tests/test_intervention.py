@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 
 import pytest
@@ -10,16 +9,13 @@ import pyvene as pv
 import torch
 from conftest import ARCHS, tiny_model_for
 
-from matsteer.intervention import (
-    GateRecorder,
-    MATIntervener,
-    MatSteerIntervention,
-    SteerSettings,
-    create_mat_pyvene_config,
-    steer,
-)
-from matsteer.sites import COMPONENTS, Site
-from matsteer.steerer import Steerer
+from matsteer.activations.sites import COMPONENTS, Site
+from matsteer.core.steerer import Steerer
+from matsteer.steering.compat import MATIntervener, create_mat_pyvene_config
+from matsteer.steering.intervention import MatSteerIntervention, SteerSettings
+from matsteer.steering.recorder import GateRecorder
+from matsteer.steering.session import steer
+from matsteer.store.artifacts import save_steerer
 
 PROMPTS = ["the sun is", "what is the capital of france ?"]  # different lengths -> left padding in row 0
 LAYER = 2
@@ -509,14 +505,6 @@ def test_reference_config_gpt2_layout_and_component():
     assert first is iv and second.settings is iv.settings and second.steerer is iv.steerer and second.layer == 3
 
 
-def _artifacts_has(*names: str) -> bool:
-    if importlib.util.find_spec("matsteer.artifacts") is None:
-        return False
-    import matsteer.artifacts as artifacts
-
-    return all(hasattr(artifacts, n) for n in names)
-
-
 def _reference_generate(model, tokenizer, intervener, layers):
     enc = batch(tokenizer)
     del enc["position_ids"]
@@ -533,10 +521,7 @@ def _steer_generate(model, enc, steerer, site):
         return s.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=0)
 
 
-@pytest.mark.skipif(not _artifacts_has("save_steerer", "load_steerer"), reason="matsteer.artifacts not ready")
 def test_load_from_checkpoint_steerer_folder(tmp_path, tokenizer):
-    from matsteer.artifacts import save_steerer
-
     model = model_for("llama")
     st = make_steerer(seed=3)
     folder = save_steerer(tmp_path / "steerer", st, site=Site(1, "residual"), model_name="tiny", model_hash="0" * 64)
@@ -547,7 +532,6 @@ def test_load_from_checkpoint_steerer_folder(tmp_path, tokenizer):
     assert torch.equal(out, _steer_generate(model, enc, st, Site(1, "residual")))
 
 
-@pytest.mark.skipif(not _artifacts_has("import_reference_checkpoint"), reason="matsteer.artifacts not ready")
 def test_load_from_checkpoint_reference_pt(tmp_path, tokenizer):
     model = model_for("llama")
     st = make_steerer(seed=4)

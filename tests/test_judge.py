@@ -14,16 +14,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from matsteer.errors import ConfigError, DataError
-from matsteer.judge import (
-    JudgeError,
-    LocalHFJudge,
-    OpenAICompatibleJudge,
-    StubJudge,
-    WinRate,
-    judge_prompt,
-    pairwise_win_rate,
-    parse_scores,
-)
+from matsteer.eval.judge_prompts import judge_prompt, parse_scores
+from matsteer.eval.judges import JudgeError, StubJudge
+from matsteer.eval.local_judge import LocalHFJudge
+from matsteer.eval.openai_judge import OpenAICompatibleJudge
+from matsteer.eval.pairwise import WinRate, pairwise_win_rate
 
 ATTRS = ["helpfulness", "coherence"]
 KEY_ENV = "MATSTEER_TEST_JUDGE_KEY"

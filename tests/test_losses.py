@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from matsteer.errors import ConfigError
-from matsteer.losses import (
+from matsteer.core import fused
+from matsteer.core.fused import FusedObjective
+from matsteer.core.losses import (
     TERMS,
-    FusedObjective,
     alignment_loss,
     gaussian_kernel,
     loss_terms,
@@ -22,6 +22,7 @@ from matsteer.losses import (
     positive_preservation,
     squared_distances,
 )
+from matsteer.errors import ConfigError
 
 LAM = {"mmd": 1.0, "pos": 0.9, "sparse": 0.8, "ortho": 0.3, "gate": 0.7}
 
@@ -276,3 +277,10 @@ def test_supervised_gate_loss_matches_hand(toy, scope):
         other = sum(bce(gate_hand(a, W[t], b[t]), 0) for a in others) / len(others)
         expected = 0.5 * own_neg + (0.25 * own_pos + 0.25 * other if scope == "cross" else 0.5 * own_pos)
         assert terms.gate[t].item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_fused_objective_refuses_a_term_without_its_gradient(monkeypatch):
+    """A term added to the objective but not to the closed form fails loudly instead of training without it."""
+    monkeypatch.setattr(fused, "TERMS", (*TERMS, "new_term"))
+    with pytest.raises(NotImplementedError, match="new_term"):
+        FusedObjective(2, 3, 3, sigma=1.0, lambdas=LAM)

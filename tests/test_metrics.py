@@ -9,19 +9,19 @@ import torch
 
 from matsteer.data import MCQuestion
 from matsteer.errors import ConfigError, DataError
-from matsteer.metrics import (
+from matsteer.eval.metrics import mc_accuracy, mc_accuracy_from_questions, mc_correct
+from matsteer.eval.side_effects import (
     TokenMean,
-    bbq_accuracy,
-    bbq_accuracy_from_questions,
     cross_entropy,
     cross_entropy_total,
-    mc1,
-    mc2,
-    mc_accuracy,
-    mc_accuracy_from_questions,
-    mc_correct,
     next_token_kl,
     next_token_kl_total,
+)
+from matsteer.eval.task_metrics import (
+    bbq_accuracy,
+    bbq_accuracy_from_questions,
+    mc1,
+    mc2,
     truthfulqa_mc,
     truthfulqa_mc_from_questions,
 )
@@ -206,7 +206,7 @@ def test_token_mean():
 
 
 def test_predicted_choice_and_balanced_weights():
-    from matsteer.metrics import balanced_weights, predicted_choice
+    from matsteer.eval.metrics import balanced_weights, predicted_choice
 
     assert predicted_choice(T([-3.0, -1.0, -2.0])) == 1
     assert predicted_choice(T([-1.0, -1.0, -2.0])) is None  # a tie at the top answers nothing
@@ -215,7 +215,7 @@ def test_predicted_choice_and_balanced_weights():
 
 
 def test_class_accuracy_constant_no_is_half_balanced():
-    from matsteer.metrics import class_accuracy
+    from matsteer.eval.metrics import class_accuracy
 
     # Gold Yes, No, No, No (choices ["Yes", "No"]); a model that always says "No".
     always_no = [T([-2.0, -1.0])] * 4
@@ -228,7 +228,7 @@ def test_class_accuracy_constant_no_is_half_balanced():
 
 
 def test_preference_accuracy_by_sum_and_per_token():
-    from matsteer.metrics import preference_accuracy
+    from matsteer.eval.metrics import preference_accuracy
 
     lps = [T([-10.0, -12.0]), T([-12.0, -10.0]), T([-9.0, -9.0]), T([-20.0, -8.0])]
     lengths = [[5, 4], [6, 2], [3, 3], [10, 2]]
@@ -255,7 +255,7 @@ def _bbq_case():
 
 
 def test_bbq_bias_scores_by_hand():
-    from matsteer.metrics import bbq_scores
+    from matsteer.eval.task_metrics import bbq_scores
 
     lps, gold, cond, biased, unknown = _bbq_case()
     r = bbq_scores(lps, gold, cond, biased, unknown)
@@ -270,7 +270,7 @@ def test_bbq_bias_scores_by_hand():
 
 
 def test_bbq_constant_unknown_scores_half_and_has_no_bias_score():
-    from matsteer.metrics import bbq_bias_score, bbq_scores
+    from matsteer.eval.task_metrics import bbq_bias_score, bbq_scores
 
     _, gold, cond, biased, unknown = _bbq_case()
     r = bbq_scores([T([-1.0, 0.0, -1.0])] * 8, gold, cond, biased, unknown)
@@ -287,7 +287,7 @@ def test_bbq_constant_unknown_scores_half_and_has_no_bias_score():
 
 
 def test_bbq_scores_from_questions_reads_the_options():
-    from matsteer.metrics import bbq_scores, bbq_scores_from_questions
+    from matsteer.eval.task_metrics import bbq_scores, bbq_scores_from_questions
 
     lps, gold, cond, biased, unknown = _bbq_case()
     qs = [MCQuestion("bbq", "ctx q", ["a", "b", "c"], [int(k == g) for k in range(3)], f"g{i}",

@@ -13,24 +13,17 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from matsteer.activations.sites import Site
+from matsteer.app.notebooks import KERNEL_NAME, install_kernel, strip_outputs
+from matsteer.app.parameters import notebook_parameters
+from matsteer.app.paths import notebooks_dir, project_root
+from matsteer.app.progress import ProgressPrinter
+from matsteer.app.runner import NOTEBOOKS, NotebookExecutionError, run_all, run_notebook
+from matsteer.app.steps import step_labels
+from matsteer.app.summary import comparison_summary
+from matsteer.app.timings import load_timings
+from matsteer.app.workbench import PARAMETERS, workbench
 from matsteer.errors import ConfigError
-from matsteer.notebooks import (
-    KERNEL_NAME,
-    NOTEBOOKS,
-    NotebookExecutionError,
-    ProgressPrinter,
-    comparison_summary,
-    install_kernel,
-    load_timings,
-    notebook_parameters,
-    notebooks_dir,
-    project_root,
-    run_all,
-    run_notebook,
-    step_labels,
-    strip_outputs,
-    workbench,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "notebooks"
@@ -167,6 +160,46 @@ def test_workbench_settings(tmp_path):
     assert set(groups) == {"Toxic", "Non-toxic"} and len(groups["Toxic"]) == 3 and groups["Non-toxic"]
 
 
+def test_workbench_reads_the_parameters_from_a_namespace(tmp_path):
+    """``workbench(globals())``: the notebook parameters it knows, nothing else of the namespace."""
+    namespace = {"quick": False, "layer": 10, "epochs": 7, "seed": 3, "steerer_dir": str(tmp_path / "s"),
+                 "max_new_tokens": 0, "dev_questions": 2, "prompt": "hi", "multiplier": 2.0,
+                 "site": Site(3, "attn_output"), "In": [], "wb": object()}
+    wb = workbench(namespace)
+    assert (wb.layer, wb.seed, wb.quick, wb.demo.train.epochs) == (10, 3, False, 7)
+    assert wb.steerer_dir == tmp_path / "s" and wb.features_dir == project_root() / "features"  # default
+    assert wb.site == Site(10, "residual")  # a later `site = ...` in the notebook is not a parameter
+    assert wb.max_new_tokens == 48 and wb.dev_questions_per_task == 2  # 0 / None: the mode's default
+    assert workbench(namespace, layer=12, max_new_tokens=5).layer == 12  # keywords win over the namespace
+    assert workbench(namespace, max_new_tokens=5).max_new_tokens == 5
+    assert workbench({}).to_dict() == workbench().to_dict()
+    assert workbench({"quick": True, "dev_questions": None}).dev_questions_per_task == 3
+    with pytest.raises(TypeError):
+        workbench(namespace, layers=3)  # keywords are the builder's own
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_imports_once_and_reads_its_parameters_through_the_workbench(name):
+    """One import cell (the public API, the tuner aside), then ``wb = workbench(globals())``; later cells read the
+    shared settings from ``wb`` and only the notebook's own parameters (a prompt, a multiplier) by name."""
+    import ast
+
+    nb = _read(name)
+    declared = notebook_parameters(FOLDER / name)
+    code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    trees = [ast.parse("\n".join("" if line.lstrip().startswith("%") else line for line in c.source.splitlines()))
+             for c in code]
+    importing = [t for t in trees if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(t))]
+    assert len(importing) == 1, f"{name}: imports in {len(importing)} cells"
+    modules = {n.module for n in ast.walk(importing[0]) if isinstance(n, ast.ImportFrom)}
+    assert {m for m in modules if m.startswith("matsteer")} <= {"matsteer", "matsteer.app.widgets"}
+    assert "wb = workbench(globals())" in code[1].source  # right after the import cell
+    read = {n.id for t in trees for n in ast.walk(t) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    assert not read & set(PARAMETERS), f"{name} reads {read & set(PARAMETERS)} by name, not from wb"
+    own = set(declared) - set(PARAMETERS)
+    assert own <= read, f"{name} declares {own - read} but never uses them"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # A main job that talks: step lines, estimates from earlier runs, failures that name the cell, the summary
 
@@ -177,7 +210,7 @@ def _talking_notebook(path: Path) -> Path:
     p.metadata["tags"] = ["parameters"]
     nb.cells = [
         nbformat.v4.new_markdown_cell("# talking"), p,
-        nbformat.v4.new_code_cell("%matplotlib inline\nimport sys\nfrom matsteer.notebooks import report_step"),
+        nbformat.v4.new_code_cell("%matplotlib inline\nimport sys\nfrom matsteer import report_step"),
         nbformat.v4.new_markdown_cell("## 1. Work in parts"),
         nbformat.v4.new_code_cell("for i in range(parts):\n    report_step(f'part {i + 1} of {parts}')\n"
                                   "print('plain output stays in the notebook')\nprint('a warning', file=sys.stderr)"),
@@ -211,7 +244,7 @@ def test_step_labels_of_the_workbench_notebooks():
 
 
 def test_progress_printer_estimates_from_earlier_timings():
-    from matsteer.notebooks import _estimates
+    from matsteer.app.timings import _estimates
 
     timings = {"quick": {"a": {"seconds": 10.0, "cells": {"c1": 4.0, "c2": 6.0}}}}
     est = _estimates(["a", "b"], True, timings)
@@ -240,7 +273,7 @@ def test_progress_printer_estimates_from_earlier_timings():
 
 def test_talking_run_streams_steps_and_records_timings(tmp_path, capfd):
     src = _talking_notebook(tmp_path / "talk.ipynb")
-    from matsteer.notebooks import _Estimate
+    from matsteer.app.timings import _Estimate
 
     out = io.StringIO()
     printer = ProgressPrinter({"talk": _Estimate(30.0)}, out=out)
@@ -276,11 +309,11 @@ def test_failure_names_notebook_cell_and_error(tmp_path):
 
 
 def test_run_all_keeps_timings_for_the_next_run(tmp_path, monkeypatch):
-    import matsteer.notebooks as nbmod
+    import matsteer.app.runner as runner
 
     folder = tmp_path / "nbs"
     folder.mkdir()
-    monkeypatch.setattr(nbmod, "NOTEBOOKS", ("01_talk.ipynb",))
+    monkeypatch.setattr(runner, "NOTEBOOKS", ("01_talk.ipynb",))
     _talking_notebook(folder / "01_talk.ipynb")
     out = io.StringIO()
     run_all(quick=True, out_dir=tmp_path / "out", folder=folder, cwd=tmp_path, threads=1, talk=True, out=out,
@@ -296,14 +329,14 @@ def test_run_all_keeps_timings_for_the_next_run(tmp_path, monkeypatch):
 
 def test_quick_evaluation_reports_the_comparison_steps(monkeypatch, capsys, tmp_path):
     """quick_evaluation hands report_step to run_evaluation, so each step is a talking run's line."""
-    from matsteer import experiments
-    from matsteer.notebooks import STEP_PREFIX, quick_evaluation, workbench
+    import matsteer.app.workbench as nb
+    from matsteer.app.workbench import STEP_PREFIX, quick_evaluation, workbench
 
     def fake_run(cfg, progress=True, on_step=None):
         on_step("comparison: dev: tuning iti")
         return {"ok": True}
 
-    monkeypatch.setattr(experiments, "run_evaluation", fake_run)
+    monkeypatch.setattr(nb, "run_evaluation", fake_run)
     wb = workbench(quick=True, features_dir=tmp_path / "f", results_dir=tmp_path / "r")
     assert quick_evaluation(wb) == {"ok": True}
     assert capsys.readouterr().out.splitlines() == [f"{STEP_PREFIX}comparison: dev: tuning iti"]
@@ -336,7 +369,7 @@ def test_pyvene_import_notice_is_silenced_at_its_source():
     """pyvene prints "nnsight is not detected..." when imported; matsteer's import of it drops that line only."""
     import subprocess
 
-    code = "import matsteer.intervention; print('imported')"
+    code = "import matsteer.steering.intervention; print('imported')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
@@ -344,7 +377,8 @@ def test_pyvene_import_notice_is_silenced_at_its_source():
 
 
 def test_summary_shows_table_folders_and_wall_time(tmp_path):
-    from matsteer.notebooks import NotebookRun, _folders, _summary
+    from matsteer.app.summary import _folders, _summary
+    from matsteer.app.timings import NotebookRun
 
     results = tmp_path / "results"
     results.mkdir()
@@ -442,7 +476,7 @@ def test_01_extracts_features(executed):
 @pytest.mark.slow
 def test_02_trains_and_saves_steerer(executed):
     base, _, runs = executed
-    from matsteer.artifacts import load_history, load_steerer
+    from matsteer.store.artifacts import load_history, load_steerer
 
     steerer, manifest = load_steerer(base / "steerer")
     assert steerer.attributes == ["truthfulness", "toxicity", "bias"] and manifest["site"]["layer"] == 14

@@ -14,16 +14,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matsteer.artifacts import load_steerer, save_steerer
+from matsteer.activations.extraction import ActivationRows
+from matsteer.activations.features import FeatureSet, extract_to_folder, load_features
+from matsteer.activations.models import LoadedModel, weight_fingerprint
+from matsteer.activations.sites import Site
+from matsteer.app.parameters import _check_parameters, _parse_parameters, notebook_parameters
+from matsteer.app.runner import NOTEBOOKS
+from matsteer.core.steerer import Steerer
 from matsteer.data import load_examples
 from matsteer.errors import MatSteerError
-from matsteer.extract import ActivationRows
-from matsteer.features import FeatureSet, extract_to_folder, load_features
-from matsteer.io import write_tensors
-from matsteer.models import LoadedModel, weight_fingerprint
-from matsteer.notebooks import NOTEBOOKS, _check_parameters, _parse_parameters, notebook_parameters
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
+from matsteer.files import write_tensors
+from matsteer.store.artifacts import load_steerer, save_steerer
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -179,7 +180,7 @@ _SHAPES = st.lists(st.integers(min_value=0, max_value=4), max_size=3)
        rows=st.integers(min_value=0, max_value=4), with_digest=st.booleans())
 def test_feature_loader_on_wellformed_files_of_wrong_content(tmp_path_factory, feature_dir, tensors, rows, with_digest):
     """A valid safetensors file with the right cache key but any tensors (shapes, dtypes, some missing)."""
-    from matsteer.features import _rows_digest
+    from matsteer.activations.features import _rows_digest
 
     folder = _copy(feature_dir, tmp_path_factory.mktemp("fw"))
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -201,7 +202,7 @@ def test_feature_loader_on_wellformed_files_of_wrong_content(tmp_path_factory, f
 @given(offset=st.integers(min_value=0), data=st.binary(min_size=1, max_size=8), truncate=st.booleans())
 def test_resume_from_corrupted_shard(tmp_path_factory, feature_dir, loaded_tiny, offset, data, truncate):
     """An interrupted run's shard, damaged afterwards: resuming re-extracts it and gives the clean rows."""
-    from matsteer.features import _load_rows, _save_rows
+    from matsteer.activations.features import _load_rows, _save_rows
 
     clean = load_features(feature_dir)
     key = clean.manifest["cache_key"]

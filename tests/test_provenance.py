@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from matsteer.errors import ConfigError
-from matsteer.provenance import collect, data_hashes, datasets_in, git_commit
+from matsteer.store.provenance import collect, data_hashes, datasets_in, git_commit
 
 SHA = re.compile(r"^[0-9a-f]{40}(\+dirty)?$")
 
@@ -108,13 +108,13 @@ def test_datasets_in_nested_info():
 def test_steerer_from_feature_folders_records_their_data(tmp_path, tiny_llama, tokenizer):
     """The CLI's path (pipeline.train_from_features -> save_training_result): the data sets of the feature folders
     end up hashed in the steerer's manifest, with the training seed."""
-    from matsteer.artifacts import read_manifest, save_training_result
+    from matsteer.activations.features import extract_to_folder
+    from matsteer.activations.models import LoadedModel, weight_fingerprint
+    from matsteer.activations.sites import Site
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.workflow import train_from_features
     from matsteer.data import load_examples
-    from matsteer.features import extract_to_folder
-    from matsteer.models import LoadedModel, weight_fingerprint
-    from matsteer.pipeline import train_from_features
-    from matsteer.sites import Site
-    from matsteer.train import TrainConfig
+    from matsteer.store.artifacts import read_manifest, save_training_result
 
     loaded = LoadedModel(tiny_llama, tokenizer, "tiny", weight_fingerprint(tiny_llama))
     folders = [extract_to_folder(loaded, load_examples(name, "train", limit=limit), Site(1), tmp_path / name,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from matsteer.data import load_mc_questions
-from matsteer.experiments import METHODS, SEEDED, markdown_table
-from matsteer.provenance import data_hashes
+from matsteer.eval.config import METHODS, SEEDED
+from matsteer.eval.report import markdown_table
+from matsteer.store.provenance import data_hashes
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
 

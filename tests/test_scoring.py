@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from matsteer.activations.sites import Site
+from matsteer.core.steerer import Steerer
 from matsteer.data import MCQuestion
-from matsteer.intervention import steer
-from matsteer.scoring import continuation_logprobs, score_mc, split_prompt
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
+from matsteer.eval.scoring import continuation_logprobs, score_mc, split_prompt
+from matsteer.steering.session import steer
 
 CTX = "q : what is the capital of france ? a :"
 CONTS = [" paris", " the old man", " nothing happens to you"]
@@ -56,7 +56,8 @@ def test_forced_off_steering_scores_equal_plain(tiny_llama, tokenizer):
 def test_cached_upper_pass_equals_full_forward_and_pyvene(tokenizer):
     from conftest import tiny_model_for
 
-    from matsteer.scoring import cache_questions, score_cached, steering_edit
+    from matsteer.eval.cached_scoring import score_cached, steering_edit
+    from matsteer.eval.site_cache import cache_questions
 
     model = tiny_model_for("llama")
     qs = _questions() + [MCQuestion(dataset="bbq", prompt="the old man and the young woman . who is kind ?",
@@ -83,7 +84,8 @@ def test_cached_all_positions_and_single_token_answers_equal_pyvene(tokenizer):
     """positions="all" edits the answer tokens too; one-token answers take the prompt-only path."""
     from conftest import tiny_model_for
 
-    from matsteer.scoring import cache_questions, score_cached, steering_edit
+    from matsteer.eval.cached_scoring import score_cached, steering_edit
+    from matsteer.eval.site_cache import cache_questions
 
     model = tiny_model_for("qwen2")
     qs = _questions() + [MCQuestion(dataset="toxigen", prompt="the old man is kind . is this toxic ?",

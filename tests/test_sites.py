@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from matsteer.extract import extract
-from matsteer.intervention import steer
-from matsteer.sites import COMPONENTS, Site
-from matsteer.steerer import Steerer
+from matsteer.activations.extraction import extract_activations
+from matsteer.activations.sites import COMPONENTS, Site
+from matsteer.core.steerer import Steerer
+from matsteer.steering.session import steer
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -16,7 +16,7 @@ def test_extraction_and_steering_resolve_the_same_tensor(tiny_model, tokenizer, 
     _, model = tiny_model
     site = Site(2, component)
     text = "q : what is the capital of france ? a : paris"
-    rows = extract(model, tokenizer, [text], site, tokens="all", progress=False)
+    rows = extract_activations(model, tokenizer, [text], site, tokens="all", progress=False)
     torch.manual_seed(0)
     d = rows.activations.shape[1]
     steerer = Steerer(["truthfulness", "bias"], d=d)

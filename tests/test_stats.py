@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from matsteer.errors import ConfigError, DataError
-from matsteer.stats import mean_std, paired_bootstrap_ci
+from matsteer.eval.stats import mean_std, paired_bootstrap_ci
 
 
 def test_identical_inputs_give_zero_interval():
@@ -74,7 +74,7 @@ def test_mean_std():
 
 
 def test_seed_question_bootstrap_exact_small_case():
-    from matsteer.stats import seed_question_bootstrap
+    from matsteer.eval.stats import seed_question_bootstrap
 
     # Two seeds scoring 0 and 1 on one question, against a constant 0: a resample draws two seeds with
     # replacement, so the statistic is 0, 1/2, 1 with probabilities 1/4, 1/2, 1/4 (variance 1/8).
@@ -85,7 +85,7 @@ def test_seed_question_bootstrap_exact_small_case():
 
 
 def test_seed_question_bootstrap_variance_is_question_plus_seed_variance():
-    from matsteer.stats import seed_question_bootstrap
+    from matsteer.eval.stats import seed_question_bootstrap
 
     # a[s, i] = u_i + v_s: the resampled mean has variance var(u) / n + var(v) / S (population variances).
     rng = np.random.default_rng(0)
@@ -101,7 +101,7 @@ def test_seed_question_bootstrap_variance_is_question_plus_seed_variance():
 
 
 def test_seed_question_bootstrap_is_paired_over_questions():
-    from matsteer.stats import seed_question_bootstrap, seed_question_bootstrap_tasks
+    from matsteer.eval.stats import seed_question_bootstrap, seed_question_bootstrap_tasks
 
     rng = np.random.default_rng(3)
     b = rng.random((1, 60))
@@ -117,7 +117,7 @@ def test_seed_question_bootstrap_is_paired_over_questions():
 
 
 def test_seed_question_bootstrap_validation():
-    from matsteer.stats import seed_question_bootstrap, seed_question_bootstrap_tasks
+    from matsteer.eval.stats import seed_question_bootstrap, seed_question_bootstrap_tasks
 
     with pytest.raises(DataError, match="same questions"):
         seed_question_bootstrap([[1.0, 0.0]], [[1.0]])
@@ -130,7 +130,7 @@ def test_seed_question_bootstrap_validation():
 
 
 def test_minimum_detectable_effect_by_hand():
-    from matsteer.stats import minimum_detectable_effect
+    from matsteer.eval.stats import minimum_detectable_effect
 
     # 100 questions scoring 0/1 half and half: s^2 = 0.25 * 100 / 99 (ddof 1);
     # MDE = (1.959964 + 0.841621) * sqrt(2 s^2 / 100).

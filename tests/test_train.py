@@ -7,22 +7,15 @@ import math
 import pytest
 import torch
 
+from matsteer.core.attributes import AttributeData
+from matsteer.core.config import TrainConfig
+from matsteer.core.history import HISTORY_TERMS, History
+from matsteer.core.kernel import activation_moments, kernel_inv_scale, kernel_scale_report, median_sigma
+from matsteer.core.losses import loss_terms, mmd2, weight_vector
+from matsteer.core.sampling import BatchSampler, sample_subsets
+from matsteer.core.steerer import Steerer
+from matsteer.core.training import train_steerer
 from matsteer.errors import ArtifactError, ConfigError, DataError, TrainingError
-from matsteer.losses import loss_terms, mmd2, weight_vector
-from matsteer.steerer import Steerer
-from matsteer.train import (
-    HISTORY_TERMS,
-    AttributeData,
-    History,
-    TrainConfig,
-    _Sampler,
-    activation_moments,
-    kernel_inv_scale,
-    kernel_scale_report,
-    median_sigma,
-    sample_subsets,
-    train,
-)
 
 
 def toy(seed: int = 0, T: int = 2, n: int = 96, d: int = 8, scale: float = 6.0) -> list[AttributeData]:
@@ -55,18 +48,18 @@ def params(result) -> list[torch.Tensor]:
 def test_same_seed_bitwise_identical_different_seed_differs(variant):
     data = toy()
     cfg = TrainConfig(epochs=3, sigma="median", lr=0.01, loss_variant=variant, seed=5)
-    a, b = train(data, cfg, progress=False), train(data, cfg, progress=False)
+    a, b = train_steerer(data, cfg, progress=False), train_steerer(data, cfg, progress=False)
     for x, y in zip(params(a), params(b)):
         assert torch.equal(x, y)
     assert a.history.to_dict() == b.history.to_dict()
-    c = train(data, TrainConfig(**{**cfg.to_dict(), "seed": 6}), progress=False)
+    c = train_steerer(data, TrainConfig(**{**cfg.to_dict(), "seed": 6}), progress=False)
     assert not torch.equal(params(a)[0], params(c)[0])
 
 
 def test_inputs_untouched_and_no_grad():
     data = toy()
     before = [(a.positives.clone(), a.negatives.clone()) for a in data]
-    train(data, FAST, progress=False)
+    train_steerer(data, FAST, progress=False)
     for a, (p, n) in zip(data, before):
         assert torch.equal(a.positives, p) and torch.equal(a.negatives, n)
         assert a.positives.grad is None and a.negatives.grad is None
@@ -79,7 +72,7 @@ def test_fast_path_matches_autograd_adam(preset):
     data = toy(n=40)
     cfg = TrainConfig.preset(preset, epochs=2, sigma=3.0, lr=0.01, seed=3)
     variant = cfg.loss_variant
-    got = train(data, cfg, progress=False)
+    got = train_steerer(data, cfg, progress=False)
     # Slow re-implementation with the same init and the same batch indices.
     d, k = 8, cfg.batch_per_side
     init = Steerer(["attr0", "attr1"], d, generator=torch.Generator().manual_seed(cfg.seed))
@@ -91,7 +84,7 @@ def test_fast_path_matches_autograd_adam(preset):
     if cfg.gate_input == "raw":
         inv_s, mu = torch.ones(d), torch.zeros(d)
     opt = torch.optim.Adam([theta_p, w_z, b_z], lr=cfg.lr, foreach=False)
-    sampler = _Sampler([40, 40], [40, 40], k, cfg.seed, variant == "reference")
+    sampler = BatchSampler([40, 40], [40, 40], k, cfg.seed, variant == "reference")
     pool_pos = torch.cat([a.positives for a in data])
     pool_neg = torch.cat([a.negatives for a in data])
     lam = weight_vector(cfg.lambdas())
@@ -116,14 +109,14 @@ def test_fast_path_matches_autograd_adam(preset):
 
 @pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_loss_decreases_on_toy(variant):
-    result = train(toy(), TrainConfig(epochs=25, lr=0.05, sigma="median", loss_variant=variant), progress=False)
+    result = train_steerer(toy(), TrainConfig(epochs=25, lr=0.05, sigma="median", loss_variant=variant), progress=False)
     total = result.history.series("total")
     assert total[-1] < total[0]
 
 
 def test_theta_moves_negatives_toward_positives():
     data = toy()
-    result = train(data, TrainConfig(epochs=30, lr=0.05, sigma="median"), progress=False)
+    result = train_steerer(data, TrainConfig(epochs=30, lr=0.05, sigma="median"), progress=False)
     hist = result.history
     assert hist.series("mmd")[-1] < 0.5 * hist.series("mmd")[0]
     for a in data:
@@ -141,7 +134,7 @@ def test_theta_moves_negatives_toward_positives():
 
 def test_history_has_every_term_per_attribute_per_epoch_with_dev():
     data, dev = toy(seed=0), toy(seed=1, n=30)
-    result = train(data, TrainConfig(epochs=4, sigma="median", lr=0.01), dev=list(reversed(dev)), progress=False)
+    result = train_steerer(data, TrainConfig(epochs=4, sigma="median", lr=0.01), dev=list(reversed(dev)), progress=False)
     h = result.history
     assert h.epochs == 4 and h.attributes == ["attr0", "attr1"]
     for split in (h.train, h.dev):
@@ -167,7 +160,7 @@ def test_history_has_every_term_per_attribute_per_epoch_with_dev():
 
 def test_result_metadata():
     data = toy(n=50)
-    result = train(data, TrainConfig(epochs=2, sigma=2.5), progress=True)
+    result = train_steerer(data, TrainConfig(epochs=2, sigma=2.5), progress=True)
     assert result.steps_per_epoch == math.ceil(50 / 16)
     assert result.steps == 2 * result.steps_per_epoch
     assert result.sigma_used == 2.5 and result.kernel_inv_scale is None
@@ -178,9 +171,9 @@ def test_result_metadata():
 
 def test_standardize_trains():
     data = toy()
-    result = train(data, TrainConfig(epochs=2, standardize=True, lr=0.01), progress=False)
+    result = train_steerer(data, TrainConfig(epochs=2, standardize=True, lr=0.01), progress=False)
     assert result.kernel_inv_scale is not None and result.kernel_inv_scale.shape == (8,)
-    plain = train(data, TrainConfig(epochs=2, lr=0.01), progress=False)
+    plain = train_steerer(data, TrainConfig(epochs=2, lr=0.01), progress=False)
     assert not torch.equal(params(result)[0], params(plain)[0])
 
 
@@ -206,56 +199,56 @@ def test_standardize_trains():
 )
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ConfigError, match=match):
-        train(toy(), TrainConfig(**{**TrainConfig().to_dict(), **overrides}), progress=False)
+        train_steerer(toy(), TrainConfig(**{**TrainConfig().to_dict(), **overrides}), progress=False)
 
 
 def test_batch_larger_than_smallest_set_names_attribute():
     data = toy()
     data[1].negatives = data[1].negatives[:10]
     with pytest.raises(ConfigError, match="attr1.*10 negatives"):
-        train(data, TrainConfig(epochs=1), progress=False)
+        train_steerer(data, TrainConfig(epochs=1), progress=False)
 
 
 def test_bad_data_raises():
     data = toy()
     data[0].positives = torch.empty(0, 8)
     with pytest.raises(DataError, match="attr0.*positives.*empty"):
-        train(data, FAST, progress=False)
+        train_steerer(data, FAST, progress=False)
     data = toy()
     data[1].negatives = torch.randn(50, 7)
     with pytest.raises(DataError, match="d=7"):
-        train(data, FAST, progress=False)
+        train_steerer(data, FAST, progress=False)
     data = toy()
     data[1].positives[3, 2] = float("nan")
     with pytest.raises(DataError, match="NaN/Inf.*row"):
-        train(data, FAST, progress=False)
+        train_steerer(data, FAST, progress=False)
     data = toy()
     data[0].negatives[0, 0] = float("inf")
     with pytest.raises(DataError, match="attr0.*negatives"):
-        train(data, FAST, progress=False)
+        train_steerer(data, FAST, progress=False)
     with pytest.raises(DataError, match="No training"):
-        train([], FAST, progress=False)
+        train_steerer([], FAST, progress=False)
     with pytest.raises(DataError, match="unique"):
-        train([toy()[0], toy()[0]], FAST, progress=False)
+        train_steerer([toy()[0], toy()[0]], FAST, progress=False)
     with pytest.raises(DataError, match="Dev attributes"):
-        train(toy(), FAST, dev=toy(T=3), progress=False)
+        train_steerer(toy(), FAST, dev=toy(T=3), progress=False)
     with pytest.raises(DataError, match="2-D"):
-        train([AttributeData("x", torch.randn(20), torch.randn(20, 3))], FAST, progress=False)
+        train_steerer([AttributeData("x", torch.randn(20), torch.randn(20, 3))], FAST, progress=False)
 
 
 def test_nan_loss_stops_with_epoch_and_term():
     data = toy()
     data[0].positives = data[0].positives * 1e22  # finite inputs whose squared norms overflow float32
     with pytest.raises(TrainingError, match=r"epoch 1.*mmd"):
-        train(data, TrainConfig(epochs=3, sigma=2.0), progress=False)
+        train_steerer(data, TrainConfig(epochs=3, sigma=2.0), progress=False)
 
 
 def test_cpu_threads_restored():
     before = torch.get_num_threads()
-    train(toy(n=20), TrainConfig(epochs=1, sigma=2.0, cpu_threads=1), progress=False)
+    train_steerer(toy(n=20), TrainConfig(epochs=1, sigma=2.0, cpu_threads=1), progress=False)
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="cpu_threads"):
-        train(toy(n=20), TrainConfig(epochs=1, cpu_threads=0), progress=False)
+        train_steerer(toy(n=20), TrainConfig(epochs=1, cpu_threads=0), progress=False)
 
 
 def test_config_dict_round_trip():
@@ -305,4 +298,42 @@ def test_degenerate_fixed_sigma_warns():
     g = torch.Generator().manual_seed(0)
     big = [AttributeData("a", 100 * torch.randn(40, 8, generator=g), 100 * torch.randn(40, 8, generator=g) + 50)]
     with pytest.warns(UserWarning, match="MMD gradient vanishes"):
-        train(big, TrainConfig(epochs=1, sigma=2.0), progress=False)
+        train_steerer(big, TrainConfig(epochs=1, sigma=2.0), progress=False)
+
+
+# ---- the gradient paths -------------------------------------------------------------------------------------
+
+
+def _same_run(a, b) -> None:
+    """Two runs of one config agree up to float rounding: parameters and every history entry."""
+    for x, y in zip(params(a), params(b)):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    for split in ("train", "dev"):
+        for term, rows in getattr(a.history, split).items():
+            torch.testing.assert_close(torch.tensor(rows), torch.tensor(getattr(b.history, split)[term]),
+                                       rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["paper", "reference", "default"])
+def test_autograd_gradients_match_closed_form(preset):
+    """gradients="autograd" differentiates loss_terms itself: the same run as the closed form, up to rounding."""
+    data, dev = toy(n=40), toy(seed=1, n=30)
+    cfg = TrainConfig.preset(preset, epochs=2, sigma=3.0, lr=0.01, seed=3)
+    closed = train_steerer(data, cfg, dev=dev, progress=False)
+    auto = train_steerer(data, cfg, dev=dev, progress=False, gradients="autograd")
+    _same_run(closed, auto)
+    assert auto.steps == closed.steps and auto.sigma_used == closed.sigma_used
+
+
+@pytest.mark.slow
+def test_compiled_gradients_match_closed_form():
+    """gradients="compiled": torch.compile of the loss and its gradient (tens of seconds to compile)."""
+    data = toy(n=40)
+    cfg = TrainConfig(epochs=2, sigma=3.0, lr=0.01, seed=3)
+    _same_run(train_steerer(data, cfg, progress=False),
+              train_steerer(data, cfg, progress=False, gradients="compiled"))
+
+
+def test_unknown_gradients_refused():
+    with pytest.raises(ConfigError, match="gradients must be one of"):
+        train_steerer(toy(), FAST, progress=False, gradients="numeric")

@@ -6,12 +6,12 @@ import ipywidgets as W
 import pytest
 import torch
 
+from matsteer.activations.models import LoadedModel
+from matsteer.activations.sites import Site
+from matsteer.app.widgets import MultiplierTuner
+from matsteer.core.steerer import Steerer
 from matsteer.data import MCQuestion
 from matsteer.errors import ConfigError
-from matsteer.models import LoadedModel
-from matsteer.sites import Site
-from matsteer.steerer import Steerer
-from matsteer.widgets import MultiplierTuner
 
 ATTRS = ["truthfulness", "toxicity"]
 PROMPT = "q : what is the capital of france ? a :"

@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-import matsteer.experiments as E
+from matsteer.core.config import TrainConfig
+from matsteer.core.workflow import DemoConfig
 from matsteer.errors import ConfigError
-from matsteer.judge import StubJudge, pairwise_win_rate
-from matsteer.pipeline import DemoConfig, generate_texts
-from matsteer.train import TrainConfig
-from matsteer.winrates import WinRateConfig, harmless_prompts, run_win_rates
+from matsteer.eval.config import EvalConfig
+from matsteer.eval.judges import StubJudge
+from matsteer.eval.pairwise import pairwise_win_rate
+from matsteer.eval.winrates import WinRateConfig, harmless_prompts, run_win_rates
+from matsteer.steering.generation import generate_texts
 
 LIMITS = {"truthfulqa": 4, "toxigen": 6, "bbq": 6}
 SELECTION = {"training_default": {"chosen": {"overrides": {"lambda_pos": 0.1, "lambda_sparse": 0.1}}},
@@ -21,8 +23,8 @@ SELECTION = {"training_default": {"chosen": {"overrides": {"lambda_pos": 0.1, "l
 def _setup(tiny_dir, tmp_path):
     demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(LIMITS), dev_limits=dict(LIMITS),
                       train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
-    cfg = E.EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(LIMITS), test_limits=dict(LIMITS),
-                       out_dir=tmp_path / "results")
+    cfg = EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(LIMITS), test_limits=dict(LIMITS),
+                     out_dir=tmp_path / "results")
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"selection": SELECTION}))
     return cfg, eval_json
@@ -42,7 +44,7 @@ def test_win_rates_count_the_judge_scores(tiny_dir, tmp_path):
     assert [len(runs[m]) for m in ("none", "caa", "mat_steer")] == [1, 1, 2]  # trained methods: once per seed
     prompts = report["prompts"]
     # "none" is the model with no hooks at all.
-    from matsteer.models import load_model
+    from matsteer.activations.models import load_model
 
     loaded = load_model(str(tiny_dir), progress=False)
     assert runs["none"][0]["responses"] == generate_texts(loaded, prompts, max_new_tokens=4, batch_size=3)

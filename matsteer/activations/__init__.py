@@ -1,0 +1,1 @@
+"""Stage 2, activations: load a model, name a site, read its activations, cache them as feature folders."""

@@ -1,0 +1,210 @@
+"""The ``matsteer`` command line: a thin shell over the library (``matsteer <command> --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from matsteer.activations.models import DEFAULT_MODEL, DTYPE_CHOICES
+from matsteer.app.commands import (
+    cmd_ablate,
+    cmd_compare,
+    cmd_demo,
+    cmd_eval,
+    cmd_export_control_vector,
+    cmd_extract,
+    cmd_figures,
+    cmd_generate,
+    cmd_train,
+    cmd_winrates,
+)
+from matsteer.errors import MatSteerError
+from matsteer.eval.ablations import ABLATIONS
+
+DATASETS = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "paradetox")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL} (embedded), a local folder or a HF id")
+    _add_dtype_arg(p)
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: where the model loads)")
+    p.add_argument("--device-map", "--device_map", dest="device_map", default=None,
+                   help="accelerate device map for large models, e.g. auto (spreads over all GPUs)")
+
+
+def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="compute dtype: auto = bfloat16 where the hardware has it (GPUs, CPUs with AVX512-BF16 / AMX), "
+                        "else float32; float32 forces the exact path")
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", action="append", default=None, metavar="TASK=PATH",
+                   help="score a local file (or BBQ folder) for TASK instead of the shipped data, in the schema the "
+                        "shipped data uses (data/README.md); repeatable. toxigen=PATH also feeds toxigen_pref; "
+                        "paradetox=PATH replaces the neutral text of the side effects. The file is split like the "
+                        "shipped one (by question, seeded); eval --split all scores all of it")
+    p.add_argument("--steer-special", dest="steer_special", action="store_true",
+                   help="also steer the first token and special tokens (left unsteered by default; an ablation)")
+
+
+def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export-control-vector",
+                       help="one attribute's vector as a llama.cpp control vector (GGUF); gates are not carried")
+    p.add_argument("--steerer", required=True, help="steerer folder (trained at a residual-stream site)")
+    p.add_argument("--attribute", required=True, help="the attribute whose vector to export, e.g. toxicity")
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+    p.add_argument("--multiplier", type=float, default=1.0, help="scale baked into the vector (default 1)")
+    p.add_argument("--model-hint", dest="model_hint", default=None,
+                   help="controlvector.model_hint (default: the steerer's model name; llama.cpp does not check it)")
+    p.set_defaults(func=cmd_export_control_vector)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matsteer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="extract activations of a dataset split at one site into a feature folder")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--split", default="train", choices=("train", "dev", "test", "all"))
+    p.add_argument("--layer", type=int, default=14)
+    p.add_argument("--site", default="residual", choices=("residual", "attn_output", "attn_heads"))
+    p.add_argument("--tokens", default="answer", choices=("all", "answer", "last"),
+                   help="all tokens (the paper), the answer span (default), or the last token (the reference code)")
+    p.add_argument("--out", default=None, help="feature folder (default: features/<model>/<dataset>-<split>-L<layer>-...)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N groups (questions) of the split")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
+    p.add_argument("--max-length", dest="max_length", type=int, default=512, help="truncate texts to this many tokens")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", help="train a MAT-Steer steerer on feature folders (one per attribute)")
+    p.add_argument("--features", nargs="+", required=True, help="training feature folders, one per attribute")
+    p.add_argument("--dev-features", "--dev_features", dest="dev_features", nargs="+", default=None)
+    p.add_argument("--out", required=True, help="steerer folder to write")
+    p.add_argument("--preset", default="default", choices=("default", "paper", "reference"),
+                   help="default: the workbench's training (docs/training.md); paper / reference: their exact settings")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None,
+                   help="total batch (the reference's flag): 2 x 16 x attributes; sets --batch-per-side")
+    p.add_argument("--batch-per-side", "--batch_per_side", dest="batch_per_side", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--sigma", default=None, help='kernel width, or "median" (see docs/losses.md)')
+    p.add_argument("--lambda_mmd", "--lambda-mmd", dest="lambda_mmd", type=float, default=None)
+    p.add_argument("--lambda_sparse", "--lambda-sparse", dest="lambda_sparse", type=float, default=None)
+    p.add_argument("--lambda_ortho", "--lambda-ortho", dest="lambda_ortho", type=float, default=None)
+    p.add_argument("--lambda_pos", "--lambda-pos", dest="lambda_pos", type=float, default=None)
+    p.add_argument("--lambda_gate", "--lambda-gate", dest="lambda_gate", type=float, default=None)
+    p.add_argument("--loss-variant", "--loss_variant", dest="loss_variant", default=None, choices=("paper", "reference"))
+    p.add_argument("--gate-input", dest="gate_input", default=None, choices=("raw", "standardized"))
+    p.add_argument("--gate-loss", dest="gate_loss", default=None, choices=("none", "supervised"))
+    p.add_argument("--gate-scope", dest="gate_scope", default=None, choices=("own", "cross"))
+    p.add_argument("--theta-init", dest="theta_init", default=None, choices=("randn", "zero"))
+    p.add_argument("--standardize", action="store_true", help="measure kernel distances in per-dimension z-scores")
+    p.add_argument("--no-norm-preserve", action="store_true", help="do not rescale steered activations to ||a||")
+    p.add_argument("--no-probe", action="store_true", help="skip the logistic-probe yardstick in the health report")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="print unsteered and steered generations for prompts")
+    _add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--steerer", required=True, help="steerer folder (from matsteer train)")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    p.add_argument("--multiplier", action="append", help="global NUMBER, or NAME=NUMBER per attribute (repeatable)")
+    p.add_argument("--positions", default="all", choices=("all", "prompt", "generated", "last"))
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--allow-model-mismatch", action="store_true", help="steer a model other than the one trained on")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("figures", help="regenerate figures from a saved steerer and/or saved results")
+    p.add_argument("--steerer", default=None)
+    p.add_argument("--features", nargs="+", default=None, help="the feature folders the steerer was trained on")
+    p.add_argument("--results", default=None, help="folder with eval.json and/or ablations/*.json")
+    p.add_argument("--out", default="figures")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("compare", help="the paper's method comparison: all methods tuned on dev, 3 seeds on test")
+    p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
+    p.add_argument("--reference", action="store_true",
+                   help="the committed reference run (EvalConfig.reference: whole test splits, larger dev and "
+                        "training sets, positions in the dev grid), written to results/reference unless --out")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
+    p.add_argument("--positions", default=None, nargs="+", choices=("prompt", "all", "last", "random"),
+                   help="which tokens every method steers while scoring (the paper: the query, 'prompt'); several "
+                        "values make it part of every steering method's dev grid, e.g. --positions prompt all")
+    p.add_argument("--multipliers", type=float, nargs="+", default=None,
+                   help="the dev grid of every steering method's multiplier (default 0.5 1 2)")
+    p.add_argument("--out", default=None, help="results folder (default results, or results/reference)")
+    _add_dtype_arg(p)
+    _add_source_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")
+    _add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--steerer", required=True)
+    p.add_argument("--tasks", default="truthfulqa,toxigen_pref,bbq,toxigen",
+                   help="comma-separated: truthfulqa,toxigen_pref,bbq,toxigen,hh_rlhf (toxigen, the Yes/No probe, "
+                        "is scored but left out of the mean)")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test", "all"),
+                   help="which part of each task's data (all: every question, e.g. of a --source file)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions per task (default: all)")
+    p.add_argument("--baseline", action="store_true", help="also score the unsteered model")
+    p.add_argument("--multiplier", action="append", help="global NUMBER, or NAME=NUMBER per attribute (repeatable)")
+    p.add_argument("--positions", default="prompt", choices=("prompt", "all", "last", "random"),
+                   help="tokens to steer while scoring (the paper: the prompt)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--allow-model-mismatch", action="store_true")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ablate", help="ablations and analyses: " + ", ".join(ABLATIONS))
+    p.add_argument("names", nargs="+", choices=ABLATIONS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--from-eval", dest="from_eval", default="results/eval.json",
+                   help="eval.json whose dev-chosen MAT-Steer setting to use, or none for the defaults")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers for the layer sweep")
+    p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
+    p.add_argument("--out", default="results/ablations")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("winrates", help="generation win rates of MAT-Steer on HH-RLHF harmless prompts, judged")
+    p.add_argument("--from-eval", dest="from_eval", default="results/eval.json",
+                   help="eval.json whose dev-chosen settings the methods use")
+    p.add_argument("--n", type=int, default=40, help="number of held-out prompts")
+    p.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--judge-url", dest="judge_url", default=None,
+                   help="an OpenAI-compatible endpoint (e.g. https://api.openai.com/v1); default: the default "
+                        "model as a weak local judge")
+    p.add_argument("--judge-model", dest="judge_model", default=None)
+    p.add_argument("--judge-key-env", dest="judge_key_env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key ('' for none)")
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=cmd_winrates)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
+    p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")
+    p.set_defaults(func=cmd_demo)
+
+    _add_export_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MatSteerError as exc:
+        print(f"\nmatsteer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The MAT-Steer steering function: T vectors and T sigmoid gates, applied in one batched expression.
+
+``f(a) = a + Σ_t m_t · G_t(a) · θ_t`` with ``G_t(a) = sigmoid(w_t · a + b_t)``, every gate computed from the
+original ``a``, then (by default) rescaled to the original norm ``‖a‖``. No Python loop over attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from matsteer.errors import ConfigError
+
+_EPS = 1e-12
+
+
+def gate_values(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Gates ``sigmoid(a Wᵀ + b)``: a ``[..., d]``, weight ``[T, d]``, bias ``[T]`` -> ``[..., T]``."""
+    return torch.sigmoid(a @ weight.T + bias)
+
+
+def apply_steering(
+    a: torch.Tensor,
+    theta: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    forced: torch.Tensor | None = None,
+    preserve_norm: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steer activations.
+
+    a: ``[..., d]``; theta, weight: ``[T, d]``; bias: ``[T]``.
+    scale: ``[T]`` per-attribute multipliers (already times the global one), default ones.
+    forced: ``[T]`` NaN where the learned gate is used, else the forced gate value (0 = off, 1 = on).
+    Returns ``(steered [..., d], gates [..., T])``; gates are the values actually used (after forcing).
+    """
+    gates = gate_values(a, weight, bias)
+    if forced is not None:
+        gates = torch.where(torch.isnan(forced), gates, forced.to(gates.dtype))
+    coeff = gates if scale is None else gates * scale
+    out = a + coeff @ theta
+    if preserve_norm:
+        out = out * (a.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(_EPS))
+    return out, gates
+
+
+class Steerer(nn.Module):
+    """T attribute vectors θ ``[T, d]`` and gates (W ``[T, d]``, b ``[T]``) at one site.
+
+    ``attributes`` names each row; ``positive_sides`` says what label 1 means for each (e.g. "truthful").
+    Parameters are float32; :meth:`forward` computes in float32 and returns the input dtype.
+    """
+
+    #: The steerer folder's manifest, on steerers loaded by :func:`matsteer.store.hub.from_pretrained` only.
+    manifest: dict[str, Any]
+
+    def __init__(
+        self,
+        attributes: Sequence[str],
+        d: int,
+        positive_sides: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not attributes:
+            raise ConfigError("A steerer needs at least one attribute; pass attribute names.")
+        if len(set(attributes)) != len(attributes):
+            raise ConfigError(f"Attribute names must be unique, got {list(attributes)}.")
+        if d <= 0:
+            raise ConfigError(f"Hidden size d must be positive, got {d}.")
+        self.attributes = list(attributes)
+        self.positive_sides = list(positive_sides) if positive_sides is not None else ["label 1"] * len(attributes)
+        if len(self.positive_sides) != len(self.attributes):
+            raise ConfigError("positive_sides must have one entry per attribute.")
+        T = len(attributes)
+        # Initialisation as the reference code: θ ~ randn(d); gates as nn.Linear(d, 1) (uniform ±1/sqrt(d)).
+        bound = 1.0 / math.sqrt(d)
+        self.theta = nn.Parameter(torch.randn(T, d, generator=generator))
+        self.gate_weight = nn.Parameter(torch.empty(T, d).uniform_(-bound, bound, generator=generator))
+        self.gate_bias = nn.Parameter(torch.empty(T).uniform_(-bound, bound, generator=generator))
+
+    @property
+    def num_attributes(self) -> int:
+        return len(self.attributes)
+
+    @property
+    def d(self) -> int:
+        return int(self.theta.shape[1])
+
+    def gates(self, a: torch.Tensor) -> torch.Tensor:
+        """Learned gate values ``[..., T]`` for activations ``[..., d]``."""
+        return gate_values(a.float(), self.gate_weight, self.gate_bias)
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        forced: torch.Tensor | None = None,
+        preserve_norm: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steer ``a [..., d]``; returns ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
+        out, gates = apply_steering(
+            a.float(), self.theta, self.gate_weight, self.gate_bias, scale=scale, forced=forced, preserve_norm=preserve_norm
+        )
+        return out.to(a.dtype), gates
+
+    def scale_vector(self, multipliers: Mapping[str, float] | None = None, global_multiplier: float = 1.0) -> torch.Tensor:
+        """``[T]`` float32: per-attribute multipliers (default 1) times the global one; unknown names are refused."""
+        multipliers = dict(multipliers or {})
+        unknown = sorted(set(multipliers) - set(self.attributes))
+        if unknown:
+            raise ConfigError(f"Multipliers given for unknown attributes {unknown}; this steerer has {self.attributes}. "
+                              "Use those names (or drop the others).")
+        values = [float(multipliers.get(name, 1.0)) * float(global_multiplier) for name in self.attributes]
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"Multipliers must be finite numbers, got {values}; pass finite values (0 turns an "
+                              "attribute off).")
+        return torch.tensor(values, dtype=torch.float32, device=self.theta.device)
+
+    def forced_vector(self, force: Mapping[str, bool | float | None] | None = None) -> torch.Tensor | None:
+        """``[T]`` with NaN for learned gates and the forced value elsewhere (True -> 1, False -> 0); None if none forced."""
+        forced: dict[str, bool | float] = {k: v for k, v in (force or {}).items() if v is not None}
+        if not forced:
+            return None
+        unknown = sorted(set(forced) - set(self.attributes))
+        if unknown:
+            raise ConfigError(f"Gates forced for unknown attributes {unknown}; this steerer has {self.attributes}. "
+                              "Use those names (or drop the others).")
+        values = [float(forced[name]) if name in forced else math.nan for name in self.attributes]
+        if any(not (math.isnan(v) or 0.0 <= v <= 1.0) for v in values):
+            raise ConfigError(f"A forced gate must be on (True/1), off (False/0) or a value in [0, 1], got {forced}.")
+        return torch.tensor(values, dtype=torch.float32, device=self.theta.device)

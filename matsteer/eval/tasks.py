@@ -1,0 +1,136 @@
+"""The evaluation tasks: their names and primary metrics, local sources, demonstrations, neutral text, the rows
+of metrics a task reports, and the constant answer of each task (the reference every method must beat)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matsteer.data import TOXIGEN_PREF, MCQuestion, fill_template, load_examples, load_mc_questions
+from matsteer.errors import ConfigError, DataError
+from matsteer.eval.metrics import class_accuracy_from_questions
+from matsteer.eval.task_metrics import bbq_scores_from_questions, truthfulqa_mc_from_questions
+
+#: The attribute tasks: truthfulness, toxicity, bias. Their primary metrics are averaged into ``mean``.
+TASKS: tuple[str, ...] = ("truthfulqa", TOXIGEN_PREF, "bbq")
+#: Secondary probes: scored beside the attribute tasks, never averaged into ``mean``.
+PROBES: tuple[str, ...] = ("toxigen",)
+#: Tasks an evaluator accepts: the attribute tasks, the ToxiGen Yes/No probe, and HH-RLHF harmless (chosen vs
+#: rejected response, accuracy) for the number-of-attributes ablation.
+MC_TASKS: tuple[str, ...] = (*TASKS, *PROBES, "hh_rlhf")
+#: The metric each task is ranked by (per-question values in ``per_item`` average to it).
+PRIMARY: dict[str, str] = {"truthfulqa": "mc2", TOXIGEN_PREF: "accuracy", "bbq": "balanced",
+                           "toxigen": "balanced_accuracy", "hh_rlhf": "accuracy"}
+#: A task built from another data set's file uses that data set's limit and source when given none of its own.
+DATA_OF: dict[str, str] = {TOXIGEN_PREF: "toxigen"}
+NEUTRAL_DATASET = "paradetox"
+#: What ``sources`` may name: a task's questions, or the neutral text of the side effects.
+SOURCE_KEYS: tuple[str, ...] = (*MC_TASKS, NEUTRAL_DATASET)
+
+
+def few_shot_prefix(task: str, k: int, seed: int = 0) -> str:
+    """ICL demonstrations: ``k`` training questions of ``task`` filled with a correct answer, seeded."""
+    pool = load_mc_questions(task, "train")
+    chosen = random.Random(seed).sample(pool, k)
+    demos = [fill_template(q.template, q.prompt, q.choices[q.labels.index(1)])[0] for q in chosen]
+    return "".join(d + "\n\n" for d in demos)
+
+
+def neutral_texts(split: str, n: int, source: str | Path | None = None) -> list[str]:
+    """Neutral sentences for side effects: ParaDetox's neutral paraphrases (label 1), never used for training."""
+    texts = [e.text for e in load_examples(NEUTRAL_DATASET, split, source=source) if e.label == 1]
+    return texts[:n]
+
+
+def for_task(values: Mapping[str, Any], task: str) -> Any:
+    """``values[task]``, else the value of the data set the task is built from (:data:`DATA_OF`), else None."""
+    if task in values:
+        return values[task]
+    return values.get(DATA_OF.get(task, ""))
+
+
+def parse_sources(items: Sequence[str] | Mapping[str, str | Path] | None) -> dict[str, str]:
+    """``TASK=PATH`` items (or a mapping) as ``{task: path}``, checked: known task names, existing paths."""
+    if not items:
+        return {}
+    pairs: list[tuple[str, str]] = []
+    if isinstance(items, Mapping):
+        pairs = [(str(k), str(v)) for k, v in items.items()]
+    else:
+        for item in items:
+            task, sep, path = str(item).partition("=")
+            if not sep or not task or not path:
+                raise ConfigError(f"Bad --source {item!r}: use TASK=PATH, e.g. truthfulqa=my_questions.json.")
+            pairs.append((task.strip(), path.strip()))
+    out: dict[str, str] = {}
+    for task, path in pairs:
+        if task not in SOURCE_KEYS:
+            raise ConfigError(f"--source names unknown task {task!r}; choose from {', '.join(SOURCE_KEYS)}.")
+        if task in out:
+            raise ConfigError(f"--source gives {task!r} twice; give one file (or folder) per task.")
+        if not Path(path).exists():
+            raise DataError(f"--source {task}={path}: no such file or folder. Fix the path (a file in the schema "
+                            "the shipped data uses; see data/README.md).")
+        out[task] = path
+    return out
+
+
+def constant_row(task: str, questions: Sequence[MCQuestion]) -> dict[str, Any]:
+    """The constant / majority answer of ``task`` on ``questions``, from the gold labels alone, with the same
+    metrics as :meth:`matsteer.eval.evaluator.Evaluator.task_scores` (``answer`` says which constant).
+
+    TruthfulQA: a model indifferent between the answers (equal scores): MC2 = the share of true answers, MC1 =
+    ``1 / K`` (a uniform pick). ToxiGen preference and HH-RLHF pairs: a coin flip, 50%. BBQ: always "unknown"
+    (100% ambiguous, 0% disambiguated: 50%; no bias score, since nothing else is ever answered). ToxiGen Yes/No:
+    always the majority gold answer (its plain accuracy is the majority share; balanced accuracy 50%).
+    """
+    if not questions:
+        raise DataError(f"No {task} questions to compute a constant answer on.")
+    n = len(questions)
+    if task == "truthfulqa":
+        res = truthfulqa_mc_from_questions(questions, [torch.zeros(len(q.choices)) for q in questions])
+        mc1 = [1.0 / len(q.mc1_choices) if q.mc1_choices else float("nan") for q in questions]
+        return {"mc2": res.mean_mc2, "mc1": sum(mc1) / n, "n": n, "per_item": res.mc2,
+                "answer": "equal scores for every answer (chance)"}
+    if task in (TOXIGEN_PREF, "hh_rlhf"):
+        row: dict[str, Any] = {"accuracy": 0.5, "n": n, "per_item": [0.5] * n, "answer": "a coin flip (chance)"}
+        if task == TOXIGEN_PREF:
+            row["accuracy_per_token"] = 0.5
+        return row
+    if task == "bbq":
+        # The "unknown" option scores 0, the others -1; a question whose unknown option is not known ties (wrong).
+        scores = [torch.tensor([0.0 if str(k) == q.meta.get("unknown_answer") else -1.0 for k in range(len(q.choices))])
+                  if q.meta.get("unknown_answer") else torch.zeros(len(q.choices)) for q in questions]
+        return {**bbq_row(questions, scores), "answer": 'always "unknown"'}
+    if task == "toxigen":
+        gold = Counter(q.choices[q.correct[0]] for q in questions)
+        majority = sorted(gold, key=lambda c: (-gold[c], c))[0]
+        scores = [torch.tensor([0.0 if c == majority else -1.0 for c in q.choices]) for q in questions]
+        return {**toxigen_row(questions, scores), "answer": f'always "{majority}"'}
+    raise ConfigError(f"No constant answer for task {task!r}; choose from {', '.join(MC_TASKS)}.")
+
+
+def bbq_row(questions: Sequence[MCQuestion], scores: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """BBQ's metrics from per-choice log-probs ``[3]`` per question; ``per_item`` averages to ``balanced``."""
+    res = bbq_scores_from_questions(questions, scores)
+    acc = res.accuracy
+    return {"balanced": res.balanced, "accuracy": acc.overall.mean, "ambig": acc.ambig.mean,
+            "disambig": acc.disambig.mean, "s_dis": res.s_dis, "s_amb": res.s_amb, "n": acc.overall.n,
+            "counts": {"ambig": acc.ambig.n, "disambig": acc.disambig.n}, "per_item": res.per_item_balanced}
+
+
+def toxigen_row(questions: Sequence[MCQuestion], scores: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """The ToxiGen Yes/No probe's metrics (balanced, plain and per-class accuracy); ``per_item`` averages to
+    ``balanced_accuracy``."""
+    res = class_accuracy_from_questions(questions, scores)
+    per = {c: r.mean for c, r in res.per_class.items()}
+    return {"balanced_accuracy": res.balanced, "accuracy": res.overall.mean,
+            "accuracy_toxic": per.get("Yes", float("nan")), "accuracy_benign": per.get("No", float("nan")),
+            "n": res.overall.n, "counts": {"toxic": res.per_class["Yes"].n if "Yes" in res.per_class else 0,
+                                           "benign": res.per_class["No"].n if "No" in res.per_class else 0},
+            "per_item": res.per_item_balanced}

@@ -1,0 +1,1 @@
+"""Stage 5, steering a running model: the pyvene intervention, gate recording, steered generation."""
