@@ -24,7 +24,7 @@ from matsteer.app.workbench import (
 )
 from matsteer.core.attributes import AttributeData
 from matsteer.core.config import TrainConfig
-from matsteer.core.health import health_table, training_health
+from matsteer.core.health import health_table, targeting_table, training_health
 from matsteer.core.history import History
 from matsteer.core.kernel import median_sigma
 from matsteer.core.steerer import Steerer
@@ -42,6 +42,7 @@ from matsteer.eval.gate_analysis import (
     generate_with_gates,
     neutral_activations,
     steered_sets,
+    targeting_report,
     text_gates,
 )
 from matsteer.steering.compat import MATIntervener, create_mat_pyvene_config
@@ -136,6 +137,8 @@ __all__ = [
     "save_training_result",
     "steer",
     "steered_sets",
+    "targeting_report",
+    "targeting_table",
     "text_gates",
     "train_from_features",
     "train_steerer",

@@ -12,9 +12,14 @@ from matsteer.errors import ConfigError
 
 #: Named settings one flag away (``TrainConfig.preset(name)``, ``matsteer train --preset NAME``). ``default`` is
 #: the workbench's choice (docs/training.md says why); ``paper`` and ``reference`` are the paper's and the public
-#: code's exact settings (σ = 2, no gate supervision, raw gate input, θ ~ randn).
+#: code's exact settings (σ = 2, no gate supervision, raw gate input, θ ~ randn). ``targeted`` is the default plus
+#: the background gate term, ``targeted-calibrated`` that and the post-training bias calibration at a 10 %
+#: false-open rate (docs/training.md, "Gates that target"); both need background activations
+#: (``train_steerer(..., background=...)``).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
+    "targeted": {"lambda_background": 1.0},
+    "targeted-calibrated": {"lambda_background": 1.0, "calibrate_fpr": 0.1},
     "paper": {"sigma": 2.0, "loss_variant": "paper", "gate_input": "raw", "gate_loss": "none", "theta_init": "randn",
               "theta_lr": None, "lambda_pos": 0.9, "lambda_sparse": 0.9, "lambda_ortho": 0.1},
     "reference": {"sigma": 2.0, "loss_variant": "reference", "gate_input": "raw", "gate_loss": "none",
@@ -37,6 +42,12 @@ class TrainConfig:
     - ``theta_init="zero"``: θ starts at 0 instead of ``randn(d)`` (‖randn‖ ≈ √d is arbitrary against activation
       norms of ~150), and ``theta_lr="std"`` gives θ steps in the activations' units.
     - ``sigma="median"`` (σ = 2 is a dead kernel on raw activations) and λ_pos = λ_sparse = 0.1.
+
+    Off by default (preset ``targeted``): ``lambda_background`` > 0 keeps every gate shut on background rows
+    (neutral text, template tokens: ``train_steerer(..., background=[N, d])``), ``background_per_batch`` of them
+    per step; ``calibrate_fpr`` moves each gate's bias after training so that at most that share of held-out own
+    positives and of held-out background opens the gate (≥ 0.5), on a seeded ``calibration_share`` of the training
+    positives and background that training then does not see (after multiplying W by ``calibrate_sharpness``).
     """
 
     epochs: int = 100
@@ -49,6 +60,11 @@ class TrainConfig:
     lambda_ortho: float = 0.1
     lambda_pos: float = 0.1
     lambda_gate: float = 1.0  # weight of the supervised gate term (used when gate_loss="supervised")
+    lambda_background: float = 0.0  # weight of the background gate term (0 = off, today's default and the paper)
+    background_per_batch: int = 32  # background rows drawn per step (with replacement, seeded)
+    calibrate_fpr: float | None = None  # target false-open rate of the bias calibration (None = off)
+    calibration_share: float = 0.2  # share of training positives / background held out for the calibration
+    calibrate_sharpness: float = 1.0  # the calibration first multiplies W by this (> 1: closer to a step gate)
     loss_variant: str = "paper"  # or "reference"; see matsteer.core.losses
     gate_input: str = "standardized"  # or "raw" (the paper)
     gate_loss: str = "supervised"  # or "none" (the paper)
@@ -69,7 +85,8 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> TrainConfig:
-        """The named settings of :data:`PRESETS` (``default``, ``paper``, ``reference``), then ``overrides``."""
+        """The named settings of :data:`PRESETS` (``default``, ``targeted``, ``targeted-calibrated``, ``paper``,
+        ``reference``), then ``overrides``."""
         if name not in PRESETS:
             raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
@@ -114,6 +131,17 @@ class TrainConfig:
                                       ("theta_init", self.theta_init, THETA_INITS)):
             if choice not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {choice!r}.")
+        if not finite_number(self.lambda_background) or self.lambda_background < 0:
+            raise ConfigError(f"lambda_background must be a finite number ≥ 0, got {self.lambda_background!r}.")
+        if not is_int(self.background_per_batch) or self.background_per_batch < 1:
+            raise ConfigError(f"background_per_batch must be an integer ≥ 1, got {self.background_per_batch!r}.")
+        if self.calibrate_fpr is not None and not (finite_number(self.calibrate_fpr) and 0 < self.calibrate_fpr < 1):
+            raise ConfigError(f"calibrate_fpr must be None or a rate in (0, 1), got {self.calibrate_fpr!r}; pass "
+                              "e.g. 0.05.")
+        if not positive_number(self.calibrate_sharpness):
+            raise ConfigError(f"calibrate_sharpness must be a positive number, got {self.calibrate_sharpness!r}.")
+        if not (finite_number(self.calibration_share) and 0 < self.calibration_share < 1):
+            raise ConfigError(f"calibration_share must be in (0, 1), got {self.calibration_share!r}; pass e.g. 0.2.")
         if not is_int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}.")
         if not is_int(self.dev_max_per_side) or self.dev_max_per_side < 1:

@@ -11,11 +11,15 @@ checks on held-out activations, each a small pure function of tensors:
 - the fraction of saturated gate logits (|logit| > 10: the sigmoid's gradient is below 5e-5 there), ‖θ‖,
   cos(θ, init), the dev MMD before and after steering, and a plain logistic probe's AUC as the yardstick.
 
-:func:`assess` turns these into verdicts ("learned nothing", "swapped roles") with what to try.
+:func:`assess` turns these into verdicts ("learned nothing", "swapped roles") with what to try. :func:`gate_targeting`
+(:class:`GateTargeting`, also kept in :attr:`TrainingHealth.targeting`) says where each gate opens: mean gate and
+share ≥ :data:`OPEN_THRESHOLD` on own negatives / positives, the other attributes' rows, neutral text, template
+tokens and ParaDetox, the false-open rate, and a probe's precision at the same recall.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,12 +32,24 @@ from matsteer.core.probes import auc, fit_logistic_gate
 from matsteer.core.steerer import Steerer, apply_steering
 from matsteer.errors import DataError
 
-__all__ = ["SATURATION_LOGIT", "TARGETS", "TrainingHealth", "assess", "health_table", "training_health"]
+__all__ = ["OPEN_THRESHOLD", "SATURATION_LOGIT", "TARGETING_TARGETS", "TARGETS", "GateTargeting", "TrainingHealth",
+           "assess", "gate_targeting", "health_table", "precision_at_recall", "targeting_table", "training_health"]
 
 #: |logit| above which a gate counts as saturated (sigmoid'(10) ≈ 4.5e-5).
 SATURATION_LOGIT = 10.0
 #: What a healthy steerer reaches on dev (the project's targets; see docs/training.md).
 TARGETS = {"own_gate_auc": 0.70, "saturated_max": 0.05, "theta_init_cos_max": 0.5, "theta_own_cos_min": 0.3}
+#: A token counts as "opened" by a gate at G ≥ this (the paper gives no threshold; 0.5 is the sigmoid's midpoint).
+OPEN_THRESHOLD = 0.5
+#: Targeting goals (docs/training.md, "Gates that target"): mean gate per group, each gate on its own attribute;
+#: the background groups ("neutral", "template") for every gate, the ParaDetox groups for the toxicity gate.
+TARGETING_TARGETS = {"own_negatives_min": 0.6, "own_positives_max": 0.15, "background_max": 0.1,
+                     "paradetox_toxic_min": 0.5, "paradetox_non_toxic_max": 0.15}
+#: Group names of :class:`GateTargeting` (rows of its tables), in order; the last four are optional.
+TARGETING_GROUPS = ("own negatives", "own positives", "other attributes", "neutral", "template",
+                    "ParaDetox toxic", "ParaDetox non-toxic")
+_BACKGROUND_GROUPS = ("neutral", "template")
+_SHUT_GROUPS = ("own positives", "other attributes", "neutral", "template")
 
 
 @dataclass
@@ -52,6 +68,7 @@ class TrainingHealth:
     sigma: float
     probe_auc: list[float | None] = field(default_factory=list)  # [t]: logistic probe fitted on train, dev AUC
     verdicts: list[str] = field(default_factory=list)
+    targeting: dict[str, Any] | None = None  # GateTargeting.to_dict() on the same dev rows (and neutral text)
 
     @property
     def own_gate_auc(self) -> list[float]:
@@ -116,14 +133,191 @@ def training_health(
     if theta_init is not None:
         init = theta_init.detach().float().cpu()
         init_cos = [None if float(init[t].norm()) == 0 else _cos(theta[t], init[t]) for t in range(len(names))]
-    probe = _probe_aucs(names, sides, train, seed)
+    probes = _fit_probes(names, train, seed)
+    probe = [None if pr is None else auc(sides[t][0] @ pr[0] + pr[1], sides[t][1] @ pr[0] + pr[1])
+             for t, pr in enumerate(probes)]
     health = TrainingHealth(
         attributes=names, gate_mean=gate_mean, gate_auc=gate_auc, theta_cos=theta_cos, saturated=saturated,
         theta_norm=theta.norm(dim=1).tolist(), theta_init_cos=init_cos, mmd_unsteered=mmd_before,
         mmd_steered=mmd_after, sigma=float(sigma), probe_auc=probe,
     )
+    targeting = gate_targeting(steerer, dev, neutral=neutral, probes=probes, max_rows=max_rows, seed=seed)
+    health.targeting = targeting.to_dict()
     health.verdicts = assess(health)
     return health
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Targeting: does each gate open on what it should steer, and stay shut elsewhere?
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GateTargeting:
+    """Where each gate opens, on held-out tokens; every list is indexed by the steerer's attribute order (gate t).
+
+    Groups (:data:`TARGETING_GROUPS`), per gate t: attribute t's negatives (to steer) and positives, the other
+    attributes' rows (both sides), and where given neutral text, chat-template / system-prompt tokens and ParaDetox
+    toxic / non-toxic sentences (the same rows for every gate). ``mean[group][t]``: mean gate; ``open_share``: the
+    share of tokens with gate ≥ ``threshold``. ``false_open[t]``: the mean of ``open_share`` over the groups gate t
+    must stay shut on (own positives, other attributes, neutral, template: each group counts once, whatever its
+    size). ``precision[t]`` / ``recall[t]``: on own data, of the tokens gate t opens, the share that are negatives
+    / of the negatives, the share opened; ``probe_precision[t]``: a logistic probe's precision at the same recall
+    (its threshold set on these rows: the ceiling of a linear gate), None without training data.
+    """
+
+    attributes: list[str]
+    threshold: float
+    mean: dict[str, list[float]]
+    open_share: dict[str, list[float]]
+    false_open: list[float]
+    recall: list[float]
+    precision: list[float | None]
+    probe_precision: list[float | None] = field(default_factory=list)
+    rows: dict[str, list[int]] = field(default_factory=dict)  # group -> token rows per gate
+    target: str | None = None  # the attribute the ParaDetox groups are about (toxicity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateTargeting:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def met(self) -> dict[str, list[bool | None]]:
+        """Per :data:`TARGETING_TARGETS` goal, per gate: met, missed, or None (group not measured / not this gate)."""
+        T, goals = len(self.attributes), TARGETING_TARGETS
+        out: dict[str, list[bool | None]] = {}
+
+        def check(key: str, group: str, low: bool, gates: Sequence[int]) -> None:
+            values = self.mean.get(group)
+            out[key] = [None if values is None or t not in gates else
+                        (values[t] <= goals[key] if low else values[t] >= goals[key]) for t in range(T)]
+
+        every = range(T)
+        check("own_negatives_min", "own negatives", False, every)
+        check("own_positives_max", "own positives", True, every)
+        background = [self.mean[g] for g in _BACKGROUND_GROUPS if g in self.mean]
+        out["background_max"] = ([all(v[t] <= goals["background_max"] for v in background) for t in every]
+                                 if background else [None] * T)
+        tox = [self.attributes.index(self.target)] if self.target in self.attributes else []
+        check("paradetox_toxic_min", "ParaDetox toxic", False, tox)
+        check("paradetox_non_toxic_max", "ParaDetox non-toxic", True, tox)
+        return out
+
+
+def precision_at_recall(scores_neg: torch.Tensor, scores_pos: torch.Tensor, recall: float) -> float | None:
+    """Precision of the score's highest-ranked rows, at the threshold that opens a share ``recall`` of the negatives.
+
+    scores_neg ``[m]`` (rows to open), scores_pos ``[n]`` (rows to keep shut). The threshold is the negatives'
+    ``⌈recall·m⌉``-th largest score; every row at or above it opens. None when recall is 0 (nothing opens).
+    """
+    neg, pos = scores_neg.detach().double().reshape(-1).cpu(), scores_pos.detach().double().reshape(-1).cpu()
+    k = math.ceil(recall * neg.numel() - 1e-9)
+    if k <= 0 or neg.numel() == 0:
+        return None
+    cut = neg.sort(descending=True).values[min(k, neg.numel()) - 1]
+    tp, fp = float((neg >= cut).sum()), float((pos >= cut).sum())
+    return tp / (tp + fp)
+
+
+def gate_targeting(
+    steerer: Steerer,
+    dev: Sequence[AttributeData],
+    *,
+    neutral: torch.Tensor | None = None,
+    template: torch.Tensor | None = None,
+    paradetox: tuple[torch.Tensor, torch.Tensor] | None = None,
+    train: Sequence[AttributeData] | None = None,
+    probes: Sequence[tuple[torch.Tensor, float] | None] | None = None,
+    target: str = "toxicity",
+    threshold: float = OPEN_THRESHOLD,
+    max_rows: int = 4096,
+    seed: int = 0,
+) -> GateTargeting:
+    """Measure where each gate opens (:class:`GateTargeting`) on held-out activations.
+
+    dev: one :class:`AttributeData` per steerer attribute (matched by name). neutral ``[N, d]``, template
+    ``[M, d]``: tokens of neutral text and of the chat template / system prompt; paradetox: ``(toxic [P, d],
+    non-toxic [Q, d])`` token activations (:mod:`matsteer.eval.gate_analysis` extracts all of these). train: if
+    given, a logistic probe per attribute (own negatives vs positives) gives the precision ceiling (or pass the
+    fitted ``probes``, ``(w [d], b)`` per attribute). At most ``max_rows`` seeded rows per side are used.
+    """
+    names = list(steerer.attributes)
+    by_name = {a.name: a for a in dev}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"Targeting needs dev activations for every attribute; missing {missing}.")
+    gen = torch.Generator().manual_seed(seed)
+    sides = [(_rows(by_name[n].positives, max_rows, gen), _rows(by_name[n].negatives, max_rows, gen)) for n in names]
+    weight, bias = steerer.gate_weight.detach().float().cpu(), steerer.gate_bias.detach().float().cpu()
+
+    def gates(a: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(a.detach().float().cpu() @ weight.T + bias)  # [N, T]
+
+    T = len(names)
+    per_side = [(gates(pos), gates(neg)) for pos, neg in sides]
+    by_group: dict[str, list[torch.Tensor]] = {
+        "own negatives": [per_side[t][1][:, t] for t in range(T)],
+        "own positives": [per_side[t][0][:, t] for t in range(T)],
+    }
+    if T > 1:
+        by_group["other attributes"] = [torch.cat([g[:, t] for u in range(T) if u != t for g in per_side[u]])
+                                        for t in range(T)]
+    shared: dict[str, torch.Tensor | None] = {"neutral": neutral, "template": template}
+    if paradetox is not None:
+        shared["ParaDetox toxic"], shared["ParaDetox non-toxic"] = paradetox
+    for group, acts in shared.items():
+        if acts is not None and acts.shape[0] > 0:
+            g = gates(_rows(acts, max_rows, gen))
+            by_group[group] = [g[:, t] for t in range(T)]
+    mean = {k: [float(v.mean()) for v in vals] for k, vals in by_group.items()}
+    open_share = {k: [float((v >= threshold).float().mean()) for v in vals] for k, vals in by_group.items()}
+    false_open = [sum(open_share[k][t] for k in _SHUT_GROUPS if k in open_share)
+                  / sum(k in open_share for k in _SHUT_GROUPS) for t in range(T)]
+    recall = open_share["own negatives"]
+    precision: list[float | None] = []
+    for t in range(T):
+        tp = recall[t] * len(by_group["own negatives"][t])
+        fp = open_share["own positives"][t] * len(by_group["own positives"][t])
+        precision.append(tp / (tp + fp) if tp + fp > 0 else None)
+    fitted = list(probes) if probes is not None else _fit_probes(names, train, seed)
+    probe: list[float | None] = [None] * T
+    for t, pr in enumerate(fitted):
+        if pr is not None:
+            pos, neg = sides[t]
+            probe[t] = precision_at_recall(neg @ pr[0] + pr[1], pos @ pr[0] + pr[1], recall[t])
+    counts = {k: [int(v.numel()) for v in vals] for k, vals in by_group.items()}
+    return GateTargeting(names, float(threshold), mean, open_share, false_open, recall, precision, probe, counts,
+                         target if target in names else None)
+
+
+def targeting_table(tg: GateTargeting | dict[str, Any]) -> str:
+    """Markdown: per group, each gate's mean and open share (``mean / share ≥ threshold``), then the false-open rate,
+    precision and recall at the threshold (and the probe's precision at that recall), then the targets met."""
+    t = GateTargeting.from_dict(tg) if isinstance(tg, dict) else tg
+    names = t.attributes
+    lines = [f"| tokens (mean gate / share ≥ {t.threshold:g}) | " + " | ".join(f"{n} gate" for n in names) + " |",
+             "|" + "---|" * (len(names) + 1)]
+    for group in TARGETING_GROUPS:
+        if group in t.mean:
+            lines.append(f"| {group} | " + " | ".join(f"{m:.3f} / {s:.0%}" for m, s in
+                                                       zip(t.mean[group], t.open_share[group])) + " |")
+    lines.append("| false-open rate (shut groups, mean) | " + " | ".join(f"{v:.1%}" for v in t.false_open) + " |")
+    lines.append("| recall on own negatives | " + " | ".join(f"{v:.1%}" for v in t.recall) + " |")
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    lines.append("| precision on own data | " + " | ".join(fmt(v) for v in t.precision) + " |")
+    if any(p is not None for p in t.probe_precision):
+        lines.append("| logistic probe's precision at that recall | " + " | ".join(fmt(v) for v in t.probe_precision)
+                     + " |")
+    met = t.met()
+    missed = [f"{names[i]}: {key}" for key, vals in met.items() for i, v in enumerate(vals) if v is False]
+    lines += ["", f"- targets ({', '.join(f'{k} {v:g}' for k, v in TARGETING_TARGETS.items())}): "
+              + ("all measured targets met." if not missed else "missed " + "; ".join(missed) + ".")]
+    return "\n".join(lines)
 
 
 _Sides = list[tuple[torch.Tensor, torch.Tensor]]  # per attribute: dev (positives [n, d], negatives [m, d])
@@ -162,18 +356,16 @@ def _dev_mmd(sides: _Sides, theta: torch.Tensor, weight: torch.Tensor, bias: tor
     return mmd_before, mmd_after
 
 
-def _probe_aucs(names: list[str], sides: _Sides, train: Sequence[AttributeData] | None,
-                seed: int) -> list[float | None]:
-    """Dev AUC of a logistic probe fitted on each attribute's training activations (None without them)."""
-    probe: list[float | None] = [None] * len(names)
+def _fit_probes(names: list[str], train: Sequence[AttributeData] | None,
+                seed: int) -> list[tuple[torch.Tensor, float] | None]:
+    """A logistic probe ``(w [d], b)`` per attribute fitted on its training activations (None without them)."""
+    probes: list[tuple[torch.Tensor, float] | None] = [None] * len(names)
     if train is not None:
         train_by_name = {a.name: a for a in train}
         for t, n in enumerate(names):
             if n in train_by_name:
-                w, b = fit_logistic_gate(train_by_name[n].negatives, train_by_name[n].positives, seed=seed)
-                pos, neg = sides[t]
-                probe[t] = auc(pos @ w + b, neg @ w + b)
-    return probe
+                probes[t] = fit_logistic_gate(train_by_name[n].negatives, train_by_name[n].positives, seed=seed)
+    return probes
 
 
 def assess(h: TrainingHealth) -> list[str]:
@@ -234,4 +426,6 @@ def health_table(h: TrainingHealth) -> str:
                      + f" | {h.theta_norm[t]:.1f} | {init} | {h.mmd_unsteered[t]:.4f} → {h.mmd_steered[t]:.4f} |")
     lines.append("")
     lines += [f"- ⚠ {v}" for v in h.verdicts] or ["- healthy: every target met (docs/training.md)."]
+    if h.targeting is not None:
+        lines += ["", "Targeting (where each gate opens):", "", targeting_table(h.targeting)]
     return "\n".join(lines)

@@ -37,6 +37,12 @@ t's negatives and shuts it on t's positives and (``gate_scope="cross"``) on ever
 
 (``gate_scope="own"``, or T = 1: ½ own negatives + ½ own positives). See :func:`gate_targets`.
 
+Extension (not the paper's, off by default): a **background** gate term ``L_bg`` (``lambda_background > 0``):
+background tokens (neutral text, chat-template / system-prompt tokens) belong to no attribute, and every gate is
+kept shut on them, ``L_bg_t = mean_{a∈B_bg} BCE(G_t(a), 0)`` (:func:`background_gate_loss`). It is not one of
+:data:`TERMS` (the training history keeps its five rows); the trainer adds its gradient
+(:func:`background_gate_grad`) to every step's.
+
 Total: ``L = λ_mmd L_MMD + λ_pos L_pos + λ_sparse L_sparse + λ_ortho L_ortho + λ_gate L_gate`` (λ_mmd = 1 and
 λ_gate = 0 in the paper).
 
@@ -235,6 +241,22 @@ def weighted_gate_bce(
     bce_neg = torch.nn.functional.softplus(neg_logits) - target * neg_logits
     bce_pos = torch.nn.functional.softplus(pos_logits)
     return (weight_neg * bce_neg).sum(0) + (weight_pos * bce_pos).sum(0)
+
+
+def background_gate_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Per-gate background term ``[T]`` from gate logits on background rows ``[N, T]``: ``mean_N BCE(G_t, 0)``
+    (= mean softplus(logit)), which keeps every gate shut on tokens that belong to no attribute."""
+    return torch.nn.functional.softplus(logits).mean(0)
+
+
+def background_gate_grad(
+    background: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(L_bg [T], d(scale·ΣL_bg)/dW [T, d], d(scale·ΣL_bg)/db [T])`` on background rows ``[N, d]``, in closed form:
+    d softplus(z)/dz = sigmoid(z), so the gradient is the mean gate value times the row (the tests check autograd)."""
+    logits = torch.addmm(bias, background, weight.t())  # [N, T]
+    gates = torch.sigmoid(logits) * (scale / background.shape[0])
+    return background_gate_loss(logits), torch.mm(gates.t(), background), gates.sum(0)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -52,6 +52,16 @@ class FlatParams:
             g_theta = g_theta * self.theta_scale
         torch.cat([g_theta.view(-1), g_weight.view(-1), g_bias], out=self.flat.grad)
 
+    def add_gate_grad(self, g_weight: torch.Tensor, g_bias: torch.Tensor) -> None:
+        """Add a gradient for the steerer's (W ``[T, d]``, b ``[T]``) to ``flat.grad``, mapped to Adam's coordinates
+        as :meth:`set_grad` maps it (a term outside the objective, e.g. the background gate term)."""
+        if self.gate_map is not None:
+            g_weight = (g_weight - g_bias.unsqueeze(1) * self.gate_map[1]) * self.gate_map[0]
+        grad = cast(torch.Tensor, self.flat.grad)
+        T, d = self.T, self.d
+        grad[T * d : 2 * T * d].view(T, d).add_(g_weight)
+        grad[2 * T * d :].add_(g_bias)
+
     def write_to(self, steerer: Steerer) -> None:
         """Copy the trained parameters, mapped back to raw space, into ``steerer``."""
         w_raw, b_raw = self.raw_gate()

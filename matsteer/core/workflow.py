@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from matsteer.activations.features import FeatureSet, extract_to_folder, feature_dir, load_features
 from matsteer.activations.models import LoadedModel
 from matsteer.activations.sites import Site
@@ -56,10 +58,15 @@ def train_from_features(
     dev_dirs: Sequence[str | Path] | None = None,
     progress: bool = True,
     probe: bool = False,
+    background: torch.Tensor | None = None,
+    dev_background: torch.Tensor | None = None,
 ) -> tuple[TrainResult, dict[str, Any], dict[str, Any]]:
     """Train on feature folders (one per attribute). Returns (result, origin {model, site, d}, data_info).
 
-    With dev folders the result carries a training-health report (``probe``: with the logistic-probe yardstick)."""
+    With dev folders the result carries a training-health report (``probe``: with the logistic-probe yardstick).
+    background ``[N, d]`` / dev_background ``[M, d]``: tokens that belong to no attribute, for the background gate
+    term and the bias calibration (presets ``targeted``, ``targeted-calibrated``) and the health report's neutral
+    row (see :func:`~matsteer.core.training.train_steerer`)."""
     sets = [load_features(p) for p in train_dirs]
     origin = check_same_origin(sets)
     for fs in sets:
@@ -76,7 +83,7 @@ def train_from_features(
         dev = [attribute_data(fs) for fs in dev_sets]
         info["dev"] = data_info(dev_sets)
     result = train_steerer([attribute_data(fs) for fs in sets], config or TrainConfig(), dev=dev, progress=progress,
-                   health_probe=probe)
+                           health_probe=probe, background=background, dev_background=dev_background)
     return result, origin, info
 
 

@@ -1,4 +1,5 @@
-"""Gate analyses: steered and gated feature sets, per-token gates of texts and generations, the ParaDetox gate table."""
+"""Gate analyses: steered and gated feature sets, per-token gates of texts and generations, the ParaDetox gate table,
+and the model-running side of gate targeting (neutral text, chat-template tokens, ParaDetox: :func:`targeting_report`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from matsteer.activations.extraction import extract_activations
+from matsteer.activations.extraction import Encoded, extract_activations, extract_encoded
 from matsteer.activations.features import FeatureSet
-from matsteer.activations.models import LoadedModel, Tokenizer, model_device
+from matsteer.activations.models import LoadedModel, Tokenizer, model_device, pad_token_id
 from matsteer.activations.sites import Site
+from matsteer.core.attributes import AttributeData
+from matsteer.core.health import OPEN_THRESHOLD, GateTargeting, gate_targeting
 from matsteer.core.steerer import Steerer
-from matsteer.errors import ConfigError
+from matsteer.data import load_examples
+from matsteer.data.prompts import format_prompt, has_chat_template
+from matsteer.errors import ConfigError, DataError
 from matsteer.steering.generation import decode_continuations, encode_prompts, generate_greedy
 from matsteer.steering.recorder import TokenGates
 from matsteer.steering.session import steer
@@ -35,8 +40,54 @@ NEUTRAL_TEXTS: tuple[str, ...] = (
     "The recipe needs fresh basil, tomatoes and olive oil.",
 )
 
+# Other everyday sentences, for *training* (the background gate term, TrainConfig.lambda_background): kept apart from
+# NEUTRAL_TEXTS, which stays the held-out neutral group of every gate analysis.
+BACKGROUND_TEXTS: tuple[str, ...] = (
+    "The bus stop is on the corner next to the bakery.",
+    "Cut the onions into thin slices before frying them.",
+    "The garden needs water twice a week in summer.",
+    "Our office moved to a new building across the river.",
+    "The film starts at half past seven tonight.",
+    "Bread rises faster in a warm kitchen.",
+    "He keeps his bicycle in the shed behind the house.",
+    "The report is due at the end of the month.",
+    "Rain is expected in the afternoon, so take a coat.",
+    "The children built a sandcastle on the beach.",
+    "A square has four equal sides.",
+    "The kettle is on the shelf above the sink.",
+    "She reads a chapter of her book every evening.",
+    "The store closes early on public holidays.",
+    "Mix the paint well before you start the second coat.",
+    "The river flows north through the valley.",
+    "Leaves turn yellow and red in the autumn.",
+    "The printer on the third floor is out of paper.",
+    "They planted tomatoes and beans in the spring.",
+    "The concert hall seats about two thousand people.",
+    "Turn left at the traffic lights and park behind the school.",
+    "The soup tastes better with a little salt and pepper.",
+    "His flight lands at the airport just after noon.",
+    "The old clock in the hall chimes every hour.",
+    "A week has seven days and a year has twelve months.",
+    "The cat likes to sleep in the sunny spot by the window.",
+    "Please close the door quietly when you leave.",
+    "The bridge was painted grey and green last year.",
+    "Store the rice in a dry container with a tight lid.",
+    "The hikers reached the top of the hill by lunchtime.",
+    "The class will visit the science museum on Friday.",
+    "Sound travels faster in water than in air.",
+    "He fixed the shelf with four screws and some glue.",
+    "The town market sells fruit, cheese and flowers.",
+    "The email arrived a few minutes after the call.",
+    "Ice melts when the temperature rises above zero degrees.",
+)
+
 __all__ = [
     "as_array",
+    "BACKGROUND_TEXTS",
+    "background_activations",
+    "paradetox_activations",
+    "targeting_report",
+    "template_activations",
     "edit_norms",
     "gate_sets",
     "gate_table_stats",
@@ -237,3 +288,93 @@ def gate_table_stats(
     for row, values in (extra or {}).items():
         table[row] = dict(values)
     return table
+
+
+# ---- gate targeting: background and ParaDetox activations, the full report -------------------------------------
+
+
+def template_activations(loaded: LoadedModel, site: Site, prompts: Sequence[str], *, chat: bool = True,
+                         batch_size: int = 16) -> torch.Tensor:
+    """Activations ``[M, d]`` of the chat-template tokens of ``prompts``: system prompt, role markers and the
+    generation prompt, i.e. every token of the formatted prompt outside the user's text (the first position, an
+    attention sink, is skipped as in extraction). Tokens a gate should never open on: they are in every prompt.
+    """
+    tok = loaded.tokenizer
+    if not (chat and has_chat_template(tok)):
+        raise ConfigError("Template tokens need a tokenizer with a chat template (and chat=True).")
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError("Template tokens need a fast tokenizer (character offsets).")
+    texts = [format_prompt(tok, p, True) for p in prompts]
+    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = []
+    for text, prompt, ids, offsets in zip(texts, prompts, enc["input_ids"], enc["offset_mapping"]):
+        start = text.find(prompt)
+        if start < 0:
+            raise DataError(f"The chat template changed the prompt {prompt[:40]!r}; cannot find its tokens.")
+        end = start + len(prompt)
+        keep = [j for j in range(1, len(ids)) if not (offsets[j][0] < end and offsets[j][1] > start)]
+        if keep:
+            encoded.append(Encoded(list(ids), keep))
+    if not encoded:
+        raise DataError("No template tokens found: the chat template adds nothing around these prompts.")
+    rows = extract_encoded(loaded.model, encoded, site, pad_id=pad_token_id(tok), batch_size=batch_size,
+                           progress=False)
+    return rows.activations
+
+
+def background_activations(loaded: LoadedModel, site: Site, prompts: Sequence[str],
+                           texts: Sequence[str] = BACKGROUND_TEXTS, *, chat: bool = True) -> torch.Tensor:
+    """Background rows ``[N, d]`` for training (``train_steerer(..., background=...)``): every token of ``texts``
+    (neutral sentences; default :data:`BACKGROUND_TEXTS`, not the held-out :data:`NEUTRAL_TEXTS`) and the template
+    tokens of ``prompts`` (take them from the training split)."""
+    parts = [neutral_activations(loaded, site, texts)] if texts else []
+    if prompts and chat and has_chat_template(loaded.tokenizer):
+        parts.append(template_activations(loaded, site, prompts, chat=chat))
+    if not parts:
+        raise ConfigError("No background: pass neutral texts or prompts (with a chat template).")
+    return torch.cat(parts)
+
+
+def paradetox_activations(loaded: LoadedModel, site: Site, split: str = "dev", n: int = 100,
+                          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token activations ``(toxic [P, d], non-toxic [Q, d])`` of ``n`` ParaDetox rows (a toxic sentence and its
+    neutral paraphrases) of ``split``, every token of each sentence (Table 2's groups)."""
+    examples = load_examples("paradetox", split, limit=n, seed=seed)
+    toxic = [e.text for e in examples if e.label == 0]
+    clean = [e.text for e in examples if e.label == 1]
+    if not toxic or not clean:
+        raise DataError(f"ParaDetox {split} (n={n}) has no toxic or no non-toxic sentences.")
+    return neutral_activations(loaded, site, toxic), neutral_activations(loaded, site, clean)
+
+
+def targeting_report(
+    loaded: LoadedModel,
+    steerer: Steerer,
+    site: Site,
+    dev: Sequence[AttributeData | FeatureSet],
+    *,
+    prompts: Sequence[str],
+    train: Sequence[AttributeData | FeatureSet] | None = None,
+    neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
+    paradetox_split: str | None = "dev",
+    paradetox_n: int = 100,
+    target: str = "toxicity",
+    threshold: float = OPEN_THRESHOLD,
+    seed: int = 0,
+) -> GateTargeting:
+    """:func:`matsteer.core.health.gate_targeting` with the model-run groups: neutral text (every token of
+    ``neutral_texts``), the chat-template tokens of ``prompts`` (held-out prompts, e.g. dev questions) and, unless
+    ``paradetox_split`` is None, ParaDetox toxic / non-toxic sentences of that split. dev / train: dev (and
+    training, for the probe's precision ceiling) activations per attribute, :class:`AttributeData` or feature sets.
+    """
+    def as_data(xs: Sequence[AttributeData | FeatureSet]) -> list[AttributeData]:
+        return [x if isinstance(x, AttributeData) else AttributeData(x.attribute, x.positives, x.negatives,
+                                                                     x.positive_side) for x in xs]
+
+    neutral = neutral_activations(loaded, site, neutral_texts) if neutral_texts else None
+    template = (template_activations(loaded, site, prompts)
+                if prompts and has_chat_template(loaded.tokenizer) else None)
+    paradetox = paradetox_activations(loaded, site, paradetox_split, paradetox_n, seed) if paradetox_split else None
+    return gate_targeting(steerer, as_data(dev), neutral=neutral, template=template, paradetox=paradetox,
+                          train=as_data(train) if train is not None else None, target=target, threshold=threshold,
+                          seed=seed)
