@@ -7,25 +7,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from matsteer.activations.models import DTYPE_CHOICES  # noqa: F401  ("auto": matsteer.activations.models.auto_dtype), re-exported
-
-
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo (else what :mod:`platform` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+from matsteer.store.provenance import cpu_model
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:

@@ -105,10 +105,13 @@ def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
     src = tmp_path / "bbq"
     src.mkdir()
     assert main(["compare", "--layer", "10", "--seeds", "4", "5", "--out", str(tmp_path), "--source", f"bbq={src}",
-                 "--steer-special", "--positions", "all", "--multipliers", "1", "4"]) == 0
+                 "--steer-special", "--positions", "all", "--multipliers", "1", "4", "--kl-budget", "0.3",
+                 "--norm-grid", "on", "off", "--grid-extensions", "1", "--temperatures", "1", "3"]) == 0
     cfg = seen["eval"]
     assert (cfg.demo.layer, cfg.seeds, cfg.out_dir) == (10, (4, 5), tmp_path)
     assert cfg.positions == "all" and cfg.multipliers == (1.0, 4.0)
+    assert (cfg.kl_budget, cfg.norm_grid, cfg.grid_extensions, cfg.temperatures) == (0.3, (True, False), 1,
+                                                                                      (1.0, 3.0))
     assert cfg.sources == {"bbq": str(src)} and cfg.steer_special
     assert main(["winrates", "--from-eval", "x.json", "--n", "7", "--max-new-tokens", "9", "--seeds", "1",
                  "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--out", str(tmp_path)]) == 0

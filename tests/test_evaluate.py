@@ -205,3 +205,25 @@ def test_parse_sources_errors(tmp_path):
         parse_sources([f"bbq={path}", f"bbq={path}"])
     with pytest.raises(DataError, match="no such file"):
         parse_sources([f"bbq={tmp_path / 'missing.jsonl'}"])
+
+
+def test_a_method_with_its_own_model_is_scored_by_it_on_the_same_questions(tiny_llama, tokenizer):
+    """A fine-tuned copy answers instead of the evaluator's model: an identical copy scores exactly as no
+    steering with zero KL; a changed copy scores as an evaluator built on it, with its KL against the base."""
+    import copy
+
+    ev = _evaluator(tiny_llama, tokenizer)
+    none = ev.evaluate(Method("none"))
+    same = ev.evaluate(Method("sft", model=LoadedModel(copy.deepcopy(tiny_llama), tokenizer, "tiny", "0")))
+    for task in ev.all_tasks:
+        assert same[task]["per_item"] == none[task]["per_item"]
+    assert same["side_effects"] == {"ce": ev.unsteered_ce(), "kl": 0.0}
+    changed = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        changed.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    other = LoadedModel(changed, tokenizer, "tiny", "1")
+    got = ev.evaluate(Method("sft", model=other))
+    want = _evaluator(changed, tokenizer).evaluate(Method("none"))
+    for task in ev.all_tasks:
+        assert got[task]["per_item"] == want[task]["per_item"]
+    assert got["side_effects"]["kl"] > 0 and got["side_effects"]["ce"] == _evaluator(changed, tokenizer).unsteered_ce()

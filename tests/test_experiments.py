@@ -25,6 +25,8 @@ def _config(tiny_dir, tmp_path, out="results") -> EvalConfig:
     return EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(LIMITS), test_limits=dict(LIMITS),
                       multipliers=(0.5, 2.0), iti_alphas=(1.0,), icl_shots=(1,),
                       training_candidates=({}, {"lambda_pos": 0.1, "lambda_sparse": 0.1}), out_dir=tmp_path / out,
+                      temperatures=(1.0, 3.0), grid_extensions=0, finetune_grid=({"lr": 1e-3, "steps": 2},),
+                      finetune={"batch_size": 4},
                       n_boot=100)
 
 
@@ -59,7 +61,7 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert report["methods"]["none"]["test"]["mean"]["std"] == 0.0
     # The best baseline comes from the baselines only: never MAT-Steer's own variants or the controls.
     best = report["best_baseline"]
-    assert best["pool"] == ["icl", "iti", "caa", "pca", "probe_caa"] and best["name"] in best["pool"]
+    assert best["pool"] == ["icl", "lora_sft", "lora_dpo", "iti", "caa", "pca", "probe_caa"] and best["name"] in best["pool"]
     assert best["name"] == max(best["dev_means"], key=best["dev_means"].get)
     # Per-seed per-question scores are kept: [seeds][questions] for every task.
     for name, entry in report["methods"].items():
@@ -206,3 +208,25 @@ def test_each_layer_trains_its_own_steerer(tiny_dir, tmp_path):
     assert steerer_key(0, {}, Site(1), fp) != steerer_key(1, {}, Site(1), fp)
     layer1[0].positives.add_(1.0)  # changed in place: hashed afresh, trained afresh
     assert ex.steerer(0, {}, layer1) is not first
+
+
+def test_each_protocol_has_its_own_selection_and_table(tiny_dir, tmp_path):
+    """protocols=("prompt", "generated"): the primary table steers the query; the answer-only variant chooses on
+    dev again for every steering method and reuses the rows that steer nothing."""
+    cfg = _config(tiny_dir, tmp_path)
+    cfg.methods, cfg.seeds, cfg.protocols = ("none", "temperature", "caa", "mat_steer"), (0,), ("prompt", "generated")
+    report = run_evaluation(cfg, progress=False)
+    assert report["protocol"] == "prompt" and list(report["protocols"]) == ["generated"]
+    variant = report["protocols"]["generated"]
+    for part, where in ((report, "prompt"), (variant, "generated")):
+        for name in ("caa", "mat_steer"):
+            assert all(t["params"]["positions"] == where for t in part["selection"][name]["dev_trials"])
+            assert part["methods"][name]["params"]["positions"] == where
+        assert set(part["intervals"]["vs_none"]) == {"temperature", "caa", "mat_steer"}
+    for name in ("none", "temperature"):
+        assert variant["methods"][name] == report["methods"][name]
+    md = (cfg.out_dir / "eval.md").read_text()
+    assert md.startswith("Protocol: steer the query tokens (the paper's protocol) while scoring (the primary")
+    assert "## Protocol variant: generated" in md and "Protocol: steer the answer tokens only while scoring." in md
+    with pytest.raises(ConfigError, match="not both"):
+        EvalConfig(protocols=("prompt",), position_grid=("all",)).validate()

@@ -300,3 +300,65 @@ def test_bbq_scores_from_questions_reads_the_options():
     qs[0] = MCQuestion("bbq", "ctx q", ["a", "b", "c"], [1, 0, 0], "g0", "Q: {prompt} A: {answer}",
                        meta={"context_condition": "disambig", "biased_answer": "", "unknown_answer": "1"})
     assert bbq_scores_from_questions(qs, lps).dis.n == 3  # an unknown biased option leaves the question out
+
+
+def _bbq_questions():
+    lps, gold, cond, biased, unknown = _bbq_case()
+    qs = [MCQuestion("bbq", "ctx q", ["a", "b", "c"], [int(k == g) for k in range(3)], f"g{i}",
+                     "Q: {prompt} A: {answer}",
+                     meta={"context_condition": c, "biased_answer": str(b), "unknown_answer": str(u),
+                           "category": "Age" if i % 2 else "Religion", "question_index": str(i // 4)})
+          for i, (g, c, b, u) in enumerate(zip(gold, cond, biased, unknown))]
+    return qs, lps
+
+
+def test_bbq_guard_counts_match_the_bias_scores():
+    import numpy as np
+
+    from matsteer.eval.task_metrics import BBQItems, bbq_answers, bbq_counts, bbq_ratio_items, bbq_scores
+    from matsteer.eval.tasks import bbq_row
+
+    qs, lps = _bbq_questions()
+    res = bbq_scores(*_bbq_case())
+    items = BBQItems.from_questions(qs)
+    answers = bbq_answers(lps)
+    assert len(answers) == 8 and set(answers) <= set("012-")
+    assert BBQItems.from_dict(items.to_dict()) == items
+    cond = np.array(items.condition)
+    for c, score in (("disambig", res.dis), ("ambig", res.amb)):
+        counts = bbq_counts(answers, items, cond == c)
+        assert (counts.n_biased, counts.n_non_unknown) == (score.n_biased, score.n_non_unknown)
+        assert counts.n == 4 and counts.bias == pytest.approx(score.score)
+    ambig = bbq_counts(answers, items, cond == "ambig")
+    # On ambiguous questions the gold answer is "unknown": accuracy is the "unknown" rate.
+    assert ambig.accuracy == ambig.unknown_rate == res.accuracy.ambig.mean
+    # Ratio terms: sums give the statistics; s_amb as a per-question mean equals (1 - ambig) * s here.
+    for stat, mask, want in (("accuracy", cond == "disambig", res.accuracy.disambig.mean),
+                             ("s_dis", cond == "disambig", res.s_dis), ("s_amb", cond == "ambig", res.s_amb),
+                             ("unknown_rate", cond == "ambig", ambig.unknown_rate)):
+        num, den = bbq_ratio_items([answers], items, stat, mask)
+        assert num.shape == den.shape == (1, 4) and num.sum() / den.sum() == pytest.approx(want)
+    with pytest.raises(ConfigError):
+        bbq_ratio_items([answers], items, "balanced", cond == "ambig")
+    with pytest.raises(DataError):
+        bbq_ratio_items([answers[:3]], items, "accuracy", cond == "ambig")
+    row = bbq_row(qs, lps)
+    assert row["answers"] == answers and row["unknown_ambig"] == ambig.unknown_rate
+    assert row["condition_counts"]["disambig"]["n_non_unknown"] == res.dis.n_non_unknown
+
+
+def test_cluster_ids_per_task():
+    from matsteer.data import load_mc_questions
+    from matsteer.eval.tasks import cluster_ids
+
+    qs, _ = _bbq_questions()
+    assert cluster_ids("bbq", qs)[:5] == ["Religion|0", "Age|0", "Religion|0", "Age|0", "Religion|1"]
+    tqa = load_mc_questions("truthfulqa", "test", limit=40)
+    assert cluster_ids("truthfulqa", tqa) == [q.meta["category"] for q in tqa]
+    pref = load_mc_questions("toxigen_pref", "test", limit=40)
+    assert cluster_ids("toxigen_pref", pref) == [q.meta["target_group"] for q in pref]
+    bbq = load_mc_questions("bbq", "test")
+    ids = cluster_ids("bbq", bbq)
+    # A template (category, question_index) is BBQ's split unit: none appears in the training split.
+    train = set(cluster_ids("bbq", load_mc_questions("bbq", "train")))
+    assert len(set(ids)) == 30 and not set(ids) & train

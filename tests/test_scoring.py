@@ -107,3 +107,31 @@ def test_cached_all_positions_and_single_token_answers_equal_pyvene(tokenizer):
             torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(t, w, atol=1e-4, rtol=1e-4)
     assert [m.self_attn.layer_idx for m in model.model.layers] == list(range(len(model.model.layers)))
+
+
+def test_answer_only_policy_never_touches_a_prompt_token(tokenizer):
+    """positions="generated" (the answer-tokens-only protocol): the cached scorer equals pyvene's "generated"
+    policy, and a one-token answer (scored from the prompt pass alone) is exactly unsteered."""
+    from conftest import tiny_model_for
+
+    from matsteer.eval.cached_scoring import score_cached, steering_edit, text_edit_mask
+    from matsteer.eval.site_cache import cache_questions, cache_texts
+
+    model = tiny_model_for("llama")
+    qs = _questions() + [MCQuestion(dataset="toxigen", prompt="the old man is kind . is this toxic ?",
+                                    choices=["yes", "no"], labels=[0, 1], group="2",
+                                    template="Q: {prompt} A: {answer}")]
+    site = Site(1)
+    cached = cache_questions(model, tokenizer, qs, site, progress=False)
+    torch.manual_seed(3)
+    steerer = Steerer(["truthfulness", "toxicity"], d=32)
+    with steer(model, steerer, site=site, positions="generated") as h:
+        want = score_mc(model, tokenizer, qs, h, progress=False)
+    got = score_cached(model, site, cached, steering_edit(steerer), positions="generated")
+    plain = score_cached(model, site, cached)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[1], plain[1])  # one-token answers: nothing but the prompt pass, never edited
+    assert not torch.allclose(got[0], plain[0])  # multi-token answers: their later tokens are steered
+    texts = cache_texts(model, tokenizer, ["the sun is good .", "water"], site)
+    assert torch.equal(text_edit_mask(texts, "generated"), text_edit_mask(texts, "all"))

@@ -134,12 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "training sets, positions in the dev grid), written to results/reference unless --out")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
-    p.add_argument("--positions", default=None, nargs="+", choices=("prompt", "all", "last", "random"),
-                   help="which tokens every method steers while scoring (the paper: the query, 'prompt'); several "
-                        "values make it part of every steering method's dev grid, e.g. --positions prompt all")
+    p.add_argument("--positions", default=None, nargs="+", choices=("prompt", "all", "generated", "last", "random"),
+                   help="which tokens every method steers while scoring (the paper: the query, 'prompt'; "
+                        "'generated': the answer tokens only); several values make it part of every steering "
+                        "method's dev grid, e.g. --positions prompt all")
     p.add_argument("--multipliers", type=float, nargs="+", default=None,
                    help="the dev grid of every steering method's multiplier (default 0.5 1 2)")
     p.add_argument("--out", default=None, help="results folder (default results, or results/reference)")
+    p.add_argument("--kl-budget", type=float, default=None,
+                   help="dev selection keeps the settings whose mean next-token KL on neutral text is at most this "
+                        "many nats, then takes the best dev mean (default: no budget)")
+    p.add_argument("--norm-grid", nargs="+", default=None, choices=("on", "off"),
+                   help="norm preservation as a dev grid dimension of every steering method, e.g. --norm-grid on off")
+    p.add_argument("--grid-extensions", type=int, default=None,
+                   help="how many times a grid grows past its edge while the choice sits there (default 2)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=None,
+                   help="the temperature controls' dev grid (default 1 1.5 2 3 4 6 8 12 16)")
+    p.add_argument("--add", nargs="+", default=None, metavar="METHOD",
+                   help="add these methods to the finished comparison in the results folder (same settings, same "
+                        "dev rule, intervals recomputed) instead of running it all, e.g. --reference --add "
+                        "temperature temperature_len")
     _add_dtype_arg(p)
     _add_source_args(p)
     p.set_defaults(func=cmd_compare)
@@ -156,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N questions per task (default: all)")
     p.add_argument("--baseline", action="store_true", help="also score the unsteered model")
     p.add_argument("--multiplier", action="append", help="global NUMBER, or NAME=NUMBER per attribute (repeatable)")
-    p.add_argument("--positions", default="prompt", choices=("prompt", "all", "last", "random"),
-                   help="tokens to steer while scoring (the paper: the prompt)")
+    p.add_argument("--positions", default="prompt", choices=("prompt", "all", "generated", "last", "random"),
+                   help="tokens to steer while scoring (the paper: the prompt; generated: the answer tokens only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--allow-model-mismatch", action="store_true")
     _add_source_args(p)

@@ -26,6 +26,7 @@ from matsteer.eval.comparison import run_evaluation
 from matsteer.eval.config import EvalConfig
 from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.experiment import source_hashes
+from matsteer.eval.extend import add_methods
 from matsteer.eval.gate_analysis import gate_sets, steered_sets
 from matsteer.eval.openai_judge import OpenAICompatibleJudge
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, parse_sources
@@ -225,7 +226,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg.position_grid = tuple(args.positions) if len(args.positions) > 1 else ()
     if args.multipliers:
         cfg.multipliers = tuple(args.multipliers)
-    report = run_evaluation(cfg)
+    if args.temperatures:
+        cfg.temperatures = tuple(args.temperatures)
+    if args.kl_budget is not None:
+        cfg.kl_budget = args.kl_budget
+    if args.norm_grid:
+        cfg.norm_grid = tuple(v == "on" for v in args.norm_grid)
+    if args.grid_extensions is not None:
+        cfg.grid_extensions = args.grid_extensions
+    cfg.validate()
+    report = add_methods(cfg.out_dir, args.add, cfg) if args.add else run_evaluation(cfg)
     print((cfg.out_dir / "eval.md").read_text(encoding="utf-8"))
     print(f"wrote {cfg.out_dir / 'eval.json'} and eval.md; best baseline by dev: {report['best_baseline']['name']}")
     return 0

@@ -26,7 +26,7 @@ from matsteer.core.workflow import DemoConfig
 from matsteer.data import MCQuestion, load_examples, load_mc_questions
 from matsteer.errors import ConfigError
 from matsteer.eval.comparison import run_evaluation
-from matsteer.eval.config import EvalConfig
+from matsteer.eval.config import FINETUNED, METHODS, EvalConfig
 from matsteer.eval.report import markdown_table
 from matsteer.store.artifacts import check_compatible, load_steerer
 
@@ -263,16 +263,20 @@ def report_step(message: str) -> None:
 def quick_evaluation(wb: Workbench, *, progress: bool = False, steps: bool = True) -> dict[str, Any]:
     """Run the method comparison (:func:`matsteer.eval.comparison.run_evaluation`) at the notebook's settings.
 
-    Quick mode: one seed, one multiplier, the notebook's training setting, few questions, a short bootstrap.
-    Features are shared with notebooks 01/02 (same folders and limits). Writes ``eval.json`` / ``eval.md`` under
-    ``wb.results_dir`` and returns the report. steps: print a :func:`report_step` line as each part of the
-    comparison starts (set-up, each method's dev tuning, each test run); progress: tqdm bars as well.
+    Quick mode: one seed, one multiplier, the notebook's training setting, few questions, a short bootstrap, two
+    temperatures, no grid extension. Features are shared with notebooks 01/02 (same folders and limits). Writes
+    ``eval.json`` / ``eval.md`` under ``wb.results_dir`` and returns the report. steps: print a
+    :func:`report_step` line as each part of the comparison starts (set-up, each method's dev tuning, each test
+    run); progress: tqdm bars as well. The LoRA baselines are left out (each adapter trains for minutes on a
+    2-core CPU); ``matsteer compare`` and the reference run include them.
     """
-    cfg = EvalConfig(demo=copy.deepcopy(wb.demo), out_dir=Path(wb.results_dir))
+    cfg = EvalConfig(demo=copy.deepcopy(wb.demo), out_dir=Path(wb.results_dir),
+                     methods=tuple(m for m in METHODS if m not in FINETUNED))
     if wb.quick:
         cfg.seeds, cfg.multipliers, cfg.iti_alphas, cfg.icl_shots = (wb.seed,), (1.0,), (1.0,), (1,)
         cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)
         cfg.training_candidates, cfg.n_boot = ({},), 200
+        cfg.temperatures, cfg.grid_extensions = (1.0, 3.0), 0
     return run_evaluation(cfg, progress=progress, on_step=report_step if steps else None)
 
 

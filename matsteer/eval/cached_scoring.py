@@ -21,6 +21,7 @@ from matsteer.activations.models import model_device
 from matsteer.activations.sites import Site, decoder_layers
 from matsteer.core.steerer import Steerer
 from matsteer.errors import ConfigError
+from matsteer.eval.scoring import tempered_log_softmax
 from matsteer.eval.site_cache import (
     CachedQuestion,
     CachedTexts,
@@ -66,9 +67,13 @@ def _edited(hidden: torch.Tensor, where: torch.Tensor | None, edit: Edit | None)
     return hidden
 
 
-#: Which tokens the cached scorer edits: the prompt (the paper), every token, the last prompt token, or a seeded
-#: random half of the prompt tokens (the last two are the paper's Table 4 controls).
-CACHED_POSITIONS = ("prompt", "all", "last", "random")
+#: Which tokens the cached scorer edits: the prompt (the paper), every token, the answer tokens only
+#: ("generated", as the intervention's policy of that name edits only calls with a filled KV cache), the last prompt
+#: token, or a seeded random half of the prompt tokens (the last two are the paper's Table 4 controls).
+CACHED_POSITIONS = ("prompt", "all", "generated", "last", "random")
+
+#: The policies that edit answer tokens (those fed after the prompt).
+EDITS_ANSWERS = ("all", "generated")
 
 
 def _check_positions(positions: str) -> None:
@@ -80,9 +85,12 @@ def _policy_mask(rows: Sequence[torch.Tensor], allowed: torch.Tensor, positions:
     """Which tokens ``[B, L]`` a position policy edits among the ``allowed [B, L]`` ones (real, unprotected);
     ``rows[i]`` holds row i's real token ids. ``"last"``: the last allowed token of each row (what the pyvene
     intervention edits once protected positions are out of its mask). ``"random"``: each row's half drawn from a
-    generator seeded by the row's token ids, so the choice does not depend on how rows are batched."""
+    generator seeded by the row's token ids, so the choice does not depend on how rows are batched.
+    ``"generated"``: none (prompts are never edited under it)."""
     if positions in ("prompt", "all"):
         return allowed
+    if positions == "generated":
+        return torch.zeros_like(allowed)
     where = torch.zeros_like(allowed)
     for i, ids in enumerate(rows):
         n = int(ids.shape[0])
@@ -123,15 +131,17 @@ class _AnswerRows:
 
 def upper_logprobs(model: nn.Module, site: Site, batch: Sequence[CachedQuestion], edit: Edit | None = None,
                    positions: str = "prompt", batch_tokens: int = 2048,
-                   steer_special: bool = False) -> list[torch.Tensor]:
+                   steer_special: bool = False, temperature: float = 1.0) -> list[torch.Tensor]:
     """Summed answer-token log-probs ``[K_q]`` of each question in ``batch``, after editing the cached activations
     and running only the layers above the site: the batch's prompts once (right-padded, filling a KV cache), then
     the answers, grouped by length, against their own prompt's cache rows.
 
     edit: None (unsteered) or a function ``[n, d] -> [n, d]`` applied to the tokens named by ``positions`` (see
-    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens), never the protected positions unless
+    :data:`CACHED_POSITIONS`; ``"all"`` also edits the answer tokens, ``"generated"`` only them), never the
+    protected positions unless
     ``steer_special``. The vocabulary projection runs only where an answer token is predicted: with a 49k
-    vocabulary it would otherwise cost more than the decoder layers.
+    vocabulary it would otherwise cost more than the decoder layers. ``temperature`` divides the next-token
+    logits before their log-softmax (:func:`~matsteer.eval.scoring.tempered_log_softmax`).
     """
     _check_positions(positions)
     device = model_device(model)
@@ -145,17 +155,18 @@ def upper_logprobs(model: nn.Module, site: Site, batch: Sequence[CachedQuestion]
     alen = [int(c.answer_mask[r].sum()) for c, r in flat]
     rows = _AnswerRows(flat, alen, owner, pmask, lengths.to(device))
     with _layers_above(model, site.layer):
-        cache, totals = _prompt_pass(model, prompts, rows)
+        cache, totals = _prompt_pass(model, prompts, rows, temperature)
         # Answer token j predicts token j + 1: only the first len - 1 tokens of each answer need to run.
         longer = torch.tensor([i for i, n in enumerate(alen) if n > 1], dtype=torch.long)
         for chunk in answer_chunks([alen[i] - 1 for i in longer.tolist()], batch_tokens):
             picked, row_of = _answer_pass(model, rows, longer[chunk].tolist(), cache,
-                                          edit if positions == "all" else None, steer_special)
+                                          edit if positions in EDITS_ANSWERS else None, steer_special, temperature)
             totals = totals.index_add(0, row_of, picked.to(totals.dtype))
     return list(totals.cpu().split(counts))
 
 
-def _prompt_pass(model: nn.Module, prompts: torch.Tensor, rows: _AnswerRows) -> tuple[Any, torch.Tensor]:
+def _prompt_pass(model: nn.Module, prompts: torch.Tensor, rows: _AnswerRows,
+                 temperature: float = 1.0) -> tuple[Any, torch.Tensor]:
     """Run the (edited) prompts ``[B, P, d]`` through the layers above the site: their KV cache, and per answer
     row the log-prob ``[R]`` of its first token (predicted by its prompt's last position)."""
     from transformers import DynamicCache
@@ -168,13 +179,13 @@ def _prompt_pass(model: nn.Module, prompts: torch.Tensor, rows: _AnswerRows) -> 
                  position_ids=torch.arange(prompts.shape[1], device=device).expand(rows.pmask.shape), use_cache=True,
                  **{_cache_kwarg(base): cache}).last_hidden_state
     last = final[torch.arange(prompts.shape[0], device=device), rows.prompt_lengths - 1]  # [B, d]
-    first = torch.log_softmax(lm.get_output_embeddings()(last), -1, dtype=torch.float32)  # every first token
+    first = tempered_log_softmax(lm.get_output_embeddings()(last), temperature)  # every first token
     firsts = torch.tensor([int(c.answer_ids[r, 0]) for c, r in rows.flat], device=device)
     return cache, first[rows.owner.to(device), firsts]
 
 
 def _answer_pass(model: nn.Module, rows: _AnswerRows, chunk: list[int], cache: Any, edit: Edit | None,
-                 steer_special: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 steer_special: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The answer rows ``chunk`` (all but their last token, edited by ``edit``) against their own prompt's cache
     rows: the log-prob ``[m]`` of each later answer token and the answer row ``[m]`` it belongs to."""
     device = rows.pmask.device
@@ -195,7 +206,7 @@ def _answer_pass(model: nn.Module, rows: _AnswerRows, chunk: list[int], cache: A
                   position_ids=rows.prompt_lengths[q][:, None] + torch.arange(answers.shape[1], device=device),
                   use_cache=True, **{_cache_kwarg(base): sub_cache(cache, q)}).last_hidden_state
     scored = run_mask.bool()  # position j (a real token) predicts answer token j + 1
-    logp = torch.log_softmax(lm.get_output_embeddings()(hidden[scored]), -1, dtype=torch.float32)  # [m, V]
+    logp = tempered_log_softmax(lm.get_output_embeddings()(hidden[scored]), temperature)  # [m, V]
     picked = logp.gather(-1, ids[:, 1:][scored][:, None])[:, 0]
     row_of = torch.tensor(chunk, device=device)[:, None].expand_as(scored)[scored]
     return picked, row_of
@@ -211,8 +222,12 @@ def _row_protected(cq: CachedQuestion, row: int, n: int) -> torch.Tensor:
 def text_edit_mask(cached: CachedTexts, positions: str = "all", steer_special: bool = False) -> torch.Tensor:
     """Which tokens ``[N, W]`` of cached texts a position policy edits. A text is one prompt pass, so
     ``"prompt"`` and ``"all"`` edit every real token, ``"last"`` the last one and ``"random"`` a seeded half;
-    protected positions (first token, special tokens) only with ``steer_special``."""
+    ``"generated"`` edits every real token too (neutral text stands for what the model would generate under it,
+    and every generated token is steered); protected positions (first token, special tokens) only with
+    ``steer_special``."""
     _check_positions(positions)
+    if positions == "generated":
+        positions = "all"
     allowed = cached.mask.bool()
     if not steer_special and cached.protected is not None:
         allowed = allowed & ~cached.protected.bool()
@@ -248,7 +263,8 @@ def steering_edit(steerer: Steerer, scale: torch.Tensor | None = None, forced: t
 
 def score_cached(model: nn.Module, site: Site, cached: Sequence[CachedQuestion], edit: Edit | None = None,
                  positions: str = "prompt", progress: bool = False, desc: str = "score",
-                 batch_tokens: int = 2048, steer_special: bool = False) -> list[torch.Tensor]:
+                 batch_tokens: int = 2048, steer_special: bool = False,
+                 temperature: float = 1.0) -> list[torch.Tensor]:
     """:func:`upper_logprobs` for every cached question, in batches of similar prompt length of about
     ``batch_tokens`` padded tokens (small CPU matmuls waste most of the cores' throughput)."""
     batches = token_batches([c.prompt.shape[0] for c in cached], batch_tokens)
@@ -256,6 +272,6 @@ def score_cached(model: nn.Module, site: Site, cached: Sequence[CachedQuestion],
     with torch.inference_mode():
         for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
             for i, scores in zip(b, upper_logprobs(model, site, [cached[i] for i in b], edit, positions,
-                                                   batch_tokens, steer_special)):
+                                                   batch_tokens, steer_special, temperature)):
                 out[i] = scores
     return out  # type: ignore[return-value]

@@ -5,6 +5,11 @@ bootstrap over questions and seeds.
 ``run_evaluation(EvalConfig())`` writes ``results/eval.json`` and ``results/eval.md`` (schema:
 ``docs/eval-schema.md``).
 
+Intervals: a cluster bootstrap (:func:`matsteer.eval.stats.cluster_bootstrap_tasks`: whole clusters of test
+questions, BBQ templates / TruthfulQA categories / ToxiGen target groups, and seeds paired across methods), Holm's
+correction across the headline comparisons (:func:`headline_holm`), and BBQ's abstention guard (:func:`bbq_guard`:
+a BBQ gain counts only where disambiguated accuracy is non-inferior to no steering).
+
 Reference rows: the constant / majority answer of every task from its gold labels
 (:func:`matsteer.eval.tasks.constant_row`), no steering, and random directions with MAT-Steer's norms (a control
 that pushes as hard as MAT-Steer in a meaningless direction). A method at or below the constant on a task is
@@ -20,38 +25,49 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from matsteer.data import MCQuestion
+from matsteer.errors import DataError
 from matsteer.eval.config import (
     BASELINE_POOL,
     CONSTANT_LABEL,
     CONTROLS,
     MAT_VARIANTS,
     METHOD_LABELS,
+    PROTOCOL_FREE,
     SEEDED,
     EvalConfig,
 )
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
+from matsteer.eval.metrics import balanced_weights
 from matsteer.eval.report import write_report
+from matsteer.eval.selection import within_budget
 from matsteer.eval.stats import (
+    ClusterCI,
+    cluster_bootstrap,
+    cluster_bootstrap_tasks,
+    detectable_from_se,
+    holm,
     mean_std,
-    minimum_detectable_effect,
-    seed_question_bootstrap,
-    seed_question_bootstrap_tasks,
 )
-from matsteer.eval.tasks import PRIMARY
+from matsteer.eval.task_metrics import BBQ_STATS, BBQItems, bbq_counts, bbq_ratio_items
+from matsteer.eval.tasks import PRIMARY, cluster_ids
 from matsteer.files import write_json
 
 
 def select_training_default(ex: Experiment) -> dict[str, Any]:
-    """Each training candidate trained with the first seed, its multiplier tuned on dev; the best is kept."""
+    """Each training candidate trained with the first seed, its multiplier tuned on dev; the best chosen setting is
+    kept (one within the KL budget before any that is not)."""
     seed = ex.cfg.seeds[0]
     trials = []
     for cand in ex.cfg.training_candidates:
         params, grid = ex.tune("mat_steer", seed, cand)
-        trials.append({"overrides": cand, "dev_mean": max(g["dev_mean"] for g in grid), "params": params,
-                       "grid": grid})
-    best = max(range(len(trials)), key=lambda i: (trials[i]["dev_mean"], -i))
+        pick = next(g for g in grid if g["params"] == params)
+        trials.append({"overrides": cand, "dev_mean": pick["dev_mean"], "params": params, "grid": grid,
+                       "within_budget": within_budget(pick, ex.cfg.kl_budget)})
+    best = max(range(len(trials)), key=lambda i: (trials[i]["within_budget"], trials[i]["dev_mean"], -i))
     return {"trials": trials, "chosen": trials[best]}
 
 
@@ -75,15 +91,21 @@ def _summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
     Per task: each metric as ``{mean, std, n}`` (n = seeds where defined) or None; ``n`` and ``counts`` as
     they are; text (a constant's ``answer``) as it is; ``per_item`` as ``[seeds][questions]``, the per-question
-    primary scores of every seed (a bootstrap over questions and seeds needs them unaveraged).
+    primary scores of every seed (a bootstrap over questions and seeds needs them unaveraged); BBQ's
+    ``answers`` and ``condition_counts`` per seed too. ``clusters`` are left out: they do not depend on the method
+    and are kept once per task (``report["clusters"]``).
     """
     out: dict[str, Any] = {}
     tasks = [k for k in per_seed[0] if k not in ("mean", "side_effects")]
     for task in tasks:
         entry: dict[str, Any] = {}
         for k, v in per_seed[0][task].items():
+            if k == "clusters":
+                continue
             if k == "per_item":
                 entry[k] = [[float(x) for x in r[task][k]] for r in per_seed]
+            elif k in ("answers", "condition_counts"):
+                entry[k] = [r[task][k] for r in per_seed]
             elif k in ("n", "counts") or isinstance(v, str):
                 entry[k] = v
             else:
@@ -100,47 +122,226 @@ def _per_item(entry: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, list[
     return {t: entry["test"][t]["per_item"] for t in tasks}
 
 
+def _interval_record(clustered: ClusterCI, plain: ClusterCI) -> dict[str, Any]:
+    """One interval record of ``eval.json`` from the cluster bootstrap and the plain question bootstrap (each
+    question its own cluster) of the same difference.
+
+    ``low`` / ``high`` / ``se`` / ``p`` come from the cluster bootstrap unless the question bootstrap is wider
+    (``interval`` says which: ``"clusters"`` or ``"questions"``): with few clusters (ToxiGen's 13 target groups)
+    the between-cluster variance is estimated from a handful of values and can come out below the question-level
+    one by chance, and clustering must never buy precision that ignoring it would not claim. Both are kept
+    (``low_clusters``, ``se_questions``, ...), with ``design_effect`` (clustered over plain variance)."""
+    wider = clustered if clustered.se >= plain.se else plain
+    row = asdict(wider)
+    row["n_clusters"] = clustered.n_clusters
+    row["interval"] = "clusters" if wider is clustered else "questions"
+    for tag, ci in (("clusters", clustered), ("questions", plain)):
+        row[f"low_{tag}"], row[f"high_{tag}"], row[f"se_{tag}"], row[f"p_{tag}"] = ci.low, ci.high, ci.se, ci.p
+    row["design_effect"] = clustered.se**2 / plain.se**2 if plain.se > 0 else None
+    return row
+
+
 def comparison_intervals(
     methods: Mapping[str, Mapping[str, Any]], reference: str, tasks: Sequence[str], probes: Sequence[str] = (),
-    n_boot: int = 10000, seed: int = 0,
+    n_boot: int = 10000, seed: int = 0, clusters: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every method minus ``reference``: a bootstrap over questions and seeds
-    (:func:`matsteer.eval.stats.seed_question_bootstrap_tasks`) per attribute task, for their mean (``"mean"``) and
-    per probe. methods: ``report["methods"]`` (each with ``test[task]["per_item"]`` of shape ``[seeds, n]``)."""
+    """Every method minus ``reference``, per attribute task, for their mean (``"mean"``) and per probe: the cluster
+    bootstrap (:func:`matsteer.eval.stats.cluster_bootstrap_tasks`; whole clusters of ``clusters[task]``, seeds
+    paired where both methods have the same seeds) beside the plain question bootstrap (each question its own
+    cluster), as :func:`_interval_record` records. methods: ``report["methods"]`` (each with
+    ``test[task]["per_item"]`` of shape ``[seeds, n]``); clusters: ``report["clusters"]`` (None or a task absent:
+    questions are their own clusters)."""
     ref = methods[reference]
+    clusters = clusters or {}
     out: dict[str, dict[str, Any]] = {}
     for name, entry in methods.items():
         if name == reference:
             continue
-        cis = seed_question_bootstrap_tasks(_per_item(entry, tasks), _per_item(ref, tasks), n_boot, seed=seed)
-        row = {k: asdict(ci) for k, ci in cis.items()}
+        a, b = _per_item(entry, tasks), _per_item(ref, tasks)
+        cis = cluster_bootstrap_tasks(a, b, {t: clusters.get(t) for t in tasks}, n_boot, seed=seed)
+        plain = cluster_bootstrap_tasks(a, b, None, n_boot, seed=seed)
+        row = {k: _interval_record(ci, plain[k]) for k, ci in cis.items()}
         for probe in probes:
-            row[probe] = asdict(seed_question_bootstrap(entry["test"][probe]["per_item"],
-                                                        ref["test"][probe]["per_item"], n_boot, seed=seed))
+            pa, pb = entry["test"][probe]["per_item"], ref["test"][probe]["per_item"]
+            row[probe] = _interval_record(cluster_bootstrap(pa, pb, clusters.get(probe), n_boot, seed=seed),
+                                          cluster_bootstrap(pa, pb, None, n_boot, seed=seed))
         out[name] = row
     return out
 
 
 #: The rule behind ``report["detectable"]`` (also printed under the table).
-DETECTABLE_RULE = ("smallest true difference a two-sided test at 5% detects with 80% power: "
-                   "(z_0.975 + z_0.8) * sqrt(2 s^2 / n), s^2 the per-question variance of no steering's primary "
-                   "scores (for the mean: sqrt(2 sum_t s_t^2 / n_t) / T); treats the two methods as independent, "
-                   "an upper bound for paired questions")
+DETECTABLE_RULE = ("smallest true difference a two-sided test at 5% detects with 80% power, (z_0.975 + z_0.8) * se, "
+                   "for two standard errors: mde_paired from the cluster-bootstrap se of the paired difference MAT-Steer "
+                   "minus no steering (pairing, clusters, seeds); mde_independent from sqrt(se_a^2 + se_b^2), the two "
+                   "methods' own cluster-bootstrap se's (as if unrelated); mde: the larger of the two")
 
 
-def detectable_differences(entry: Mapping[str, Any], tasks: Sequence[str], probes: Sequence[str] = (),
-                           n_boot: int = 10000, alpha: float = 0.05, power: float = 0.8) -> dict[str, Any]:
-    """What the test sizes can resolve, from one method's (no steering's) first-seed per-question scores: the
-    power-based minimum detectable effect per task and for the mean (see :data:`DETECTABLE_RULE`), and the
-    half-width of that method's own 95% bootstrap interval."""
-    first = {t: entry["test"][t]["per_item"][0] for t in (*tasks, *probes)}
-    mde = {t: minimum_detectable_effect(first[t], alpha, power) for t in (*tasks, *probes)}
-    mde["mean"] = minimum_detectable_effect({t: first[t] for t in tasks}, alpha, power)
-    own = seed_question_bootstrap_tasks({t: [first[t]] for t in tasks}, None, n_boot)
-    for probe in probes:
-        own[probe] = seed_question_bootstrap([first[probe]], None, n_boot)
-    half = {k: (ci.high - ci.low) / 2 for k, ci in own.items()}
-    return {"rule": DETECTABLE_RULE, "alpha": alpha, "power": power, "mde": mde, "ci_halfwidth": half}
+def detectable_differences(methods: Mapping[str, Mapping[str, Any]], intervals_vs_none: Mapping[str, Mapping[str, Any]],
+                           tasks: Sequence[str], probes: Sequence[str] = (), n_boot: int = 10000,
+                           clusters: Mapping[str, Sequence[str]] | None = None, method: str = "mat_steer",
+                           alpha: float = 0.05, power: float = 0.8) -> dict[str, Any]:
+    """What the test sets can resolve, per task, for the mean and per probe (:data:`DETECTABLE_RULE`): from the
+    paired difference ``method`` minus no steering (``intervals_vs_none[method]``: both methods' variance, their
+    pairing, the clusters, the seeds) ``mde_paired`` and its ``design_effect``; from both methods' own
+    cluster-bootstrap standard errors ``mde_independent``; ``mde`` the larger (pairing narrows a difference where
+    two methods agree question by question and widens it where they disagree systematically, as on BBQ, where one
+    answers "unknown" where the other does not); and the half-width of no steering's own 95% cluster interval."""
+    keys = [*tasks, "mean", *probes]
+    clusters = clusters or {}
+
+    def own(entry: Mapping[str, Any]) -> dict[str, ClusterCI]:
+        out = cluster_bootstrap_tasks(_per_item(entry, tasks), None, {t: clusters.get(t) for t in tasks}, n_boot)
+        for probe in probes:
+            out[probe] = cluster_bootstrap(entry["test"][probe]["per_item"], None, clusters.get(probe), n_boot)
+        return out
+
+    ref, other = own(methods["none"]), own(methods[method])
+    rec = intervals_vs_none[method]
+    paired = {k: detectable_from_se(rec[k]["se"], alpha, power) for k in keys}
+    independent = {k: detectable_from_se(math.hypot(ref[k].se, other[k].se), alpha, power) for k in keys}
+    return {"rule": DETECTABLE_RULE, "alpha": alpha, "power": power, "method": method,
+            "mde": {k: max(paired[k], independent[k]) for k in keys}, "mde_paired": paired,
+            "mde_independent": independent, "design_effect": {k: rec[k]["design_effect"] for k in keys},
+            "ci_halfwidth": {k: (ref[k].high - ref[k].low) / 2 for k in keys}}
+
+
+def headline_holm(report: Mapping[str, Any], tasks: Sequence[str], alpha: float = 0.05,
+                  method: str = "mat_steer") -> dict[str, Any]:
+    """Holm's correction (:func:`matsteer.eval.stats.holm`) across the headline comparisons: ``method`` minus no
+    steering and minus the best baseline, on each attribute task and the mean, from the cluster-bootstrap
+    p-values of ``report["intervals"]``. ``tests``: one record per comparison (``method``, ``reference``, ``key``,
+    ``mean_diff``, ``p``, ``p_holm``, ``reject``: ``p_holm <= alpha``)."""
+    intervals = report["intervals"]
+    refs = {"none": "vs_none", report["best_baseline"]["name"]: "vs_best_baseline"}
+    tests = [{"method": method, "reference": ref, "key": key, "mean_diff": intervals[table][method][key]["mean_diff"],
+              "p": intervals[table][method][key]["p"]}
+             for ref, table in refs.items() if ref is not None and table in intervals
+             for key in (*tasks, "mean")]
+    for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
+        test["p_holm"], test["reject"] = adjusted, adjusted <= alpha
+    label = report["methods"][method].get("label", method)
+    return {"alpha": alpha, "family": f"{label} minus no steering and minus the best baseline, on every attribute "
+            "task and the mean", "tests": tests}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BBQ's abstention guard
+
+#: Non-inferiority margin of the guard, in accuracy (2 points).
+NI_MARGIN = 0.02
+
+
+def _maybe_ci(num: Any, den: Any, clusters: Sequence[str] | None, n_boot: int) -> dict[str, Any] | None:
+    """A cluster-bootstrap record of a ratio statistic, None where undefined (no question, or a zero denominator:
+    e.g. a bias score with no non-unknown answer)."""
+    if np.asarray(num).shape[-1] == 0:
+        return None
+    try:
+        return asdict(cluster_bootstrap(num, None, clusters, n_boot, den_a=den))
+    except DataError:
+        return None
+
+
+def non_inferiority(correct: Any, reference: Any, clusters: Sequence[str] | None, n_boot: int = 10000,
+                    margin: float = NI_MARGIN) -> tuple[dict[str, Any], bool]:
+    """Whether a method's accuracy is non-inferior to a reference's on the same questions: the lower bound of the
+    cluster-bootstrap 95% interval of the difference ``correct − reference`` (``[S, n]`` 0/1 each) is at least
+    ``−margin``. Returns the interval record and the verdict."""
+    ci = cluster_bootstrap(correct, reference, clusters, n_boot)
+    return asdict(ci), ci.low >= -margin
+
+
+def _subset_stats(answers: Sequence[str], items: BBQItems, mask: np.ndarray, clusters: np.ndarray,
+                  n_boot: int) -> dict[str, Any]:
+    """Per condition, on the questions of ``mask``: every guard statistic of :data:`BBQ_STATS` defined on it with
+    its cluster-bootstrap interval, and the per-seed :class:`BBQCounts`."""
+    out: dict[str, Any] = {}
+    for cond in ("ambig", "disambig"):
+        m = mask & (np.asarray(items.condition) == cond)
+        entry: dict[str, Any] = {}
+        for stat, where in BBQ_STATS.items():
+            if where in (None, cond):
+                num, den = bbq_ratio_items(answers, items, stat, m)
+                entry[stat] = _maybe_ci(num, den, list(clusters[m]), n_boot)
+        entry["counts"] = [asdict(bbq_counts(a, items, m)) for a in answers]
+        out[cond] = entry
+    return out
+
+
+def bbq_correct(entry: Mapping[str, Any], items: BBQItems) -> np.ndarray:
+    """``[S, n]`` 0/1 correctness of a method's BBQ answers, from ``answers`` where the entry has them, else from
+    ``per_item`` (correctness times the balanced weights of the conditions, :func:`matsteer.eval.metrics.
+    balanced_weights`, as every ``eval.json`` stores it)."""
+    bbq = entry["test"]["bbq"]
+    if "answers" in bbq:
+        return bbq_ratio_items(bbq["answers"], items, "accuracy", np.ones(items.n, dtype=bool))[0]
+    per_item = np.asarray(bbq["per_item"], dtype=np.float64)
+    if per_item.ndim != 2 or per_item.shape[1] != items.n:
+        raise DataError(f"BBQ per_item has shape {per_item.shape}; the test questions are {items.n}.")
+    return np.rint(per_item / np.asarray(balanced_weights(items.condition))[None, :])
+
+
+def bbq_guard(methods: Mapping[str, Mapping[str, Any]], items: BBQItems, clusters: Sequence[str],
+              n_boot: int = 10000, reference: str = "none", margin: float = NI_MARGIN) -> dict[str, Any]:
+    """BBQ's abstention guard for every method with BBQ scores.
+
+    Per method with ``answers`` (``test["bbq"]["answers"]``, one string per seed): ``conditions`` (ambiguous /
+    disambiguated) and ``by_category`` (each of those per category): accuracy, the "unknown" rate and the bias
+    score (s_AMB on ambiguous, s_DIS on disambiguated questions) with cluster-bootstrap intervals (``mean_diff`` is
+    the statistic itself), and per seed the counts (questions, correct, "unknown", ``n_biased``, ``n_non_unknown``);
+    without answers (an older ``eval.json``) ``conditions`` holds the accuracies alone.
+    For every method (from ``per_item`` where it has no answers, :func:`bbq_correct`), against ``reference`` (no
+    steering): the cluster-bootstrap difference of disambiguated and of ambiguous accuracy (``disambig_vs_none``,
+    ``ambig_vs_none``; seeds paired where both have the same seeds), ``non_inferior`` (the lower bound of the
+    disambiguated difference is at least ``−margin``) and ``verdict`` (:func:`guard_verdict`): ``"ok"``
+    (non-inferior: a BBQ gain counts); else ``"unproven"`` (point difference within the margin, interval too wide),
+    ``"abstaining"`` (disambiguated accuracy down by more than the margin while more ambiguous questions are
+    answered "unknown" than without steering: a move to "unknown" whatever the context), ``"inferior"`` (down
+    otherwise); ``"reference"`` for the reference itself."""
+    cl = np.asarray([str(c) for c in clusters])
+    if cl.size != items.n:
+        raise DataError(f"bbq_guard: {cl.size} clusters for {items.n} questions.")
+    cond = np.asarray(items.condition)
+    masks = {c: cond == c for c in ("ambig", "disambig")}
+    scored = {name: m for name, m in methods.items() if "bbq" in m.get("test", {})}
+    ref_correct = bbq_correct(scored[reference], items) if reference in scored else None
+    out: dict[str, Any] = {}
+    for name, m in scored.items():
+        entry: dict[str, Any] = {"margin": margin}
+        answers = m["test"]["bbq"].get("answers")
+        correct = bbq_correct(m, items)
+        if answers is not None:
+            entry["conditions"] = _subset_stats(answers, items, np.ones(items.n, dtype=bool), cl, n_boot)
+            entry["by_category"] = {cat: _subset_stats(answers, items, np.asarray(items.category) == cat, cl, n_boot)
+                                    for cat in sorted(set(items.category))}
+        else:  # an older eval.json: accuracy per condition from per_item, nothing that needs the answers
+            entry["conditions"] = {c: {"accuracy": _maybe_ci(correct[:, mk], np.ones_like(correct[:, mk]),
+                                                             list(cl[mk]), n_boot)} for c, mk in masks.items()}
+        if name == reference:
+            entry["verdict"] = "reference"
+        elif ref_correct is not None:
+            entry["disambig_vs_none"], entry["non_inferior"] = non_inferiority(
+                correct[:, masks["disambig"]], ref_correct[:, masks["disambig"]], list(cl[masks["disambig"]]),
+                n_boot, margin)
+            entry["ambig_vs_none"] = asdict(cluster_bootstrap(correct[:, masks["ambig"]], ref_correct[:, masks["ambig"]],
+                                                              list(cl[masks["ambig"]]), n_boot))
+            entry["verdict"] = guard_verdict(entry["non_inferior"], entry["ambig_vs_none"]["mean_diff"],
+                                             entry["disambig_vs_none"]["mean_diff"], margin)
+        out[name] = entry
+    return out
+
+
+def guard_verdict(non_inferior: bool, ambig_gain: float, disambig_diff: float | None = None,
+                  margin: float = NI_MARGIN) -> str:
+    """``"ok"`` where disambiguated accuracy is non-inferior to no steering. Otherwise the gain does not count:
+    ``"unproven"`` where the point difference is within the margin (the interval is too wide to show
+    non-inferiority), ``"abstaining"`` where ambiguous accuracy (on BBQ's ambiguous questions, the share answered
+    "unknown") rose, ``"inferior"`` where it did not."""
+    if non_inferior:
+        return "ok"
+    if disambig_diff is not None and disambig_diff >= -margin:
+        return "unproven"
+    return "abstaining" if ambig_gain > 0 else "inferior"
 
 
 def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True,
@@ -161,20 +362,16 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True,
     step = on_step or ignore_step
     step("comparison: set-up (model, training and dev features, dev and test questions)")
     ex = Experiment(cfg, progress, on_step)
-    selection = select_training_default(ex)
-    overrides = selection["chosen"]["overrides"]
-    report: dict[str, Any] = {"config": cfg.to_dict(), "selection": {"training_default": selection}, "methods": {}}
-    chosen = _choose_on_dev(ex, selection, report["selection"])
-    for name in cfg.methods:
-        report["methods"][name] = _test_entry(ex, name, chosen[name], overrides, step)
-    report["reference"] = {"constant": {"label": CONSTANT_LABEL, "test": _summarise([ex.test.constant()])},
-                           "unsteered_ce": ex.test.unsteered_ce()}
-    tasks, probes = ex.test.tasks, ex.test.probes
-    report["sizes"] = _sizes(ex)
-    report["primary"] = {t: PRIMARY[t] for t in (*tasks, *probes)}
-    report["tasks"], report["probes"] = list(tasks), list(probes)
-    report["best_baseline"] = _best_baseline(cfg.methods, report["selection"])
-    _add_intervals(report, tasks, probes, cfg.n_boot)
+    report: dict[str, Any] = {}
+    for i, protocol in enumerate(cfg.protocols or (None,)):
+        if protocol is not None:
+            step(f"comparison: protocol {protocol} ({i + 1}/{len(cfg.protocols)})")
+        with ex.protocol(protocol):
+            part = _compare(ex, step, report or None)
+        if i == 0:
+            report = {"config": cfg.to_dict(), **part}
+        else:
+            report.setdefault("protocols", {})[protocol] = part
     report["provenance"] = provenance(ex)
     write_report(report, cfg.out_dir)
     write_json(Path(cfg.out_dir) / "eval-timings.json",
@@ -182,13 +379,45 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True,
     return report
 
 
-def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any],
-                   record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every method's run-time hyperparameter, chosen on dev with the first seed (MAT-Steer's came with its
-    training setting, ``selection``); each method's choice and trials are recorded in ``record[name]``."""
+def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """One protocol's comparison: selection on dev, test entries, reference rows, intervals. ``primary``: the
+    primary protocol's report, whose entries (and dev selections) are reused for the methods whose scores do not
+    depend on which tokens are steered (:data:`~matsteer.eval.config.PROTOCOL_FREE`)."""
+    cfg = ex.cfg
+    selection = select_training_default(ex)
+    overrides = selection["chosen"]["overrides"]
+    report: dict[str, Any] = {"protocol": ex.protocol_name, "selection": {"training_default": selection},
+                              "methods": {}}
+    reuse = [n for n in cfg.methods if primary is not None and n in PROTOCOL_FREE]
+    chosen = _choose_on_dev(ex, selection, report["selection"], skip=reuse)
+    for name in cfg.methods:
+        if primary is not None and name in reuse:
+            report["methods"][name] = primary["methods"][name]
+            report["selection"][name] = primary["selection"][name]
+        else:
+            report["methods"][name] = method_entry(ex, name, chosen[name], overrides, step)
+    report["reference"] = {"constant": {"label": CONSTANT_LABEL, "test": _summarise([ex.test.constant()])},
+                           "unsteered_ce": ex.test.unsteered_ce()}
+    tasks, probes = ex.test.tasks, ex.test.probes
+    report["sizes"] = _sizes(ex)
+    report["primary"] = {t: PRIMARY[t] for t in (*tasks, *probes)}
+    report["tasks"], report["probes"] = list(tasks), list(probes)
+    report["best_baseline"] = _best_baseline(cfg.methods, report["selection"])
+    add_question_facts(report, {t: ex.test.questions[t] for t in (*tasks, *probes)})
+    add_statistics(report, tasks, probes, cfg.n_boot)
+    return report
+
+
+def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any], record: dict[str, Any],
+                   skip: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Every method's run-time hyperparameter (but ``skip``'s), chosen on dev with the first seed (MAT-Steer's came
+    with its training setting, ``selection``); each method's choice and trials are recorded in ``record[name]``."""
     overrides = selection["chosen"]["overrides"]
     chosen: dict[str, dict[str, Any]] = {}
     for name in ex.cfg.methods:
+        if name in skip:
+            continue
         if name == "mat_steer":
             chosen[name], trials = selection["chosen"]["params"], selection["chosen"]["grid"]
         else:
@@ -197,7 +426,7 @@ def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any],
     return chosen
 
 
-def _test_entry(ex: Experiment, name: str, params: dict[str, Any], overrides: dict[str, Any] | None,
+def method_entry(ex: Experiment, name: str, params: dict[str, Any], overrides: dict[str, Any] | None,
                 step: Callable[[str], None]) -> dict[str, Any]:
     """One method's entry of ``report["methods"]``: scored on test at its dev choice ``params`` once per seed (once
     when it does not depend on the seed) and summarised; MAT-Steer's carries its training health per seed."""
@@ -221,26 +450,50 @@ def _sizes(ex: Experiment) -> dict[str, Any]:
                       for a in ex.train_data}}
 
 
+def _chosen_dev_mean(record: Mapping[str, Any]) -> float:
+    """The dev mean of the trial a method's selection chose (``record``: ``{"chosen", "dev_trials"}``)."""
+    return next(t["dev_mean"] for t in record["dev_trials"] if t["params"] == record["chosen"])
+
+
 def _best_baseline(methods: Sequence[str], selection: Mapping[str, Any]) -> dict[str, Any]:
     """The baseline (from :data:`BASELINE_POOL`) with the best dev mean, with every candidate's dev mean."""
     pool = [n for n in methods if n in BASELINE_POOL]
-    dev_best = {n: max(t["dev_mean"] for t in selection[n]["dev_trials"]) for n in pool}
+    dev_best = {n: _chosen_dev_mean(selection[n]) for n in pool}
     best = max(dev_best, key=dev_best.get) if dev_best else None  # type: ignore[arg-type]
     return {"name": best, "dev_means": dev_best, "pool": pool}
 
 
-def _add_intervals(report: dict[str, Any], tasks: Sequence[str], probes: Sequence[str], n_boot: int) -> None:
-    """Every method against no steering (with the smallest detectable difference) and against the best baseline,
-    as bootstrap intervals over test questions and seeds, into ``report``."""
+def add_question_facts(report: dict[str, Any], questions: Mapping[str, Sequence[MCQuestion]]) -> None:
+    """Into ``report``, from the test questions ``{task: [MCQuestion]}`` (in ``per_item`` order): ``clusters``
+    (:func:`matsteer.eval.tasks.cluster_ids`, once per task) and, with BBQ, ``bbq_items``
+    (:class:`matsteer.eval.task_metrics.BBQItems`): what the cluster bootstrap and BBQ's guard need beside the
+    methods' scores. Call it before :func:`add_statistics` (also when adding methods to an older ``eval.json``)."""
+    report["clusters"] = {t: cluster_ids(t, qs) for t, qs in questions.items()}
+    if "bbq" in questions:
+        report["bbq_items"] = BBQItems.from_questions(questions["bbq"]).to_dict()
+
+
+def add_statistics(report: dict[str, Any], tasks: Sequence[str], probes: Sequence[str], n_boot: int) -> None:
+    """Into ``report``: every method against no steering and against the best baseline (cluster-bootstrap interval
+    records over ``report["clusters"]``), the smallest detectable difference, Holm's correction across the headline
+    comparisons, and BBQ's abstention guard (where ``report["bbq_items"]`` and the methods' answers are there)."""
     intervals: dict[str, Any] = {}
     best = report["best_baseline"]["name"]
-    if "none" in report["methods"]:
-        intervals["vs_none"] = comparison_intervals(report["methods"], "none", tasks, probes, n_boot)
-        report["detectable"] = detectable_differences(report["methods"]["none"], tasks, probes, n_boot)
+    clusters = report.get("clusters")
+    methods = report["methods"]
+    if "none" in methods:
+        intervals["vs_none"] = comparison_intervals(methods, "none", tasks, probes, n_boot, clusters=clusters)
+        if "mat_steer" in intervals["vs_none"]:
+            report["detectable"] = detectable_differences(methods, intervals["vs_none"], tasks, probes, n_boot,
+                                                          clusters)
     if best is not None:
-        intervals["vs_best_baseline"] = comparison_intervals(report["methods"], best, tasks, probes, n_boot)
+        intervals["vs_best_baseline"] = comparison_intervals(methods, best, tasks, probes, n_boot, clusters=clusters)
         report["bootstrap_vs_best_baseline"] = intervals["vs_best_baseline"]["mat_steer"]
     report["intervals"] = intervals
+    if "mat_steer" in methods:
+        report["holm"] = headline_holm(report, tasks)
+    if "bbq" in tasks and report.get("bbq_items") and clusters and "bbq" in clusters:
+        report["bbq_guard"] = bbq_guard(methods, BBQItems.from_dict(report["bbq_items"]), clusters["bbq"], n_boot)
 
 
 def _role(name: str) -> str:

@@ -15,7 +15,10 @@ from matsteer.eval.tasks import PROBES, parse_sources
 
 #: How each method is named in tables and figures.
 METHOD_LABELS = {
-    "none": "No steering", "random": "Random directions (MAT-Steer norms)", "icl": "Few-shot prompting (ICL)",
+    "none": "No steering", "random": "Random directions (MAT-Steer norms)",
+    "temperature": "Temperature (no steering)", "temperature_len": "Temperature + length normalisation (no steering)",
+    "icl": "Few-shot prompting (ICL)", "lora_sft": "LoRA SFT (one adapter, all attributes)",
+    "lora_dpo": "LoRA DPO (one adapter, all attributes)",
     "iti": "ITI mass-mean shift", "caa": "CAA mean difference", "pca": "PCA of paired differences",
     "probe_caa": "CAA with probe gates", "sum_single": "Sum of single-attribute MAT-Steer",
     "uniform_gates": "MAT-Steer vectors, uniform gates", "mat_steer": "MAT-Steer",
@@ -25,17 +28,31 @@ CONSTANT_LABEL = "Constant / majority answer (gold labels)"
 
 #: Methods in the comparison, in table order. Those in SEEDED are trained (or, for "random", drawn and sized by
 #: the MAT-Steer steerer of that seed), once per seed; the others are closed form or fixed (ICL's demonstrations,
-#: PCA's pairing and the probes use seed 0), so they are scored once and their std is 0.
-METHODS = ("none", "random", "icl", "iti", "caa", "pca", "probe_caa", "sum_single", "uniform_gates", "mat_steer")
+#: PCA's pairing and the probes use seed 0), so they are scored once and their std is 0. "temperature" is the
+#: unsteered model with its next-token logits divided by a dev-chosen T (a gain it matches is calibration, not
+#: steering); "temperature_len" the same with each answer's log-prob divided by its token count.
+METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft", "lora_dpo", "iti", "caa", "pca",
+           "probe_caa", "sum_single", "uniform_gates", "mat_steer")
 
 #: The methods run once per seed (see METHODS).
-SEEDED = frozenset({"random", "sum_single", "uniform_gates", "mat_steer"})
+SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "sum_single", "uniform_gates", "mat_steer"})
+
+#: The fine-tuning baselines (matsteer.core.finetune): a LoRA adapter on the same training data, merged into a copy
+#: of the model that then answers every task (no steering; the paper's SFT and DPO rows).
+FINETUNED = {"lora_sft": "sft", "lora_dpo": "dpo"}
 
 #: MAT-Steer and its own variants: never "the best baseline".
 MAT_VARIANTS = frozenset({"sum_single", "uniform_gates", "mat_steer"})
 
 #: References shown beside the methods, not candidates for the best baseline.
-CONTROLS = frozenset({"none", "random"})
+CONTROLS = frozenset({"none", "random", "temperature", "temperature_len"})
+
+#: The temperature controls (no steering; only the softmax temperature of the scorer changes).
+TEMPERATURE_CONTROLS = ("temperature", "temperature_len")
+
+#: The methods whose scores do not depend on which tokens are steered (they steer none): scored once and shared by
+#: every protocol of a comparison.
+PROTOCOL_FREE = frozenset({"none", *TEMPERATURE_CONTROLS, "icl", *FINETUNED})
 
 #: The methods the best baseline (by dev mean) is chosen from.
 BASELINE_POOL = tuple(m for m in METHODS if m not in MAT_VARIANTS | CONTROLS)
@@ -66,6 +83,19 @@ class EvalConfig:
     multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     iti_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
     icl_shots: tuple[int, ...] = (1, 3)
+    #: The fine-tuning baselines' dev grid (matsteer.core.finetune.FinetuneConfig fields; the paper's setting
+    #: first) and the settings they all share (e.g. {"beta": 0.1} for DPO, {"rank": 8}).
+    finetune_grid: tuple[dict[str, Any], ...] = ({"lr": 5e-6, "steps": 10}, {"lr": 2e-4, "steps": 40})
+    finetune: dict[str, Any] = field(default_factory=dict)
+    #: The temperature controls' dev grid (geometric; T = 1 is the unsteered model itself).
+    temperatures: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+    #: Dev selection keeps the settings whose mean next-token KL on neutral text is at most this (nats; None: no
+    #: budget), then takes the best dev mean (matsteer.eval.selection).
+    kl_budget: float | None = None
+    #: While a choice sits at an edge of its strength's grid (multiplier, α, T), the grid grows past it by
+    #: grid_factor, at most grid_extensions times.
+    grid_extensions: int = 2
+    grid_factor: float = 2.0
     training_candidates: tuple[dict[str, Any], ...] = (
         {"lambda_pos": 0.9, "lambda_sparse": 0.9}, {"lambda_pos": 0.1, "lambda_sparse": 0.1})
     methods: tuple[str, ...] = METHODS
@@ -74,6 +104,13 @@ class EvalConfig:
     #: Where the steering methods act, as a dev grid (crossed with each one's multiplier / α); empty: every method
     #: steers ``positions``.
     position_grid: tuple[str, ...] = ()
+    #: Scoring protocols (position policies), each with its own dev selection and table; the first is the primary
+    #: one (``report["methods"]``), the others go to ``report["protocols"]``. Empty: one comparison over
+    #: ``position_grid`` (or ``positions``).
+    protocols: tuple[str, ...] = ()
+    #: Norm preservation (rescale each edited activation to ‖a‖) as a dev grid dimension of every steering method;
+    #: empty: closed-form baselines add their vectors as they are and MAT-Steer's family preserves the norm.
+    norm_grid: tuple[bool, ...] = ()
     steer_special: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     out_dir: Path = Path("results")
@@ -110,7 +147,10 @@ class EvalConfig:
         return cfg
 
     def validate(self) -> None:
-        bad = [p for p in (self.positions, *self.position_grid) if p not in CACHED_POSITIONS]
+        bad = [p for p in (self.positions, *self.position_grid, *self.protocols) if p not in CACHED_POSITIONS]
+        if self.protocols and self.position_grid:
+            raise ConfigError("Give protocols (one table each) or position_grid (positions chosen on dev within one "
+                              "table), not both.")
         if bad:
             raise ConfigError(f"Unknown position policies {bad}; choose from {', '.join(CACHED_POSITIONS)}.")
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -118,8 +158,16 @@ class EvalConfig:
             raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
         if "mat_steer" not in self.methods:
             raise ConfigError("The comparison needs 'mat_steer' among the methods.")
-        if not self.seeds or not self.training_candidates or not self.multipliers:
-            raise ConfigError("seeds, training_candidates and multipliers must each hold at least one value.")
+        if not self.seeds or not self.training_candidates or not self.multipliers or not self.temperatures:
+            raise ConfigError("seeds, training_candidates, multipliers and temperatures must each hold at least one "
+                              "value.")
+        if any(not t > 0 for t in self.temperatures):
+            raise ConfigError(f"Temperatures must be positive, got {self.temperatures}.")
+        if self.kl_budget is not None and not self.kl_budget > 0:
+            raise ConfigError(f"kl_budget must be positive (nats) or None, got {self.kl_budget}.")
+        if self.grid_extensions < 0 or not self.grid_factor > 1:
+            raise ConfigError(f"grid_extensions must be >= 0 and grid_factor > 1, got {self.grid_extensions} and "
+                              f"{self.grid_factor}.")
         parse_sources(self.sources)
         for cand in self.training_candidates:
             TrainConfig(**{**self.demo.train.to_dict(), **cand}).validate()

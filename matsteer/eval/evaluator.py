@@ -29,8 +29,9 @@ labels: the reference every method must beat.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from matsteer.eval.tasks import (
     PRIMARY,
     TASKS,
     bbq_row,
+    cluster_ids,
     constant_row,
     for_task,
     neutral_texts,
@@ -74,7 +76,11 @@ class Method:
     """A way to answer: a steerer and its settings, a few-shot prefix, or neither (the unsteered model).
 
     ``positions``: which tokens to steer (None: the evaluator's policy). ``steer_special``: also steer the first
-    token and special tokens, which are left alone by default (an ablation).
+    token and special tokens, which are left alone by default (an ablation). ``temperature``: the next-token
+    logits are divided by it before the log-softmax that scores answers (1: untouched; the temperature control).
+    ``length_normalise``: each answer's summed log-prob is divided by its token count before any metric (so a
+    task's "summed" metric is then per token). ``model``: a fine-tuned copy of the evaluator's model that answers
+    instead (LoRA SFT / DPO), scored on the same questions.
     """
 
     name: str
@@ -87,6 +93,9 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)  # what was chosen on dev, for the record
     positions: str | None = None  # which tokens to steer; None = the evaluator's policy
     steer_special: bool = False
+    temperature: float = 1.0
+    length_normalise: bool = False
+    model: LoadedModel | None = None  # a fine-tuned copy that answers instead of the evaluator's model
 
     @property
     def steers_activations(self) -> bool:
@@ -147,11 +156,12 @@ class Evaluator:
         self.fast = supports_upper_pass(loaded.model, site)
         self.questions = {t: self._load(t, limits) for t in self.all_tasks}
         self._cache: dict[tuple[str, str, str], list[CachedQuestion]] = {}
-        self._lengths: dict[str, list[torch.Tensor]] = {}
+        self._lengths: dict[tuple[str, str], list[torch.Tensor]] = {}
         self.neutral = neutral_texts(split, neutral, self.sources.get(NEUTRAL_DATASET))
         self._neutral_cache: CachedTexts | None = (
             cache_texts(loaded.model, loaded.tokenizer, self.neutral, site) if self.fast else None)
         self._neutral_base: torch.Tensor | None = None
+        self._neutral_plain: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def all_tasks(self) -> list[str]:
@@ -176,22 +186,30 @@ class Evaluator:
     def _scores(self, task: str, method: Method, choices: str = "choices") -> list[torch.Tensor]:
         """Per question of ``task``, the summed log-prob ``[K_q]`` of each of its ``choices`` under ``method``: from
         the cached site activations where the model allows it, else through pyvene."""
+        scores = self._summed_scores(task, method, choices)
+        if not method.length_normalise:
+            return scores
+        return [s / n.to(s.dtype) for s, n in zip(scores, self.answer_lengths(task, choices))]
+
+    def _summed_scores(self, task: str, method: Method, choices: str) -> list[torch.Tensor]:
+        """:meth:`_scores` before any length normalisation."""
         prefix = method.prefix.get(task, "")
         questions = self._questions(task, prefix)
         loaded = self._model_for(task)
-        m, positions = loaded.model, method.positions or self.positions
+        m, positions, temperature = loaded.model, method.positions or self.positions, method.temperature
         if self.fast:
             key = (task, prefix, choices)
             if key not in self._cache:
                 self._cache[key] = cache_questions(m, loaded.tokenizer, questions, self.site, choices=choices,
                                                    progress=self.progress)
             return score_cached(m, self.site, self._cache[key], method.edit(), positions,
-                                steer_special=method.steer_special)
+                                steer_special=method.steer_special, temperature=temperature)
         if method.steerer is None:
-            return score_mc(m, self.loaded.tokenizer, questions, choices=choices, progress=self.progress)
+            return score_mc(m, self.loaded.tokenizer, questions, choices=choices, progress=self.progress,
+                            temperature=temperature)
         with steer(m, method.steerer, site=self.site, **method.steering(positions)) as handle:
             return score_mc(m, self.loaded.tokenizer, questions, handle, choices=choices, progress=self.progress,
-                            steer_special=method.steer_special)
+                            steer_special=method.steer_special, temperature=temperature)
 
     def _model_for(self, task: str) -> LoadedModel:
         """The model that scores ``task``: the evaluator's, except that probes get a ``probe_dtype`` copy of it
@@ -213,15 +231,22 @@ class Evaluator:
             return [s[[q.choices.index(c) for c in q.mc1_choices]] for q, s in zip(qs, mc2)]
         return self._scores(task, method, "mc1_choices")
 
-    def answer_lengths(self, task: str) -> list[torch.Tensor]:
-        """Token counts ``[K_q]`` of each question's answers (the same with or without a few-shot prefix)."""
-        if task not in self._lengths:
-            self._lengths[task] = answer_lengths(self.loaded.tokenizer, self.questions[task])
-        return self._lengths[task]
+    def answer_lengths(self, task: str, choices: str = "choices") -> list[torch.Tensor]:
+        """Token counts ``[K_q]`` of each question's answers (``choices``: the attribute holding them; the same with
+        or without a few-shot prefix)."""
+        key = (task, choices)
+        if key not in self._lengths:
+            self._lengths[key] = answer_lengths(self.loaded.tokenizer, self.questions[task], choices)
+        return self._lengths[key]
 
     def task_scores(self, task: str, method: Method) -> dict[str, Any]:
-        """Metrics of one task: plain numbers (None where undefined), ``n``, sometimes ``counts``, and
-        ``per_item``: per question, the value whose mean is the primary metric (for bootstraps)."""
+        """Metrics of one task: plain numbers (None where undefined), ``n``, sometimes ``counts``, ``per_item``:
+        per question, the value whose mean is the primary metric, and ``clusters``: per question, its cluster
+        (:func:`matsteer.eval.tasks.cluster_ids`; both for bootstraps)."""
+        return {**self._task_metrics(task, method), "clusters": cluster_ids(task, self.questions[task])}
+
+    def _task_metrics(self, task: str, method: Method) -> dict[str, Any]:
+        """:meth:`task_scores` without the clusters."""
         qs = self.questions[task]
         if task == "truthfulqa":
             mc2 = self._scores(task, method)
@@ -248,13 +273,21 @@ class Evaluator:
 
     def unsteered_ce(self) -> float:
         """Cross-entropy (nats) of the unsteered model on the neutral text: the reference for the CE column."""
+        return cross_entropy(*self._neutral_logits())
+
+    def _neutral_logits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The unsteered float32 logits ``[N, W, V]`` of the neutral texts (computed once), with their token ids
+        and real-token mask ``[N, W]``."""
         c = self._neutral_cache
-        if c is None:
+        if c is not None:
+            base = self._base_neutral_logits(c)
+            return base, c.input_ids.to(base.device), c.mask.to(base.device)
+        if self._neutral_plain is None:  # no cached scoring for this model and site: one full forward
             enc = self._neutral_batch()
             with torch.inference_mode():
-                return cross_entropy(self.loaded.model(**enc).logits.float(), enc["input_ids"], enc["attention_mask"])
-        base = self._base_neutral_logits(c)
-        return cross_entropy(base, c.input_ids.to(base.device), c.mask.to(base.device))
+                self._neutral_plain = (self.loaded.model(**enc).logits.float(), enc["input_ids"],
+                                       enc["attention_mask"])
+        return self._neutral_plain
 
     def _neutral_batch(self) -> dict[str, torch.Tensor]:
         """The neutral texts as one right-padded batch ``[N, W]`` on the model's device (pyvene path)."""
@@ -272,7 +305,10 @@ class Evaluator:
     def side_effects(self, method: Method) -> dict[str, float | None]:
         """Cross-entropy on neutral text (steered) and mean next-token KL(unsteered ‖ steered), in nats, with the
         method's own position policy (see :func:`matsteer.eval.cached_scoring.text_edit_mask`); None for both when the
-        method does not edit activations (no steering, ICL)."""
+        method changes no next-token distribution of that text (no steering, ICL). The temperature control's are
+        those of its tempered next-token distributions."""
+        if method.steerer is None and method.temperature != 1.0:
+            return self._tempered_side_effects(method.temperature)
         if method.steerer is None:  # the method does not steer activations
             return {"ce": None, "kl": None}
         positions = method.positions or self.positions
@@ -287,9 +323,36 @@ class Evaluator:
         return {"ce": cross_entropy(steered, c.input_ids.to(steered.device), mask),
                 "kl": next_token_kl(base, steered, mask)}
 
+    def _tempered_side_effects(self, temperature: float) -> dict[str, float | None]:
+        """CE and KL(unsteered ‖ tempered) on the neutral text of the unsteered logits divided by ``temperature``."""
+        base, ids, mask = self._neutral_logits()
+        tempered = base / temperature
+        return {"ce": cross_entropy(tempered, ids, mask), "kl": next_token_kl(base, tempered, mask)}
+
+    def for_model(self, loaded: LoadedModel) -> Evaluator:
+        """This evaluator's questions and neutral text scored by another model (a fine-tuned copy of this one):
+        the same inputs, caches of its own. Its probes are scored in that model's own dtype (a probe copy reloaded
+        by name would be the base model)."""
+        other = copy.copy(self)
+        other.loaded, other.probe_dtype, other._probe_model = loaded, None, None
+        other.fast = supports_upper_pass(loaded.model, self.site)
+        other._cache, other._neutral_base, other._neutral_plain = {}, None, None
+        other._neutral_cache = cache_texts(loaded.model, loaded.tokenizer, self.neutral, self.site) if other.fast \
+            else None
+        return other
+
+    def _model_side_effects(self, other: Evaluator) -> dict[str, float | None]:
+        """CE of ``other``'s model on the neutral text and KL(this model ‖ that model) on it."""
+        base, ids, mask = self._neutral_logits()
+        changed = other._neutral_logits()[0].to(base.device)
+        return {"ce": cross_entropy(changed, ids, mask), "kl": next_token_kl(base, changed, mask)}
+
     def _side_effects_pyvene(self, method: Method, steerer: Steerer, positions: str) -> dict[str, float | None]:
         """:meth:`side_effects` through a pyvene-steered model (no cached site activations)."""
         tok, m = self.loaded.tokenizer, self.loaded.model
+        # One forward pass of neutral text stands for generated text: answer-only steering edits all of it, as
+        # in the cached path (matsteer.eval.cached_scoring.text_edit_mask).
+        positions = "all" if positions == "generated" else positions
         enc = self._neutral_batch()
         with torch.inference_mode():
             base = m(**enc).logits.float()
@@ -301,7 +364,14 @@ class Evaluator:
 
     def evaluate(self, method: Method, side_effects: bool = True) -> dict[str, Any]:
         """All tasks and probes (and side effects) for one method; ``mean`` is the mean of the attribute tasks'
-        primary metrics (probes excluded)."""
+        primary metrics (probes excluded). A method with its own ``model`` (a fine-tuned copy) is scored by that
+        model on these questions, its side effects measured against this evaluator's model."""
+        if method.model is not None:
+            other = self.for_model(method.model)
+            scored = other.evaluate(replace(method, model=None), side_effects=False)
+            if side_effects:
+                scored["side_effects"] = self._model_side_effects(other)
+            return scored
         out: dict[str, Any] = {t: self.task_scores(t, method) for t in self.all_tasks}
         out["mean"] = sum(out[t][PRIMARY[t]] for t in self.tasks) / len(self.tasks)
         if side_effects:

@@ -4,17 +4,21 @@ the dev and test evaluators, memoised training and dev scores, and every method 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from matsteer.activations.features import FeatureSet
 from matsteer.activations.models import load_model
 from matsteer.activations.sites import Site
 from matsteer.core.attributes import AttributeData
@@ -28,13 +32,22 @@ from matsteer.core.baselines import (
     uniform_gates,
 )
 from matsteer.core.config import TrainConfig
+from matsteer.core.finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    dpo_pairs,
+    sft_examples,
+    train_lora_dpo,
+    train_lora_sft,
+)
 from matsteer.core.health import training_health
 from matsteer.core.steerer import Steerer
 from matsteer.core.training import TrainResult, train_steerer
 from matsteer.core.workflow import attribute_data, extract_splits
 from matsteer.errors import ConfigError
-from matsteer.eval.config import FIXED_SEED, METHODS, SEEDED, EvalConfig
+from matsteer.eval.config import FINETUNED, FIXED_SEED, METHODS, SEEDED, TEMPERATURE_CONTROLS, EvalConfig
 from matsteer.eval.evaluator import Evaluator, Method
+from matsteer.eval.selection import edge_extension, select_trial
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, TASKS, few_shot_prefix
 from matsteer.files import sha256_file
 from matsteer.store.provenance import collect, git_commit
@@ -100,30 +113,64 @@ class Experiment:
         self.commit = git_commit()  # the code this run starts from (the checkout may change while it runs)
         self.cfg, self.progress = cfg, progress
         self.on_step = on_step or ignore_step
+        self.protocol_name: str | None = None
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.loaded = load_model(cfg.demo.model, dtype=cfg.demo.dtype, progress=progress)
         self.site = Site(cfg.demo.layer, cfg.demo.site)
-        self.train_sets = extract_splits(self.loaded, cfg.demo, "train", cfg.demo.limits, progress)
-        self.timings["extract_s"] = time.perf_counter() - t0
-        self.train_data = [attribute_data(fs) for fs in self.train_sets]
-        # Dev activations: the training-health report of every MAT-Steer in the comparison.
-        self.dev_data = [attribute_data(fs) for fs in
-                         extract_splits(self.loaded, cfg.demo, "dev", cfg.demo.dev_limits, progress)]
-        self.timings["extract_s"] = time.perf_counter() - t0
-        self.contrasts = {a.name: (a.positives, a.negatives) for a in self.train_data}
+        self._timed("extract_s", t0)
         self.dev = Evaluator(self.loaded, self.site, "dev", cfg.dev_limits, positions=cfg.positions,
                              progress=progress, sources=cfg.sources)
         self.test = Evaluator(self.loaded, self.site, "test", cfg.test_limits, probes=cfg.probes,
                               positions=cfg.positions, progress=progress, sources=cfg.sources)
         self._trained: dict[str, TrainResult] = {}
         self._fixed: dict[str, Steerer] = {}
+        self._finetuned: dict[str, FinetuneResult] = {}
         self._digests = TensorDigests()
         self._dev_results: dict[str, dict[str, Any]] = {}
+
+    @contextlib.contextmanager
+    def protocol(self, name: str | None) -> Iterator[None]:
+        """Inside the block every steering method steers ``name``'s positions (its dev grid's position dimension is
+        that one value); None leaves the configuration as it is."""
+        old = self.cfg
+        if name is not None:
+            self.cfg = dataclasses.replace(old, position_grid=(name,), protocols=())
+        self.protocol_name = name
+        try:
+            yield
+        finally:
+            self.cfg, self.protocol_name = old, None
 
     def _timed(self, key: str, t0: float) -> None:
         """Add the seconds since ``t0`` to ``timings[key]``."""
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+    # -- features (extracted on first use: the controls that train nothing need none) ----------------------
+    @functools.cached_property
+    def train_sets(self) -> list[FeatureSet]:
+        """The training feature folders of every attribute (extracted, or read from the feature cache)."""
+        t0 = time.perf_counter()
+        sets = extract_splits(self.loaded, self.cfg.demo, "train", self.cfg.demo.limits, self.progress)
+        self._timed("extract_s", t0)
+        return sets
+
+    @functools.cached_property
+    def train_data(self) -> list[AttributeData]:
+        return [attribute_data(fs) for fs in self.train_sets]
+
+    @functools.cached_property
+    def dev_data(self) -> list[AttributeData]:
+        """Dev activations: the training-health report of every MAT-Steer in the comparison."""
+        t0 = time.perf_counter()
+        sets = extract_splits(self.loaded, self.cfg.demo, "dev", self.cfg.demo.dev_limits, self.progress)
+        self._timed("extract_s", t0)
+        return [attribute_data(fs) for fs in sets]
+
+    @functools.cached_property
+    def contrasts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{attribute: (positives [n+, d], negatives [n-, d])}`` of the training features."""
+        return {a.name: (a.positives, a.negatives) for a in self.train_data}
 
     # -- training ---------------------------------------------------------------------------------------------
     def train_config(self, seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -168,6 +215,25 @@ class Experiment:
 
         return {**(overrides or {}), "epochs": max(1, round(cfg.epochs * steps(self.train_data) / steps(data)))}
 
+    def finetuned(self, name: str, params: Mapping[str, Any], seed: int) -> FinetuneResult:
+        """The LoRA baseline ``name`` (:data:`~matsteer.eval.config.FINETUNED`) trained with ``params`` over
+        ``cfg.finetune`` and ``seed`` on the training splits of the comparison's data sets (as many questions per
+        data set as the steering methods' features come from), memoised."""
+        method = FINETUNED[name]
+        key = _key(name, dict(params), dict(self.cfg.finetune), seed)
+        if key not in self._finetuned:
+            t0 = time.perf_counter()
+            cfg = FinetuneConfig(**{**self.cfg.finetune, **params, "method": method, "seed": seed})
+            limits = {ds: self.cfg.demo.limits.get(ds) for ds in self.cfg.demo.datasets}
+            if method == "sft":
+                examples = [e for ds, n in limits.items() for e in sft_examples([ds], split="train", limit=n)]
+                self._finetuned[key] = train_lora_sft(self.loaded, examples, cfg, progress=self.progress)
+            else:
+                pairs = [p for ds, n in limits.items() for p in dpo_pairs([ds], split="train", limit=n)]
+                self._finetuned[key] = train_lora_dpo(self.loaded, pairs, cfg, progress=self.progress)
+            self._timed("finetune_s", t0)
+        return self._finetuned[key]
+
     def _probe_caa(self) -> Steerer:
         """CAA vectors behind logistic-probe gates at multiplier 1, fitted once (the multiplier scales θ only, so
         it is applied as the global multiplier: the same edit without refitting the probes)."""
@@ -179,49 +245,60 @@ class Experiment:
     def method(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None = None) -> Method:
         """One method at ``params`` (its multiplier / α / shots) for ``seed``; MAT-Steer-based methods train with
         ``overrides`` of the training config."""
-        c, m = self.contrasts, params.get("multiplier", 1.0)
-        special: dict[str, Any] = {"steer_special": self.cfg.steer_special, "positions": params.get("positions")}
         if name == "none":
             return Method(name)
+        if name in TEMPERATURE_CONTROLS:
+            return Method(name, temperature=params["temperature"], length_normalise=name == "temperature_len",
+                          params=params)
+        if name in FINETUNED:
+            return Method(name, model=self.finetuned(name, params, seed).adapted, params=params)
         if name == "icl":
             tasks = dict.fromkeys((*TASKS, *PROBES, *self.test.all_tasks))
             return Method(name, prefix={t: few_shot_prefix(t, params["shots"], FIXED_SEED) for t in tasks},
                           params=params)
+        c, m = self.contrasts, params.get("multiplier", 1.0)  # the training features, extracted on first use
+        # Closed-form vectors are added as they are, MAT-Steer's family rescaled to ‖a‖, unless the grid says.
+        closed = {"steer_special": self.cfg.steer_special, "positions": params.get("positions"),
+                  "preserve_norm": params.get("preserve_norm", False), "params": params}
+        renormed = {**closed, "preserve_norm": params.get("preserve_norm", True)}
         if name == "iti":
-            return Method(name, mass_mean_shift(c, params["alpha"]), preserve_norm=False, params=params, **special)
+            return Method(name, mass_mean_shift(c, params["alpha"]), **closed)
         if name == "caa":
-            return Method(name, mean_difference(c, m), preserve_norm=False, params=params, **special)
+            return Method(name, mean_difference(c, m), **closed)
         if name == "pca":
-            return Method(name, pca_of_differences(c, m, seed=FIXED_SEED), preserve_norm=False, params=params,
-                          **special)
+            return Method(name, pca_of_differences(c, m, seed=FIXED_SEED), **closed)
         if name == "probe_caa":
-            return Method(name, self._probe_caa(), global_multiplier=m, preserve_norm=False, params=params,
-                          **special)
+            return Method(name, self._probe_caa(), global_multiplier=m, **closed)
         if name == "random":
             # As hard a push as MAT-Steer's at this seed (its ‖θ_t‖), in random directions, gates always on.
             mat = self.steerer(seed, overrides)
             norms = mat.theta.detach().norm(dim=1)
             return Method(name, random_direction_steerer(mat.attributes, mat.d, norms, seed=seed),
-                          global_multiplier=m, params=params, **special)
+                          global_multiplier=m, **renormed)
         if name == "mat_steer":
-            return Method(name, self.steerer(seed, overrides), global_multiplier=m, params=params, **special)
+            return Method(name, self.steerer(seed, overrides), global_multiplier=m, **renormed)
         if name == "uniform_gates":
-            return Method(name, uniform_gates(self.steerer(seed, overrides)), global_multiplier=m, params=params,
-                          **special)
+            return Method(name, uniform_gates(self.steerer(seed, overrides)), global_multiplier=m, **renormed)
         if name == "sum_single":
             singles = [self.steerer(seed, self.same_steps(overrides, [a]), [a]) for a in self.train_data]
-            return Method(name, sum_of_single(singles), global_multiplier=m, params=params, **special)
+            return Method(name, sum_of_single(singles), global_multiplier=m, **renormed)
         raise ConfigError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
 
     def grid(self, name: str) -> list[dict[str, Any]]:
-        """The dev grid of a method's run-time hyperparameter."""
+        """The dev grid of a method's run-time hyperparameters: its strength (multiplier, α, T or shots), crossed
+        for steering methods with ``cfg.position_grid`` and ``cfg.norm_grid`` where those are set."""
         if name == "none":
             return [{}]
         if name == "icl":
             return [{"shots": k} for k in self.cfg.icl_shots]
-        values = [{"alpha": a} for a in self.cfg.iti_alphas] if name == "iti" else \
+        if name in TEMPERATURE_CONTROLS:
+            return [{"temperature": t} for t in self.cfg.temperatures]
+        if name in FINETUNED:
+            return [dict(p) for p in self.cfg.finetune_grid]
+        values: list[dict[str, Any]] = [{"alpha": a} for a in self.cfg.iti_alphas] if name == "iti" else \
             [{"multiplier": m} for m in self.cfg.multipliers]
-        return [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
+        values = [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
+        return [{**v, "preserve_norm": n} for n in self.cfg.norm_grid for v in values] or values
 
     def dev_result(self, name: str, params: dict[str, Any], seed: int,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -235,17 +312,26 @@ class Experiment:
 
     def tune(self, name: str, seed: int, overrides: dict[str, Any] | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The grid value with the best dev mean (ties: the first), and every trial (dev mean and KL; the KL is
-        None for methods that do not edit activations)."""
+        """The setting with the best dev mean among those within ``cfg.kl_budget`` (ties: the first;
+        :func:`~matsteer.eval.selection.select_trial`), and every trial (dev mean and KL; the KL is None for
+        methods that change no next-token distribution of neutral text). While the choice sits at an edge of its
+        strength's grid, the grid grows past it by ``cfg.grid_factor``, at most ``cfg.grid_extensions`` times."""
         extra = f" with training setting {overrides}" if name == "mat_steer" and overrides else ""
         self.on_step(f"comparison: dev: tuning {name}{extra}")
-        trials = []
-        for params in self.grid(name):
-            res = self.dev_result(name, params, seed, overrides)
-            trials.append({"params": params, "dev_mean": res["mean"], "dev_kl": res["side_effects"]["kl"],
-                           **{t: res[t][PRIMARY[t]] for t in self.dev.tasks}})
-        best = max(range(len(trials)), key=lambda i: (trials[i]["dev_mean"], -i))
-        return trials[best]["params"], trials
+        trials = [self._trial(name, params, seed, overrides) for params in self.grid(name)]
+        for _ in range(self.cfg.grid_extensions):
+            nxt = edge_extension(trials, select_trial(trials, self.cfg.kl_budget), self.cfg.grid_factor)
+            if nxt is None or any(t["params"] == nxt for t in trials):
+                break
+            trials.append(self._trial(name, nxt, seed, overrides))
+        return trials[select_trial(trials, self.cfg.kl_budget)]["params"], trials
+
+    def _trial(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None
+               ) -> dict[str, Any]:
+        """One dev trial: the setting, its dev mean, neutral-text KL and each task's primary score."""
+        res = self.dev_result(name, params, seed, overrides)
+        return {"params": params, "dev_mean": res["mean"], "dev_kl": res["side_effects"]["kl"],
+                **{t: res[t][PRIMARY[t]] for t in self.dev.tasks}}
 
     def test_result(self, method: Method) -> dict[str, Any]:
         """The test scores of ``method`` (timed)."""

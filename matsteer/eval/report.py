@@ -1,6 +1,9 @@
 """The comparison's report as markdown: the methods x tasks table beside the constant answer, what dev chose,
-MAT-Steer's training health, the bootstrap intervals and the smallest detectable difference, the paper's numbers;
-and :func:`write_report`, which writes a report's JSON and markdown whole or not at all."""
+MAT-Steer's training health, BBQ's abstention guard, every method's gain over the better of the constant answer
+and the temperature controls, the bootstrap intervals (cluster bootstrap and Holm's correction where the report
+has them) and the smallest detectable difference, the paper's numbers; and :func:`write_report`, which writes a
+report's JSON and markdown whole or not at all. Older ``eval.json`` files (no clusters, no answers, no temperature
+control) render with what they have."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from matsteer.eval.config import METHOD_LABELS, METHODS
+from matsteer.eval.config import CONTROLS, METHOD_LABELS, METHODS, TEMPERATURE_CONTROLS
 from matsteer.eval.tasks import PRIMARY, TASKS
 from matsteer.files import atomic_path, write_json
 
@@ -36,6 +39,14 @@ _PROBE_COLUMNS = {"toxigen": ("balanced_accuracy", "accuracy_toxic", "accuracy_b
                               "ToxiGen Yes/No probe: balanced (toxic / benign)")}
 
 MARK = "†"
+#: Marks a BBQ score whose gain does not count: disambiguated accuracy not shown non-inferior to no steering.
+GUARD_MARK = "‡"
+#: The abstention guard's non-inferiority margin (as :data:`matsteer.eval.comparison.NI_MARGIN`; the report reads
+#: the margin an ``eval.json`` recorded and falls back to this one).
+DEFAULT_MARGIN = 0.02
+#: The guard verdicts whose BBQ gain does not count (:func:`matsteer.eval.comparison.guard_verdict`).
+#: (and ``"unchecked"``: an older eval.json without intervals, where non-inferiority cannot be shown).
+FLAGGED = ("abstaining", "inferior", "unproven", "unchecked")
 
 
 def _ms(value: Any) -> tuple[float, float] | None:
@@ -66,8 +77,9 @@ def _at_or_below(value: Any, constant: Any) -> bool:
 
 
 def _row_cells(t: Mapping[str, Any], const: Mapping[str, Any] | None, tasks: Sequence[str],
-               probes: Sequence[str]) -> list[str]:
-    """The cells of one table row; primary metrics at or below the constant's are marked."""
+               probes: Sequence[str], guarded: bool = False) -> list[str]:
+    """The cells of one table row; primary metrics at or below the constant's are marked, and the BBQ score with
+    :data:`GUARD_MARK` where ``guarded`` (its gain does not count)."""
 
     def marked(task: str, metric: str, text: str) -> str:
         is_primary = PRIMARY.get(task) == metric
@@ -80,6 +92,8 @@ def _row_cells(t: Mapping[str, Any], const: Mapping[str, Any] | None, tasks: Seq
         if task not in tasks:
             continue
         cells.append(marked(task, metric, _fmt(t[task].get(metric))))
+        if task == "bbq" and metric == PRIMARY["bbq"] and guarded:
+            cells[-1] += f" {GUARD_MARK}"
         if task == "bbq":
             bbq = t["bbq"]
             cells.append(f"{_short(bbq.get('ambig'))} / {_short(bbq.get('disambig'))}")
@@ -140,6 +154,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines += ["", f"{MARK} at or below the constant / majority answer on that task's primary metric (first column "
               "of each task) or on the mean. Mean: the mean of the attribute tasks' primary metrics; the ToxiGen "
               "Yes/No probe is not in it. CE / KL: n/a for methods that do not edit activations."]
+    if "bbq" in tasks:
+        lines.append(f"{GUARD_MARK} the BBQ gain does not count: disambiguated accuracy is not shown non-inferior to "
+                     "no steering (BBQ abstention guard below).")
     if const is not None:
         answers = "; ".join(f"{t}: {const[t]['answer']}" for t in (*tasks, *probes) if "answer" in const[t])
         lines.append(f"Constant answers: {answers}.")
@@ -150,8 +167,24 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines += _detectable_lines(report.get("detectable"), keys)
     mat = methods.get("mat_steer", {})
     lines += health_lines(mat.get("health", []), mat.get("seeds", []))
+    if "bbq" in tasks:
+        lines += guard_lines(report)
+    lines += control_gain_lines(report, tasks)
     lines += _interval_lines(report, keys)
-    return "\n".join(lines + _paper_lines()) + "\n"
+    lines += holm_lines(report)
+    if report.get("protocol"):
+        lines[:0] = [f"Protocol: steer {_PROTOCOL_WORDS.get(report['protocol'], report['protocol'])} while scoring"
+                     + (" (the primary protocol; variants below)." if report.get("protocols") else "."), ""]
+    for name, part in report.get("protocols", {}).items():
+        lines += ["", f"## Protocol variant: {name}", "", markdown_table(part).rstrip("\n")]
+    variant = "protocol" in report and "config" not in report  # a protocol variant's part: no paper lines again
+    return "\n".join(lines + ([] if variant else _paper_lines())) + "\n"
+
+
+#: How eval.md names each protocol (position policy).
+_PROTOCOL_WORDS = {"prompt": "the query tokens (the paper's protocol)", "all": "every token",
+                   "generated": "the answer tokens only", "last": "the last query token",
+                   "random": "a seeded random half of the query tokens"}
 
 
 def _score_table(report: Mapping[str, Any], tasks: Sequence[str], probes: Sequence[str]) -> list[str]:
@@ -167,37 +200,240 @@ def _score_table(report: Mapping[str, Any], tasks: Sequence[str], probes: Sequen
     if const_entry is not None:
         lines.append(f"| {const_entry['label']} | " + " | ".join(_row_cells(const_entry["test"], None, tasks, probes))
                      + " |")
-    for _, m in in_table_order(report["methods"]):
-        lines.append(f"| {m['label']} | " + " | ".join(_row_cells(m["test"], const, tasks, probes)) + " |")
+    verdicts = bbq_verdicts(report) if "bbq" in tasks else {}
+    for name, m in in_table_order(report["methods"]):
+        flagged = verdicts.get(name, {}).get("verdict") in FLAGGED
+        lines.append(f"| {m['label']} | " + " | ".join(_row_cells(m["test"], const, tasks, probes, flagged)) + " |")
     return lines
 
 
 def _detectable_lines(det: Mapping[str, Any] | None, keys: Sequence[str]) -> list[str]:
-    """The smallest detectable difference and no steering's own interval half-width, per column."""
+    """The smallest detectable difference (and, where recorded, the design effect) and no steering's own interval
+    half-width, per column."""
     if not det:
         return []
-    return ["", "Smallest difference the test sizes can detect, in points (two-sided 5% test, 80% power, "
-            "from no steering's per-question variance, methods treated as independent: an upper bound; "
-            "docs/eval-schema.md): "
-            + ", ".join(f"{_task_header(k)} {det['mde'][k] * 100:.1f}" for k in keys)
-            + ". Half-width of no steering's own 95% interval: "
-            + ", ".join(f"{_task_header(k)} ±{det['ci_halfwidth'][k] * 100:.1f}" for k in keys) + "."]
+    half = ", ".join(f"{_task_header(k)} ±{det['ci_halfwidth'][k] * 100:.1f}" for k in keys)
+    mde = ", ".join(f"{_task_header(k)} {det['mde'][k] * 100:.1f}" for k in keys)
+    if "design_effect" not in det:  # an older eval.json: the power rule from no steering's variance alone
+        return ["", "Smallest difference the test sizes can detect, in points (two-sided 5% test, 80% power, "
+                "from no steering's per-question variance, methods treated as independent: an upper bound; "
+                f"docs/eval-schema.md): {mde}. Half-width of no steering's own 95% interval: {half}."]
+    deff = ", ".join(f"{_task_header(k)} {det['design_effect'][k]:.1f}" for k in keys
+                     if det["design_effect"].get(k) is not None)
+    paired = ", ".join(f"{_task_header(k)} {det['mde_paired'][k] * 100:.1f}" for k in keys)
+    independent = ", ".join(f"{_task_header(k)} {det['mde_independent'][k] * 100:.1f}" for k in keys)
+    return ["", "Smallest difference the test sizes can detect, in points (two-sided 5% test, 80% power; the larger of "
+            "the paired and the independent figure; docs/eval-schema.md): " + mde + ". Paired (from the cluster-"
+            f"bootstrap standard error of MAT-Steer minus no steering: both methods, pairing, clusters, seeds): {paired}; "
+            f"independent (from the two methods' own cluster-bootstrap standard errors): {independent}. Design effect "
+            f"of the paired difference (clustered over plain question bootstrap variance): {deff}. Half-width of no "
+            f"steering's own 95% cluster interval: {half}."]
 
 
 def _interval_lines(report: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     """The interval tables: every method minus no steering, and minus the best baseline by dev score."""
     lines: list[str] = []
     intervals = report.get("intervals", {})
+    kind = _interval_kind(intervals, bool(report.get("clusters")))
     if intervals.get("vs_none"):
-        lines += ["", "Method minus no steering, points, 95% bootstrap interval over test questions and seeds:", ""]
+        lines += ["", f"Method minus no steering, points, 95% {kind}:", ""]
         lines += _interval_table(intervals["vs_none"], report, keys)
     best = report.get("best_baseline", {}).get("name")
     if best and intervals.get("vs_best_baseline"):
         pool = ", ".join(report["best_baseline"]["pool"])
         lines += ["", f"Method minus the best baseline by dev score ({report['methods'][best]['label']}; chosen from "
-                  f"{pool}: not MAT-Steer's own variants, not the controls), points, 95% bootstrap interval over test "
-                  "questions and seeds:", ""]
+                  f"{pool}: not MAT-Steer's own variants, not the controls), points, 95% {kind}:", ""]
         lines += _interval_table(intervals["vs_best_baseline"], report, keys)
+    return lines
+
+
+def _interval_kind(intervals: Mapping[str, Any], clustered: bool = True) -> str:
+    """What the interval records of ``intervals`` are: the cluster bootstrap (``clustered``: the report has
+    ``clusters``; else every question its own cluster), or (older files) the bootstrap over questions and
+    independently drawn seeds."""
+    first: Mapping[str, Any] = next(
+        (rec for table in intervals.values() for row in table.values() for rec in row.values()), {})
+    if "n_clusters" not in first:
+        return "bootstrap interval over test questions and seeds"
+    if not clustered:
+        return ("bootstrap interval over test questions (each its own cluster: this eval.json has no clusters) and "
+                "seeds paired across methods")
+    return ("cluster bootstrap interval (whole clusters of test questions: BBQ templates, TruthfulQA categories, "
+            "ToxiGen target groups; seeds paired across methods; the plain question bootstrap where that is "
+            "wider, docs/eval-schema.md)")
+
+
+def holm_lines(report: Mapping[str, Any]) -> list[str]:
+    """The headline comparisons with their cluster-bootstrap and Holm-adjusted p-values (where recorded)."""
+    family = report.get("holm")
+    if not family or not family.get("tests"):
+        return []
+    methods = report["methods"]
+    lines = ["", f"Headline comparisons, Holm-corrected across the family ({family['family']}; family-wise "
+             f"α = {family['alpha']:g}): difference in points, cluster-bootstrap p, Holm-adjusted p, and whether it "
+             "survives:", "", "| comparison | key | difference | p | Holm p | survives |", "|---|---|---|---|---|---|"]
+    for t in family["tests"]:
+        label = f"{methods[t['method']]['label']} minus {methods[t['reference']]['label']}"
+        lines.append(f"| {label} | {_task_header(t['key'])} | {t['mean_diff'] * 100:+.2f} | {t['p']:.4f} | "
+                     f"{t['p_holm']:.4f} | {'yes' if t['reject'] else 'no'} |")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BBQ's abstention guard and the gains over the constant answer and the temperature controls
+
+
+def _metric_mean(entry: Mapping[str, Any], task: str, metric: str) -> float | None:
+    """A method's mean of ``test[task][metric]`` (None where absent or undefined)."""
+    v = _ms(entry.get("test", {}).get(task, {}).get(metric))
+    return None if v is None else v[0]
+
+
+def bbq_verdicts(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method, BBQ's abstention-guard verdict: ``verdict`` (``ok``, ``abstaining``, ``inferior``,
+    ``reference`` for no steering, or ``unchecked``), ``disambig_diff`` (disambiguated accuracy minus no
+    steering's), ``low`` (the lower bound of its cluster interval, None where not recorded) and ``source``.
+
+    From ``report["bbq_guard"]`` where the report has it (``source`` ``"interval"``). An older ``eval.json`` has
+    no answers and no clusters, only each method's mean accuracies: there a point difference below ``−margin``
+    already fails non-inferiority (a percentile interval's lower bound lies below its point estimate), while a
+    point difference above it cannot be checked (``"unchecked"``, ``source`` ``"point"``)."""
+    methods = report.get("methods", {})
+    guard = report.get("bbq_guard")
+    out: dict[str, dict[str, Any]] = {}
+    if guard:
+        for name, g in guard.items():
+            ni = g.get("disambig_vs_none")
+            out[name] = {"verdict": g.get("verdict", "unchecked"), "disambig_diff": ni["mean_diff"] if ni else None,
+                         "low": ni["low"] if ni else None, "source": "interval", "margin": g.get("margin")}
+        return out
+    if "none" not in methods:
+        return out
+    ref_d, ref_a = _metric_mean(methods["none"], "bbq", "disambig"), _metric_mean(methods["none"], "bbq", "ambig")
+    for name, entry in methods.items():
+        d, a = _metric_mean(entry, "bbq", "disambig"), _metric_mean(entry, "bbq", "ambig")
+        if name == "none":
+            out[name] = {"verdict": "reference", "disambig_diff": None, "low": None, "source": "point",
+                         "margin": DEFAULT_MARGIN}
+            continue
+        if None in (d, a, ref_d, ref_a):
+            continue
+        diff = d - ref_d  # type: ignore[operator]
+        verdict = "unchecked" if diff >= -DEFAULT_MARGIN else ("abstaining" if a > ref_a else "inferior")  # type: ignore[operator]
+        out[name] = {"verdict": verdict, "disambig_diff": diff, "low": None, "source": "point",
+                     "margin": DEFAULT_MARGIN}
+    return out
+
+
+def _ci_pct(ci: Mapping[str, Any] | None, digits: int = 1) -> str:
+    """A single statistic with its interval, in points: ``v [low, high]``; n/a where undefined."""
+    if not ci:
+        return "n/a"
+    return f"{ci['mean_diff'] * 100:.{digits}f} [{ci['low'] * 100:.{digits}f}, {ci['high'] * 100:.{digits}f}]"
+
+
+def guard_lines(report: Mapping[str, Any]) -> list[str]:
+    """BBQ's abstention guard: per method the ambiguous and disambiguated accuracy and "unknown" rate, the bias
+    scores, disambiguated accuracy minus no steering's and the verdict (with intervals where the report has the
+    answers; from the stored means otherwise)."""
+    verdicts = bbq_verdicts(report)
+    if not verdicts:
+        return []
+    methods, guard = report["methods"], report.get("bbq_guard")
+    margin = next((v["margin"] for v in verdicts.values() if v.get("margin") is not None), DEFAULT_MARGIN)
+    head = (f"BBQ abstention guard: a BBQ gain counts only where disambiguated accuracy is non-inferior to no "
+            f"steering (the lower bound of the cluster-bootstrap 95% interval of the difference at least "
+            f"−{margin * 100:g} points); otherwise the row is flagged {GUARD_MARK}: \"unproven\" where the point "
+            "difference is within the margin but the interval is too wide, \"abstaining\" where it is below it "
+            "while more ambiguous questions are answered \"unknown\" than without steering (a move to "
+            "\"unknown\" whatever the context), \"inferior\" otherwise. Disambiguated accuracy is the BBQ number no context-blind bonus on \"unknown\" can "
+            "raise (docs/eval-schema.md). Points")
+    lines = [""]
+    if guard:
+        lines += [head + ", with 95% cluster-bootstrap intervals (BBQ templates, seeds pooled):", "",
+                  "| method | ambig accuracy (= \"unknown\" rate) | disambig accuracy | disambig \"unknown\" rate | "
+                  "s_DIS (×100) | s_AMB (×100) | disambig minus no steering | verdict |", "|---" * 8 + "|"]
+        for name, g in in_table_order(guard):
+            c, v = g.get("conditions", {}), verdicts.get(name, {})
+            amb, dis = c.get("ambig", {}), c.get("disambig", {})  # an older eval.json: accuracies alone
+            cells = [_ci_pct(amb.get("accuracy")), _ci_pct(dis.get("accuracy")), _ci_pct(dis.get("unknown_rate")),
+                     _ci_pct(dis.get("s_dis")), _ci_pct(amb.get("s_amb"))]
+            cells += [_ci_cell(g["disambig_vs_none"]) if g.get("disambig_vs_none") else "n/a", _verdict_text(v)]
+            lines.append(f"| {methods[name]['label']} | " + " | ".join(cells) + " |")
+        return lines
+    lines += [head + ". This eval.json has no per-question answers or clusters, so only the stored mean accuracies: "
+              "a point difference below the margin already fails (the interval's lower bound lies below it); one "
+              "above it is unchecked (and does not count either):", "",
+              "| method | ambig accuracy (= \"unknown\" rate) | disambig accuracy | disambig minus no steering "
+              "(point) | verdict |", "|---|---|---|---|---|"]
+    for name, v in in_table_order(verdicts):
+        e = methods[name]
+        diff = "n/a" if v["disambig_diff"] is None else f"{v['disambig_diff'] * 100:+.2f}"
+        lines.append(f"| {e['label']} | {_short(e['test']['bbq'].get('ambig'))} | "
+                     f"{_short(e['test']['bbq'].get('disambig'))} | {diff} | {_verdict_text(v)} |")
+    return lines
+
+
+def _verdict_text(v: Mapping[str, Any]) -> str:
+    """A guard verdict as table text."""
+    verdict = v.get("verdict", "n/a")
+    return f"{GUARD_MARK} {verdict}" if verdict in FLAGGED else verdict
+
+
+def _control_references(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, test entry) of the constant answer and of every temperature control the report has."""
+    refs: list[tuple[str, Mapping[str, Any]]] = []
+    const = report.get("reference", {}).get("constant")
+    if const:
+        refs.append(("constant", const["test"]))
+    for name in TEMPERATURE_CONTROLS:
+        if name in report.get("methods", {}):
+            refs.append((report["methods"][name]["label"], report["methods"][name]["test"]))
+    return refs
+
+
+def control_gain_lines(report: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
+    """Every non-control method's gain, per attribute task's primary metric and on the mean, over the better (per
+    column) of the constant answer and the temperature controls (those present: an older eval.json has none).
+    Where BBQ's guard flags a method its BBQ gain does not count: the guarded mean replaces it by
+    ``min(gain, 0)``."""
+    refs = _control_references(report)
+    if not refs:
+        return []
+    verdicts = bbq_verdicts(report) if "bbq" in tasks else {}
+    keys = [*tasks, "mean"]
+
+    def value(test: Mapping[str, Any], key: str) -> float | None:
+        v = _ms(test.get(key) if key == "mean" else test.get(key, {}).get(PRIMARY[key]))
+        return None if v is None else v[0]
+
+    best: dict[str, tuple[float, str]] = {}
+    for key in keys:
+        options = [(v, label) for label, test in refs if (v := value(test, key)) is not None]
+        if options:
+            best[key] = max(options, key=lambda o: o[0])
+    has_temperature = any(n in report.get("methods", {}) for n in TEMPERATURE_CONTROLS)
+    what = ("the better of the constant answer and the temperature controls" if has_temperature else
+            "the constant answer (this eval.json has no temperature control)")
+    lines = ["", f"Gain over {what}, points, per task's primary metric (better reference per column: "
+             + ", ".join(f"{_task_header(k)} {best[k][1]} {best[k][0] * 100:.2f}" for k in keys if k in best)
+             + f"); guarded mean: the mean of the per-task gains with the BBQ gain counted as at most 0 where the "
+             f"row is flagged {GUARD_MARK}:", "",
+             "| method | " + " | ".join(_task_header(k) for k in keys) + " | guarded mean |", "|---" * (len(keys) + 2) + "|"]
+    for name, entry in in_table_order(report["methods"]):
+        if name in CONTROLS:
+            continue
+        gains = {k: v - best[k][0] for k in keys if k in best and (v := value(entry["test"], k)) is not None}
+        flagged = verdicts.get(name, {}).get("verdict") in FLAGGED
+        cells = [(f"{gains[k] * 100:+.2f}" + (f" {GUARD_MARK}" if k == "bbq" and flagged else "")) if k in gains
+                 else "n/a" for k in keys]
+        task_gains = [gains[t] for t in tasks if t in gains]
+        if len(task_gains) == len(tasks):
+            guarded = [min(g, 0.0) if t == "bbq" and flagged else g for t, g in zip(tasks, task_gains)]
+            cells.append(f"{sum(guarded) / len(guarded) * 100:+.2f}")
+        else:
+            cells.append("n/a")
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -96,6 +96,17 @@ def protect_special(steering: Steering | None, tokenizer: Tokenizer, steer_speci
         intervention.context = old
 
 
+def tempered_log_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / T)`` over the last axis ``[..., V]``, in float32. ``T == 1`` is the plain
+    log-softmax bit for bit (no division runs); ``T > 1`` flattens the next-token distribution (the temperature
+    control of the comparison)."""
+    if temperature == 1.0:
+        return torch.log_softmax(logits, -1, dtype=torch.float32)
+    if not temperature > 0:
+        raise ConfigError(f"A softmax temperature must be positive, got {temperature}.")
+    return torch.log_softmax(logits.float() / temperature, -1)
+
+
 def split_prompt(text: str, answer_start: int) -> tuple[str, str]:
     """Context and continuation as lm-eval does: ``"Q: x A:"`` + ``" y"`` (the space starts the continuation)."""
     context = text[:answer_start].rstrip()
@@ -112,8 +123,10 @@ def continuation_logprobs(
     context: str,
     continuations: Sequence[str],
     steering: Steering | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Summed log-probabilities ``[K]`` of each continuation after ``context`` (one prompt pass, one batch of K)."""
+    """Summed log-probabilities ``[K]`` of each continuation after ``context`` (one prompt pass, one batch of K),
+    from next-token logits divided by ``temperature`` (see :func:`tempered_log_softmax`)."""
     if not continuations:
         raise ConfigError(f"No choices to score for {context[:60]!r}.")
     device = model_device(model)
@@ -123,7 +136,7 @@ def continuation_logprobs(
         raise ConfigError(f"A choice of {context[:60]!r} is empty after tokenization.")
     k, n_ctx, width = len(conts), ctx_ids.shape[1], max(len(c) for c in conts)
     out = _call(model, steering, input_ids=ctx_ids, attention_mask=torch.ones_like(ctx_ids), use_cache=True)
-    first = torch.log_softmax(out.logits[0, -1], -1, dtype=torch.float32)  # predicts each continuation's first token
+    first = tempered_log_softmax(out.logits[0, -1], temperature)  # predicts each continuation's first token
     cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     cache.batch_repeat_interleave(k)
     ids = torch.full((k, width), pad_token_id(tokenizer), dtype=torch.long, device=device)
@@ -135,7 +148,7 @@ def continuation_logprobs(
     positions = torch.arange(n_ctx, n_ctx + width, device=device).expand(k, width)
     out = _call(model, steering, input_ids=ids, attention_mask=mask, position_ids=positions,
                 use_cache=True, **{_cache_kwarg(model): cache})
-    logp = torch.log_softmax(out.logits, -1, dtype=torch.float32)  # [K, width, V]: position j predicts token j + 1
+    logp = tempered_log_softmax(out.logits, temperature)  # [K, width, V]: position j predicts token j + 1
     totals = first[ids[:, 0]]
     if width > 1:
         nxt = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # [K, width - 1]
@@ -153,15 +166,17 @@ def score_mc(
     progress: bool = True,
     desc: str = "score",
     steer_special: bool = False,
+    temperature: float = 1.0,
 ) -> list[torch.Tensor]:
     """Per question, the summed log-prob of each choice ``[K_q]`` (``MCQuestion`` objects; ``choices`` names the
-    attribute holding the answers, e.g. ``"mc1_choices"`` for TruthfulQA MC1). A steering handle leaves the
-    first token and special tokens unedited unless ``steer_special`` (module docstring)."""
+    attribute holding the answers, e.g. ``"mc1_choices"`` for TruthfulQA MC1), from logits divided by
+    ``temperature``. A steering handle leaves the first token and special tokens unedited unless
+    ``steer_special`` (module docstring)."""
     scores = []
     with torch.inference_mode(), protect_special(steering, tokenizer, steer_special):
         for q in tqdm(questions, desc=desc, disable=not progress, leave=False):
             context, conts = prompt_and_continuations(q, list(getattr(q, choices)))
-            scores.append(continuation_logprobs(model, tokenizer, context, conts, steering).cpu())
+            scores.append(continuation_logprobs(model, tokenizer, context, conts, steering, temperature).cpu())
     return scores
 
 

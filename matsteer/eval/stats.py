@@ -9,8 +9,14 @@ difference between two methods on the same test items could be resampling noise.
   ``[seeds, n]``; each resample draws the questions (shared by both methods: paired) *and* each method's
   seeds, so the interval covers both the finite test set and the training-seed spread. Averaging seeds away
   before resampling (the old way) ignores the second.
+* :func:`cluster_bootstrap` / :func:`cluster_bootstrap_tasks`: the comparison's bootstrap. Test questions are
+  clustered (BBQ templates, TruthfulQA categories, ToxiGen target groups) and two seeded methods share a trained
+  steerer per seed, so each resample draws whole clusters (paired across methods) and seeds (the same draw for
+  both methods); statistics may be ratios of sums (bias scores, rates among some answers).
+* :func:`holm`: Holm's step-down adjustment across a family of comparisons.
 * :func:`minimum_detectable_effect`: the difference a two-sided test at level ``alpha`` would detect with
-  probability ``power`` given the test size and the per-question variance.
+  probability ``power`` given the test size and the per-question variance; :func:`detectable_from_se` the same
+  from the standard error of an estimated difference (the cluster bootstrap's).
 """
 
 from __future__ import annotations
@@ -26,8 +32,14 @@ from matsteer.errors import ConfigError, DataError
 
 __all__ = [
     "BootstrapCI",
+    "ClusterCI",
     "MeanStd",
     "SeedQuestionCI",
+    "cluster_bootstrap",
+    "cluster_bootstrap_tasks",
+    "cluster_codes",
+    "detectable_from_se",
+    "holm",
     "mean_std",
     "minimum_detectable_effect",
     "paired_bootstrap_ci",
@@ -295,3 +307,184 @@ def minimum_detectable_effect(
         var += 2.0 * float(x.var(ddof=1)) / x.size
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
     return z * math.sqrt(var) / len(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cluster bootstrap (questions clustered by template / category / target group), paired seeds, Holm
+
+
+@dataclass(frozen=True)
+class ClusterCI(_Interval):
+    """A (ratio-of-sums) statistic of ``a`` minus that of ``b`` (or of ``a`` alone), from the cluster bootstrap.
+
+    ``se``: bootstrap standard error; ``p``: two-sided bootstrap p-value of "no difference" (of "0" for ``a``
+    alone); ``n``: questions (summed over tasks for a mean of tasks); ``n_clusters``: clusters (summed likewise);
+    ``seeds_a`` / ``seeds_b``: seeds per method (``seeds_b`` 0 without ``b``); ``paired_seeds``: whether both
+    methods were given the same seed draws.
+    """
+
+    se: float
+    p: float
+    n: int
+    n_clusters: int
+    seeds_a: int
+    seeds_b: int
+    paired_seeds: bool
+    n_boot: int
+    alpha: float
+    seed: int
+
+
+def cluster_codes(clusters: Sequence[str] | None, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
+    """``([n]`` integer codes in ``[0, G)``, ``G)`` for per-question cluster ids; ``None``: every question is its
+    own cluster (the plain question bootstrap)."""
+    if clusters is None:
+        return np.arange(n), n
+    ids = list(clusters)
+    if len(ids) != n:
+        raise DataError(f"{name} has {len(ids)} cluster ids for {n} questions.")
+    _, codes = np.unique(np.asarray([str(c) for c in ids]), return_inverse=True)
+    return codes.astype(np.int64), int(codes.max()) + 1 if n else 0
+
+
+def _cluster_counts(rng: np.random.Generator, rows: int, g: int) -> np.ndarray:
+    """``[rows, g]``: how often each of ``g`` clusters is drawn in ``g`` draws with replacement (one row per
+    resample)."""
+    idx = rng.integers(0, g, size=(rows, g)) + (np.arange(rows) * g)[:, None]
+    return np.bincount(idx.ravel(), minlength=rows * g).reshape(rows, g).astype(np.float64)
+
+
+def _sums_by_cluster(x: np.ndarray, codes: np.ndarray, g: int) -> np.ndarray:
+    """``[S, n]`` per-question values summed within each cluster: ``[S, g]``."""
+    return np.stack([np.bincount(codes, weights=row, minlength=g) for row in x])
+
+
+def _p_two_sided(draws: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of 0: twice the smaller tail share at 0, with the ``+1`` of a permutation-style
+    estimate so that it is never exactly 0."""
+    below, above = int((draws <= 0).sum()), int((draws >= 0).sum())
+    return float(min(1.0, 2.0 * (min(below, above) + 1) / (draws.size + 1)))
+
+
+def cluster_bootstrap_tasks(
+    a: Mapping[str, Sequence[Sequence[float]] | np.ndarray],
+    b: Mapping[str, Sequence[Sequence[float]] | np.ndarray] | None = None,
+    clusters: Mapping[str, Sequence[str] | None] | None = None,
+    n_boot: int = 10000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    *,
+    den_a: Mapping[str, Sequence[Sequence[float]] | np.ndarray] | None = None,
+    den_b: Mapping[str, Sequence[Sequence[float]] | np.ndarray] | None = None,
+) -> dict[str, ClusterCI]:
+    """Cluster bootstrap with resampled seeds, per task and for the unweighted mean over tasks (key ``"mean"``).
+
+    a, b: ``{task: [S, n_task]}`` per-seed per-question values of two methods on the same questions (``S = 1`` for
+    a method that does not depend on the seed; ``b=None``: intervals of ``a`` alone). clusters: ``{task: [n_task]}``
+    cluster ids (BBQ template, TruthfulQA category, ToxiGen target group; a task absent or ``None``: every question
+    its own cluster, the plain question bootstrap). den_a, den_b: optional ``{task: [S, n_task]}`` denominators
+    (default 1): the statistic of a method is then the ratio of sums ``Σ num / Σ den`` over the drawn seeds and
+    questions (a bias score, a rate among some answers); with the default it is the mean over drawn seeds and
+    questions.
+
+    One resample draws, per task, ``G`` of its ``G`` clusters with replacement and keeps **whole clusters** (every
+    question of a drawn cluster, as many times as it was drawn), the same clusters for both methods (paired); and
+    ``S`` seeds with replacement, shared by every task (a seed is one trained model) and, when both methods have
+    the same number ``S > 1`` of seeds, **the same seed draw for both** (seed ``s`` of two methods shares a trained
+    steerer); with different numbers of seeds each draws its own. Whole clusters, not clusters then questions
+    within: the cluster totals already carry the within-cluster spread, and a second stage would count it twice.
+    The interval is the ``alpha/2`` and ``1 − alpha/2`` quantiles of the resampled difference (replicates whose
+    denominator is 0 are left out), ``se`` its standard deviation and ``p`` the two-sided bootstrap p-value of 0.
+    Deterministic: numpy ``Generator(PCG64(seed))``.
+    """
+    if not a:
+        raise DataError("cluster_bootstrap needs at least one task.")
+    if b is not None and set(a) != set(b):
+        raise DataError(f"Both methods need the same tasks: {sorted(a)} vs {sorted(b)}.")
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
+        raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}.")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}.")
+    n_boot, tasks = int(n_boot), list(a)
+    xa, xb = _paired_matrices(a, b, tasks)
+    da = _paired_matrices(den_a, None, tasks)[0] if den_a is not None else {t: np.ones_like(xa[t]) for t in tasks}
+    db = (_paired_matrices(den_b, None, tasks)[0] if den_b is not None
+          else {t: np.ones_like(xb[t]) for t in tasks})
+    for t in tasks:
+        if da[t].shape != xa[t].shape or db[t].shape != xb[t].shape:
+            raise DataError(f"Task {t!r}: a denominator needs the shape of its numerator.")
+    sa, sb = xa[tasks[0]].shape[0], xb[tasks[0]].shape[0]
+    paired = b is not None and sa == sb and sa > 1
+    codes = {t: cluster_codes((clusters or {}).get(t), xa[t].shape[1], f"clusters[{t!r}]") for t in tasks}
+    sums = {t: [_sums_by_cluster(m[t], *codes[t]) for m in (xa, da, xb, db)] for t in tasks}
+    rng = np.random.Generator(np.random.PCG64(seed))
+    stats = {t: np.empty(n_boot) for t in tasks}
+    rows = max(1, _BLOCK_INDICES // max(g for _, g in codes.values()))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for start in range(0, n_boot, rows):
+            stop = min(n_boot, start + rows)
+            wa = _seed_weights(rng, stop - start, sa)
+            wb = wa if paired else _seed_weights(rng, stop - start, sb)
+            for t in tasks:
+                num_a, den_a_, num_b, den_b_ = sums[t]
+                w = _cluster_counts(rng, stop - start, codes[t][1])  # [rows, G]
+                stat = ((wa @ num_a) * w).sum(1) / ((wa @ den_a_) * w).sum(1)
+                if b is not None:
+                    stat = stat - ((wb @ num_b) * w).sum(1) / ((wb @ den_b_) * w).sum(1)
+                stats[t][start:stop] = stat
+        stats["mean"] = np.mean([stats[t] for t in tasks], axis=0)
+        point = {t: float(xa[t].sum() / da[t].sum()) - (float(xb[t].sum() / db[t].sum()) if b is not None else 0.0)
+                 for t in tasks}
+    point["mean"] = float(np.mean([point[t] for t in tasks]))
+    sizes = {t: (int(xa[t].shape[1]), codes[t][1]) for t in tasks}
+    sizes["mean"] = (sum(n for n, _ in sizes.values()), sum(g for _, g in sizes.values()))
+    out = {}
+    for key, draws in stats.items():
+        ok = draws[np.isfinite(draws)]
+        if ok.size == 0:
+            raise DataError(f"Task {key!r}: every resample has a zero denominator; the statistic is undefined.")
+        low, high = np.quantile(ok, [alpha / 2, 1 - alpha / 2])
+        out[key] = ClusterCI(point[key], float(low), float(high), float(ok.std()), _p_two_sided(ok), sizes[key][0],
+                             sizes[key][1], sa, sb if b is not None else 0, paired, n_boot, float(alpha), int(seed))
+    return out
+
+
+def cluster_bootstrap(
+    a: Sequence[Sequence[float]] | np.ndarray,
+    b: Sequence[Sequence[float]] | np.ndarray | None = None,
+    clusters: Sequence[str] | None = None,
+    n_boot: int = 10000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    *,
+    den_a: Sequence[Sequence[float]] | np.ndarray | None = None,
+    den_b: Sequence[Sequence[float]] | np.ndarray | None = None,
+) -> ClusterCI:
+    """:func:`cluster_bootstrap_tasks` for one task: a, b (and den_a, den_b) ``[S, n]`` (a 1-D ``[n]`` is one
+    seed), clusters ``[n]``."""
+    return cluster_bootstrap_tasks(
+        {"task": a}, None if b is None else {"task": b}, {"task": clusters}, n_boot, alpha, seed,
+        den_a=None if den_a is None else {"task": den_a}, den_b=None if den_b is None else {"task": den_b})["task"]
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: with ``p_(1) ≤ … ≤ p_(m)``, the ``k``-th smallest
+    becomes ``max_{j ≤ k} min(1, (m − j + 1) · p_(j))``. Rejecting where the adjusted value is ``≤ alpha`` controls
+    the family-wise error rate at ``alpha`` under any dependence between the tests."""
+    p = _vector(list(pvalues), "pvalues")
+    if ((p < 0) | (p > 1)).any():
+        raise DataError(f"p-values must lie in [0, 1], got {p.tolist()}.")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]
+
+
+def detectable_from_se(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided test at level ``alpha`` detects with probability ``power`` when
+    the estimated difference has standard error ``se``: ``(z_{1−alpha/2} + z_{power}) · se``."""
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise ConfigError(f"alpha and power must be in (0, 1), got {alpha!r} and {power!r}.")
+    return (NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)) * float(se)

@@ -1,11 +1,13 @@
 """The evaluation tasks: their names and primary metrics, local sources, demonstrations, neutral text, the rows
-of metrics a task reports, and the constant answer of each task (the reference every method must beat)."""
+of metrics a task reports, the constant answer of each task (the reference every method must beat), and the
+clusters its test questions come in (for the cluster bootstrap)."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,13 @@ import torch
 from matsteer.data import TOXIGEN_PREF, MCQuestion, fill_template, load_examples, load_mc_questions
 from matsteer.errors import ConfigError, DataError
 from matsteer.eval.metrics import class_accuracy_from_questions
-from matsteer.eval.task_metrics import bbq_scores_from_questions, truthfulqa_mc_from_questions
+from matsteer.eval.task_metrics import (
+    BBQItems,
+    bbq_answers,
+    bbq_counts,
+    bbq_scores_from_questions,
+    truthfulqa_mc_from_questions,
+)
 
 #: The attribute tasks: truthfulness, toxicity, bias. Their primary metrics are averaged into ``mean``.
 TASKS: tuple[str, ...] = ("truthfulqa", TOXIGEN_PREF, "bbq")
@@ -31,6 +39,21 @@ DATA_OF: dict[str, str] = {TOXIGEN_PREF: "toxigen"}
 NEUTRAL_DATASET = "paradetox"
 #: What ``sources`` may name: a task's questions, or the neutral text of the side effects.
 SOURCE_KEYS: tuple[str, ...] = (*MC_TASKS, NEUTRAL_DATASET)
+
+
+def cluster_ids(task: str, questions: Sequence[MCQuestion]) -> list[str]:
+    """The cluster of every question, ``[n]``: what questions share beyond chance, so that a bootstrap resamples
+    clusters rather than questions. BBQ: its template, ``category|question_index`` (the unit BBQ is split by: one
+    template gives ambiguous and disambiguated versions with different names filled in); TruthfulQA: its
+    category (the question itself where the file has none); ToxiGen preference pairs and the Yes/No probe: the
+    target group; anything else (HH-RLHF): the question itself."""
+    if task == "bbq":
+        return [f"{q.meta.get('category', '')}|{q.meta.get('question_index', q.group)}" for q in questions]
+    if task == "truthfulqa":
+        return [q.meta.get("category") or q.group for q in questions]
+    if task in (TOXIGEN_PREF, "toxigen"):
+        return [q.meta.get("target_group") or q.group for q in questions]
+    return [q.group for q in questions]
 
 
 def few_shot_prefix(task: str, k: int, seed: int = 0) -> str:
@@ -116,12 +139,22 @@ def constant_row(task: str, questions: Sequence[MCQuestion]) -> dict[str, Any]:
 
 
 def bbq_row(questions: Sequence[MCQuestion], scores: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """BBQ's metrics from per-choice log-probs ``[3]`` per question; ``per_item`` averages to ``balanced``."""
+    """BBQ's metrics from per-choice log-probs ``[3]`` per question; ``per_item`` averages to ``balanced``.
+
+    For the abstention guard also ``answers`` (the chosen option per question, one character each:
+    :func:`matsteer.eval.task_metrics.bbq_answers`), the ambiguous and disambiguated "unknown" rates, and
+    ``condition_counts``: per condition the questions, correct and "unknown" answers, ``n_biased`` and
+    ``n_non_unknown`` (:class:`matsteer.eval.task_metrics.BBQCounts`)."""
     res = bbq_scores_from_questions(questions, scores)
     acc = res.accuracy
+    answers, items = bbq_answers(scores), BBQItems.from_questions(questions)
+    counts = {c: bbq_counts(answers, items, [x == c for x in items.condition]) for c in ("ambig", "disambig")}
     return {"balanced": res.balanced, "accuracy": acc.overall.mean, "ambig": acc.ambig.mean,
             "disambig": acc.disambig.mean, "s_dis": res.s_dis, "s_amb": res.s_amb, "n": acc.overall.n,
-            "counts": {"ambig": acc.ambig.n, "disambig": acc.disambig.n}, "per_item": res.per_item_balanced}
+            "unknown_ambig": counts["ambig"].unknown_rate, "unknown_disambig": counts["disambig"].unknown_rate,
+            "counts": {"ambig": acc.ambig.n, "disambig": acc.disambig.n},
+            "condition_counts": {c: asdict(v) for c, v in counts.items()}, "answers": answers,
+            "per_item": res.per_item_balanced}
 
 
 def toxigen_row(questions: Sequence[MCQuestion], scores: Sequence[torch.Tensor]) -> dict[str, Any]:

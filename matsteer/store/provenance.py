@@ -86,6 +86,18 @@ def split_file(dataset: str) -> str:
     return f"splits/{dataset}.json"
 
 
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo (else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def environment() -> dict[str, str]:
     """The Python and platform a result was made on."""
     return {

@@ -1,0 +1,69 @@
+"""Choosing a method's setting on dev: the best dev mean among the settings whose side effect is within a budget,
+on a grid that grows past its edge when the best value sits there.
+
+A *trial* is one dev evaluation: ``{"params": {...}, "dev_mean": float, "dev_kl": float | None, ...}``; its
+*scale* is the one run-time value that sets how hard a method pushes (the multiplier, ITI's α, the softmax
+temperature). Pure functions: :class:`matsteer.eval.experiment.Experiment` runs the trials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: The parameter that sets a method's strength, in the order looked for; grids extend along it.
+SCALE_KEYS = ("multiplier", "alpha", "temperature")
+
+
+def scale_key(params: Mapping[str, Any]) -> str | None:
+    """The strength parameter among ``params`` (None: the method has none, e.g. no steering, ICL's shots)."""
+    return next((k for k in SCALE_KEYS if k in params), None)
+
+
+def within_budget(trial: Mapping[str, Any], kl_budget: float | None) -> bool:
+    """True when the trial's neutral-text KL is at most ``kl_budget`` (always without a budget, and for methods
+    whose KL is undefined: they change no next-token distribution of neutral text)."""
+    kl = trial.get("dev_kl")
+    return kl_budget is None or kl is None or kl <= kl_budget
+
+
+def select_trial(trials: Sequence[Mapping[str, Any]], kl_budget: float | None = None) -> int:
+    """The index of the trial with the best dev mean among those within the KL budget (ties: the first). When
+    none is within it, the trial with the smallest KL (the closest the method comes to the budget)."""
+    if not trials:
+        raise ValueError("select_trial needs at least one trial.")
+    ok = [i for i, t in enumerate(trials) if within_budget(t, kl_budget)]
+    if ok:
+        return max(ok, key=lambda i: (trials[i]["dev_mean"], -i))
+    return min(range(len(trials)), key=lambda i: (trials[i]["dev_kl"], i))
+
+
+def _others(params: Mapping[str, Any], key: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, v) for k, v in params.items() if k != key))
+
+
+def edge_extension(trials: Sequence[Mapping[str, Any]], best: int, factor: float = 2.0) -> dict[str, Any] | None:
+    """The next setting to try when the chosen trial's scale is the largest (or smallest) value tried among the
+    trials that share its other parameters: that value times (or divided by) ``factor``. None when the choice is
+    inside the grid (a larger value tried but over the KL budget counts as inside: the budget bounds it), has no
+    scale, or the grid has one value only (a fixed setting, not a search)."""
+    params = trials[best]["params"]
+    key = scale_key(params)
+    if key is None:
+        return None
+    same = [t for t in trials if scale_key(t["params"]) == key and _others(t["params"], key) == _others(params, key)]
+    values = sorted({float(t["params"][key]) for t in same})
+    if len(values) < 2:
+        return None  # a one-value grid is a fixed setting, not a search
+    value = float(params[key])
+    if value == values[-1]:
+        return {**params, key: value * factor}
+    if value == values[0]:
+        return {**params, key: value / factor}
+    return None
+
+
+def at_edge(trials: Sequence[Mapping[str, Any]], best: int) -> bool:
+    """True when :func:`edge_extension` would still extend the grid past the chosen trial (a choice left at an
+    edge once the extensions allowed ran out; ``eval.md`` flags it)."""
+    return edge_extension(trials, best) is not None

@@ -1,0 +1,74 @@
+"""Dev selection: the best dev mean within the KL budget, and grids that grow past an edge where the best sits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from matsteer.errors import ConfigError
+from matsteer.eval.config import EvalConfig
+from matsteer.eval.experiment import Experiment
+from matsteer.eval.selection import at_edge, edge_extension, scale_key, select_trial
+
+
+def _t(m: float, mean: float, kl: float | None = 0.1, **extra) -> dict:
+    return {"params": {"multiplier": m, **extra}, "dev_mean": mean, "dev_kl": kl}
+
+
+def test_budget_excludes_a_setting_above_it():
+    trials = [_t(1, 0.50, 0.05), _t(2, 0.55, 0.2), _t(4, 0.60, 0.9)]
+    assert select_trial(trials) == 2
+    assert select_trial(trials, kl_budget=0.5) == 1
+    assert select_trial(trials, kl_budget=0.01) == 0  # none within: the smallest KL
+    # Ties go to the first; an undefined KL (no steering) is always within the budget.
+    assert select_trial([_t(1, 0.5, None), _t(2, 0.5, 0.0)], kl_budget=0.1) == 0
+
+
+def test_edge_extension_by_hand():
+    grid = [_t(1, 0.50), _t(2, 0.55), _t(4, 0.60)]
+    assert edge_extension(grid, 2) == {"multiplier": 8.0}
+    assert edge_extension(grid, 0) == {"multiplier": 0.5}
+    assert edge_extension(grid, 1) is None
+    # The other parameters stay; the edge is judged among the trials that share them.
+    crossed = [_t(1, 0.5, positions="prompt"), _t(2, 0.6, positions="prompt"), _t(4, 0.4, positions="all")]
+    assert edge_extension(crossed, 1) == {"multiplier": 4.0, "positions": "prompt"}
+    assert edge_extension([_t(1, 0.5)], 0) is None  # a one-value grid is a fixed setting
+    assert edge_extension([{"params": {"shots": 1}, "dev_mean": 0.5}], 0) is None
+    assert scale_key({"alpha": 2, "positions": "all"}) == "alpha" and scale_key({}) is None
+
+
+def _experiment(peak: float, kl_per_unit: float, cfg: EvalConfig) -> Experiment:
+    """An experiment whose dev trials are a hand-made curve: mean -(log2 m - log2 peak)^2, KL = m * kl_per_unit."""
+    ex = Experiment.__new__(Experiment)
+    ex.cfg, ex.on_step = cfg, lambda message: None
+
+    def trial(name, params, seed, overrides):
+        m = params["multiplier"]
+        return {"params": params, "dev_mean": -(math.log2(m) - math.log2(peak)) ** 2, "dev_kl": m * kl_per_unit}
+
+    ex._trial = trial  # type: ignore[method-assign]
+    return ex
+
+
+@pytest.mark.parametrize("peak", [0.125, 1.0, 8.0])
+def test_no_chosen_value_lies_at_a_grid_edge(peak):
+    cfg = EvalConfig(multipliers=(0.5, 1.0, 2.0), grid_extensions=4)
+    chosen, trials = _experiment(peak, 0.0, cfg).tune("caa", 0)
+    assert chosen["multiplier"] == peak
+    assert not at_edge(trials, trials.index(next(t for t in trials if t["params"] == chosen)))
+
+
+def test_the_budget_bounds_the_grid_instead_of_its_edge():
+    cfg = EvalConfig(multipliers=(1.0, 2.0, 4.0), kl_budget=0.5, grid_extensions=4)
+    chosen, trials = _experiment(16.0, 0.1, cfg).tune("caa", 0)
+    # KL = 0.1 m: 4 is the largest within the budget, 8 was tried and is over it.
+    assert chosen == {"multiplier": 4.0}
+    assert [t["params"]["multiplier"] for t in trials] == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_selection_settings_are_checked():
+    with pytest.raises(ConfigError, match="kl_budget"):
+        EvalConfig(kl_budget=0.0).validate()
+    with pytest.raises(ConfigError, match="grid_factor"):
+        EvalConfig(grid_factor=1.0).validate()
