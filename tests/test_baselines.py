@@ -211,3 +211,228 @@ def test_pca_zero_differences_refused():
     x = T([[1.0, 2.0], [3.0, 4.0]])
     with pytest.raises(DataError):
         pca_difference_vector(x, x.clone(), pairs=T([[0, 0], [1, 1]]))
+
+
+# --------------------------------------------------------------------------------------------------
+# ICV and NL-ITI
+# --------------------------------------------------------------------------------------------------
+
+
+def _features(acts: torch.Tensor, labels: list[int], texts: list[int], tokens: list[int]) -> FeatureSet:
+    return FeatureSet(activations=acts, labels=T(labels), text_index=T(texts), token_index=T(tokens),
+                      manifest={"attribute": "truthfulness", "positive_side": "truthful"})
+
+
+def test_text_states_and_last_token_means_hand_computed():
+    from matsteer.core.baselines import last_token_means, text_states
+
+    # Rows out of order: text 0 has tokens 3, 5, 4 (rows 0, 2, 4); text 2 has tokens 7, 6 (rows 1, 3).
+    acts = T([[1.0, 0.0], [10.0, 0.0], [3.0, 3.0], [20.0, 2.0], [5.0, 1.0]])
+    states, texts = text_states(acts, T([0, 2, 0, 2, 0]), T([3, 7, 5, 6, 4]), k=2)
+    assert texts.tolist() == [0, 2]
+    # Last two of text 0 are tokens 5 and 4 (rows 2, 4); text 2 has only two rows.
+    assert torch.allclose(states, T([[4.0, 2.0], [15.0, 1.0]]))
+    last, _ = text_states(acts, T([0, 2, 0, 2, 0]), T([3, 7, 5, 6, 4]), k=1)
+    assert torch.equal(last, T([[3.0, 3.0], [10.0, 0.0]]))
+    cs = last_token_means(_features(acts, [1, 0, 1, 0, 1], [0, 2, 0, 2, 0], [3, 7, 5, 6, 4]), 2)
+    assert torch.allclose(cs.positives, T([[4.0, 2.0]])) and torch.allclose(cs.negatives, T([[15.0, 1.0]]))
+    assert cs.positive_side == "truthful"
+    with pytest.raises(DataError):  # one text, two labels
+        last_token_means(_features(acts[:2], [1, 0], [0, 0], [0, 1]), 1)
+    with pytest.raises(ConfigError):
+        text_states(acts, T([0, 2, 0, 2, 0]), T([3, 7, 5, 6, 4]), k=0)
+
+
+def test_paired_demonstrations_pair_within_keys_once_each():
+    from matsteer.core.baselines import paired_demonstrations, pairing_keys
+
+    g = torch.Generator().manual_seed(0)
+    # Six texts of two rows each; texts 0-2 belong to question "a", 3-5 to "b". Labels per text: a: 1 1 0, b: 1 0 0.
+    text_labels = [1, 1, 0, 1, 0, 0]
+    texts = [t for t in range(6) for _ in range(2)]
+    fs = _features(torch.randn(12, 3, generator=g), [text_labels[t] for t in texts], texts, [0, 1] * 6)
+    keys = ["a", "a", "a", "b", "b", "b"]
+    cs = paired_demonstrations(fs, keys, seed=1)
+    # States are each text's last row; positives are texts 0, 1, 3 and negatives 2, 4, 5, in that order.
+    assert torch.equal(cs.positives, fs.activations[[1, 3, 7]]) and torch.equal(cs.negatives, fs.activations[[5, 9, 11]])
+    assert cs.pairs is not None and cs.pairs.shape == (2, 2)  # one pair per question: min(positives, negatives)
+    pos_text, neg_text = [[0, 1, 3][i] for i in cs.pairs[:, 0]], [[2, 4, 5][j] for j in cs.pairs[:, 1]]
+    assert all(keys[p] == keys[n] for p, n in zip(pos_text, neg_text))
+    assert torch.equal(cs.pairs, paired_demonstrations(fs, keys, seed=1).pairs)
+    assert {tuple(paired_demonstrations(fs, keys, seed=s).pairs.flatten().tolist()) for s in range(8)} != {
+        tuple(cs.pairs.flatten().tolist())}
+    with pytest.raises(DataError):  # no key with both sides
+        paired_demonstrations(fs, ["a", "a", "b", "a", "c", "c"])
+    with pytest.raises(DataError):  # fewer keys than texts
+        paired_demonstrations(fs, keys[:4])
+    fs.manifest["texts"] = 7  # the extraction had another example list than the keys given
+    with pytest.raises(DataError):
+        paired_demonstrations(fs, keys)
+    tox = [Example("toxigen", "toxicity", "", f"s{i}", i % 2, f"toxigen:{i}", "{answer}", {"target_group": "x"})
+           for i in range(2)]
+    assert pairing_keys(tox) == ["x", "x"]
+    assert pairing_keys(_examples()[:2]) == ["g0", "g0"]
+
+
+def test_icv_direction_is_leading_principal_direction_of_paired_differences():
+    import numpy as np
+
+    from matsteer.core.baselines import in_context_direction, in_context_vector
+
+    g = torch.Generator().manual_seed(3)
+    pos = torch.randn(8, 4, generator=g) + T([2.0, 0.0, 1.0, 0.0])
+    neg = torch.randn(6, 4, generator=g)
+    pairs = T([[0, 5], [2, 0], [3, 1], [6, 2], [7, 3]])
+    deltas = (pos[pairs[:, 0]] - neg[pairs[:, 1]]).double().numpy()
+    u = np.linalg.svd(deltas)[2][0]  # top right singular vector: argmax Σ (u · δ_i)², uncentred
+    u = u if u @ (pos.double().mean(0) - neg.double().mean(0)).numpy() >= 0 else -u
+    got = in_context_direction(pos, neg, pairs)
+    assert np.allclose(got.double().numpy(), u, atol=1e-5)
+    # The centred principal direction (scikit-learn's PCA) is another one on these data: the test tells them apart.
+    from sklearn.decomposition import PCA
+
+    centred = PCA(n_components=1).fit(deltas).components_[0]
+    assert abs(float(centred @ u)) < 0.99
+    # θ = λ · mean‖h‖ · u, the mean over every demonstration state.
+    from matsteer.core.contrast import ContrastSet
+
+    s = in_context_vector({"truth": ContrastSet(pos, neg, pairs, "truthful")}, lam=0.3)
+    rbar = np.linalg.norm(np.concatenate([pos.double().numpy(), neg.double().numpy()]), axis=1).mean()
+    assert np.allclose(s.theta.detach()[0].double().numpy(), 0.3 * rbar * u, atol=1e-4)
+    assert torch.equal(s.gates(torch.randn(5, 4)), torch.ones(5, 1)) and s.positive_sides == ["truthful"]
+    with pytest.raises(ConfigError):  # no pairs: refused, never paired at random
+        in_context_vector({"truth": (pos, neg)})
+
+
+def test_icv_sign_follows_the_means_even_when_pairs_point_back():
+    from matsteer.core.baselines import in_context_direction
+
+    # The one pair's difference is (−1, 0), but the unpaired positive (5, 0) puts mean_pos − mean_neg at (2, 0).
+    pos, neg = T([[-1.0, 0.0], [5.0, 0.0]]), T([[0.0, 0.0]])
+    assert torch.allclose(in_context_direction(pos, neg, T([[0, 0]])), T([1.0, 0.0]), atol=1e-6)
+
+
+def test_icv_edit_is_icv_renormalisation_for_a_token_of_mean_norm():
+    from matsteer.core.baselines import in_context_vector
+    from matsteer.core.contrast import ContrastSet
+
+    pos, neg = T([[3.0, 4.0], [0.0, 5.0]]), T([[5.0, 0.0], [4.0, -3.0]])  # every state has norm 5
+    lam = 0.4
+    s = in_context_vector({"a": ContrastSet(pos, neg, T([[0, 0], [1, 1]]))}, lam=lam)
+    u = s.theta.detach()[0] / s.theta.detach()[0].norm()
+    a = T([[0.0, -5.0], [-3.0, 4.0]])  # norm 5 = r̄
+    out, _ = s(a, preserve_norm=True)
+    # ICV: normalise(a/‖a‖ + λ u) · ‖a‖.
+    icv = torch.nn.functional.normalize(a / 5.0 + lam * u, dim=-1) * 5.0
+    assert torch.allclose(out, icv, atol=1e-5)
+
+
+def _xor(n: int, seed: int, shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows whose class is the sign of x0·x1 (no linear probe separates them), the positives shifted by ``shift``
+    along dim 2 (a mean difference to steer along), plus a noise dimension."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    inside = x[:, 0] * x[:, 1] > 0
+    return x[inside] + T([0.0, 0.0, shift, 0.0]), x[~inside]
+
+
+def test_mlp_gates_equal_the_probes_predict_proba():
+    from matsteer.core.baselines import MLPGates, fit_mlp_probe
+
+    pos, neg = _xor(300, 0)
+    probes = [fit_mlp_probe(neg, pos, hidden=8, seed=0), fit_mlp_probe(pos, neg, hidden=8, seed=1)]
+    rows = torch.randn(50, 4, generator=torch.Generator().manual_seed(9)) * 3.0
+    want = torch.stack([torch.from_numpy(p.predict_proba(rows.double().numpy())[:, 1]) for p in probes], -1)
+    got = MLPGates.from_probes(probes)(rows)
+    assert got.shape == (50, 2) and torch.allclose(got.double(), want, atol=1e-5)
+    # The gate is non-linear: on pure XOR it opens on the negatives where the logistic probe is near chance.
+    from matsteer.core.probes import auc, fit_logistic_gate
+
+    pos, neg = _xor(300, 0, shift=0.0)
+    gates = MLPGates.from_probes([fit_mlp_probe(neg, pos, seed=0)])
+    w, b = fit_logistic_gate(neg, pos)
+    assert auc(gates(pos)[:, 0], gates(neg)[:, 0]) > 0.95
+    assert auc(pos @ w + b, neg @ w + b) < 0.65
+
+
+def test_nl_iti_gate_and_edit_by_hand():
+    import numpy as np
+
+    from matsteer.core.baselines import fit_mlp_probe, nl_iti
+    from matsteer.core.steerer import ModuleGatedSteerer
+
+    pos, neg = _xor(400, 1)
+    dpos, dneg = pos[:40] + 1.0, neg[:30]  # the direction's activations differ from the gates' rows
+    alpha = 2.5
+    s = nl_iti({"x": (dpos, dneg)}, alpha, gate_data={"x": (pos, neg)}, hidden=8, seed=4)
+    assert isinstance(s, ModuleGatedSteerer) and s.attributes == ["x"]
+    # Direction: ITI's α σ u from the direction data, by hand.
+    mu = (dpos.double().mean(0) - dneg.double().mean(0)).numpy()
+    u = mu / np.linalg.norm(mu)
+    sigma = np.std(np.concatenate([dpos.double().numpy(), dneg.double().numpy()]) @ u)
+    theta = alpha * sigma * u
+    assert np.allclose(s.theta.detach()[0].double().numpy(), theta, atol=1e-4)
+    # Gate: the seeded MLP probe (open on negatives) on the same rows.
+    a = torch.randn(7, 3, 4, generator=torch.Generator().manual_seed(2))
+    probe = fit_mlp_probe(neg, pos, hidden=8, seed=4)
+    gate = probe.predict_proba(a.reshape(-1, 4).double().numpy())[:, 1].reshape(7, 3, 1)
+    with torch.no_grad():
+        out, gates = s(a, preserve_norm=False)
+        on, forced = s(a, s.scale_vector(global_multiplier=2.0), s.forced_vector({"x": True}), preserve_norm=False)
+    assert np.allclose(gates.double().numpy(), gate, atol=1e-5)
+    assert np.allclose(out.double().numpy(), a.double().numpy() + gate * theta, atol=1e-4)
+    # Forcing and multipliers work as on any steerer.
+    assert torch.equal(forced, torch.ones(7, 3, 1)) and np.allclose(on.double().numpy(), a.double().numpy() + 2 * theta,
+                                                                    atol=1e-4)
+
+
+def test_nl_iti_is_deterministic_for_a_seed():
+    from matsteer.core.baselines import nl_iti
+
+    pos, neg = _xor(300, 2)
+    data = {"x": (pos, neg), "y": (neg + 0.5, pos)}
+    a = torch.randn(20, 4, generator=torch.Generator().manual_seed(5))
+    s1, s2 = nl_iti(data, 1.0, hidden=8, seed=0), nl_iti(data, 1.0, hidden=8, seed=0)
+    assert torch.equal(s1.theta, s2.theta) and torch.equal(s1.gates(a), s2.gates(a))
+    assert not torch.equal(s1.gates(a), nl_iti(data, 1.0, hidden=8, seed=1).gates(a))
+    with pytest.raises(ConfigError):
+        nl_iti(data, 1.0, gate_data={"x": (pos, neg)})
+
+
+def test_icv_and_nl_iti_do_not_touch_global_rng():
+    from matsteer.core.baselines import in_context_vector, nl_iti
+    from matsteer.core.contrast import ContrastSet
+
+    pos, neg = _xor(100, 3)
+    state = torch.get_rng_state()
+    in_context_vector({"x": ContrastSet(pos, neg, T([[0, 0], [1, 1], [2, 2]]))})
+    nl_iti({"x": (pos, neg)}, hidden=4, max_iter=20)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_module_gated_steerer_matches_steerer_and_is_not_saved(tmp_path):
+    from matsteer.activations.sites import Site
+    from matsteer.core.steerer import ModuleGatedSteerer
+    from matsteer.errors import ArtifactError
+    from matsteer.store.artifacts import save_steerer
+
+    g = torch.Generator().manual_seed(6)
+    linear = Steerer(["x", "y"], 5, ["good x", "good y"], generator=g)
+    w, b = linear.gate_weight.detach(), linear.gate_bias.detach()
+
+    class Linear(torch.nn.Module):
+        def forward(self, a: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(a @ w.T + b)
+
+    gated = ModuleGatedSteerer(["x", "y"], linear.theta.detach(), Linear(), ["good x", "good y"])
+    a = torch.randn(3, 4, 5, generator=g).to(torch.bfloat16)
+    scale, forced = linear.scale_vector({"x": 0.5}), linear.forced_vector({"y": False})
+    for norm in (True, False):
+        assert torch.equal(gated(a, scale, forced, norm)[0], linear(a, scale, forced, norm)[0])
+        assert torch.equal(gated(a, scale, forced, norm)[1], linear(a, scale, forced, norm)[1])
+    assert torch.equal(gated.gates(a), linear.gates(a))
+    assert bool(torch.isnan(gated.gate_weight).all())  # the linear gate is a placeholder
+    with pytest.raises(ArtifactError):
+        save_steerer(tmp_path / "s", gated, site=Site(1, "residual"), model_name="m", model_hash="h")
+    with pytest.raises(ConfigError):
+        ModuleGatedSteerer(["x"], torch.zeros(2, 5), Linear())

@@ -14,9 +14,9 @@ import torch
 
 from matsteer.data import MCQuestion, load_mc_questions
 from matsteer.eval.comparison import (
-    add_statistics,
     _summarise,
     add_question_facts,
+    add_statistics,
     bbq_correct,
     bbq_guard,
     guard_verdict,

@@ -23,7 +23,8 @@ def _config(tiny_dir, tmp_path, out="results") -> EvalConfig:
     demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(LIMITS), dev_limits=dict(LIMITS),
                       train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
     return EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(LIMITS), test_limits=dict(LIMITS),
-                      multipliers=(0.5, 2.0), iti_alphas=(1.0,), icl_shots=(1,),
+                      multipliers=(0.5, 2.0), iti_alphas=(1.0,), icl_shots=(1,), nl_iti_alphas=(1.0,),
+                      icv_lambdas=(0.1,),
                       training_candidates=({}, {"lambda_pos": 0.1, "lambda_sparse": 0.1}), out_dir=tmp_path / out,
                       temperatures=(1.0, 3.0), grid_extensions=0, finetune_grid=({"lr": 1e-3, "steps": 2},),
                       finetune={"batch_size": 4},
@@ -61,7 +62,8 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert report["methods"]["none"]["test"]["mean"]["std"] == 0.0
     # The best baseline comes from the baselines only: never MAT-Steer's own variants or the controls.
     best = report["best_baseline"]
-    assert best["pool"] == ["icl", "lora_sft", "lora_dpo", "iti", "caa", "pca", "probe_caa"] and best["name"] in best["pool"]
+    assert best["pool"] == ["icl", "lora_sft", "lora_dpo", "iti", "nl_iti", "caa", "pca", "icv", "probe_caa"]
+    assert best["name"] in best["pool"]
     assert best["name"] == max(best["dev_means"], key=best["dev_means"].get)
     # Per-seed per-question scores are kept: [seeds][questions] for every task.
     for name, entry in report["methods"].items():

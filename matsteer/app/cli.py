@@ -21,6 +21,7 @@ from matsteer.app.commands import (
 )
 from matsteer.errors import MatSteerError
 from matsteer.eval.ablations import ABLATIONS
+from matsteer.eval.harness import add_harness_parser
 
 DATASETS = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "paradetox")
 
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_export_parser(sub)
+    add_harness_parser(sub)
     return parser
 
 

@@ -276,7 +276,7 @@ def quick_evaluation(wb: Workbench, *, progress: bool = False, steps: bool = Tru
         cfg.seeds, cfg.multipliers, cfg.iti_alphas, cfg.icl_shots = (wb.seed,), (1.0,), (1.0,), (1,)
         cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)
         cfg.training_candidates, cfg.n_boot = ({},), 200
-        cfg.temperatures, cfg.grid_extensions = (1.0, 3.0), 0
+        cfg.temperatures, cfg.grid_extensions, cfg.nl_iti_alphas, cfg.icv_lambdas = (1.0, 3.0), 0, (1.0,), (0.1,)
     return run_evaluation(cfg, progress=progress, on_step=report_step if steps else None)
 
 

@@ -2,6 +2,7 @@
 
 ``f(a) = a + Σ_t m_t · G_t(a) · θ_t`` with ``G_t(a) = sigmoid(w_t · a + b_t)``, every gate computed from the
 original ``a``, then (by default) rescaled to the original norm ``‖a‖``. No Python loop over attributes.
+:class:`ModuleGatedSteerer` makes the same edit with gates from a fixed module (e.g. MLP probes), at run time only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,18 @@ def apply_steering(
     forced: ``[T]`` NaN where the learned gate is used, else the forced gate value (0 = off, 1 = on).
     Returns ``(steered [..., d], gates [..., T])``; gates are the values actually used (after forcing).
     """
-    gates = gate_values(a, weight, bias)
+    return steer_with_gates(a, theta, gate_values(a, weight, bias), scale, forced, preserve_norm)
+
+
+def steer_with_gates(
+    a: torch.Tensor,
+    theta: torch.Tensor,
+    gates: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    forced: torch.Tensor | None = None,
+    preserve_norm: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_steering` from gate values already computed: a ``[..., d]``, theta ``[T, d]``, gates ``[..., T]``."""
     if forced is not None:
         gates = torch.where(torch.isnan(forced), gates, forced.to(gates.dtype))
     coeff = gates if scale is None else gates * scale
@@ -135,3 +147,54 @@ class Steerer(nn.Module):
         if any(not (math.isnan(v) or 0.0 <= v <= 1.0) for v in values):
             raise ConfigError(f"A forced gate must be on (True/1), off (False/0) or a value in [0, 1], got {forced}.")
         return torch.tensor(values, dtype=torch.float32, device=self.theta.device)
+
+
+class ModuleGatedSteerer(Steerer):
+    """A :class:`Steerer` whose gates come from a fixed module ``gate_net: [..., d] -> [..., T]`` (values in [0, 1])
+    instead of ``sigmoid(W a + b)``; θ, multipliers, forced gates and norm preservation work as in Steerer.
+
+    theta: ``[T, d]`` (copied, float32). For non-linear probe gates (:func:`matsteer.core.baselines.nl_iti`).
+    **Run time only**: the saved-steerer format holds a linear gate, so the unused ``gate_weight`` and ``gate_bias``
+    are NaN; :func:`matsteer.store.artifacts.save_steerer` then refuses the steerer, and any code that reads the linear
+    gate fails visibly instead of silently using another gate.
+    """
+
+    def __init__(
+        self,
+        attributes: Sequence[str],
+        theta: torch.Tensor,
+        gate_net: nn.Module,
+        positive_sides: Sequence[str] | None = None,
+    ) -> None:
+        rows = torch.as_tensor(theta).detach().float().cpu()
+        if rows.ndim != 2 or rows.shape[0] != len(attributes):
+            raise ConfigError(f"theta must be [T, d] with one row per attribute ({len(attributes)}), got "
+                              f"{tuple(rows.shape)}.")
+        # A private generator: the placeholder initialisation must not consume the global RNG.
+        super().__init__(attributes, int(rows.shape[1]), positive_sides, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.theta.copy_(rows)
+            self.gate_weight.fill_(math.nan)
+            self.gate_bias.fill_(math.nan)
+        self.gate_net = gate_net.requires_grad_(False)
+
+    def gates(self, a: torch.Tensor) -> torch.Tensor:
+        """The module's gate values ``[..., T]`` (float32) for activations ``[..., d]``."""
+        g = self.gate_net(a.float())
+        if g.shape != (*a.shape[:-1], self.num_attributes):
+            raise ConfigError(f"gate_net returned {tuple(g.shape)} for activations {tuple(a.shape)}; it must return "
+                              f"[..., {self.num_attributes}].")
+        return g.float()
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        forced: torch.Tensor | None = None,
+        preserve_norm: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steer ``a [..., d]``; returns ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
+        x = a.float()
+        out, gates = steer_with_gates(x, self.theta, self.gates(x), scale=scale, forced=forced,
+                                      preserve_norm=preserve_norm)
+        return out.to(a.dtype), gates

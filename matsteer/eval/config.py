@@ -19,6 +19,7 @@ METHOD_LABELS = {
     "temperature": "Temperature (no steering)", "temperature_len": "Temperature + length normalisation (no steering)",
     "icl": "Few-shot prompting (ICL)", "lora_sft": "LoRA SFT (one adapter, all attributes)",
     "lora_dpo": "LoRA DPO (one adapter, all attributes)",
+    "icv": "ICV (PCA of paired demonstrations, renormalised)", "nl_iti": "NL-ITI (ITI shift behind MLP-probe gates)",
     "iti": "ITI mass-mean shift", "caa": "CAA mean difference", "pca": "PCA of paired differences",
     "probe_caa": "CAA with probe gates", "sum_single": "Sum of single-attribute MAT-Steer",
     "uniform_gates": "MAT-Steer vectors, uniform gates", "mat_steer": "MAT-Steer",
@@ -31,8 +32,8 @@ CONSTANT_LABEL = "Constant / majority answer (gold labels)"
 #: PCA's pairing and the probes use seed 0), so they are scored once and their std is 0. "temperature" is the
 #: unsteered model with its next-token logits divided by a dev-chosen T (a gain it matches is calibration, not
 #: steering); "temperature_len" the same with each answer's log-prob divided by its token count.
-METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft", "lora_dpo", "iti", "caa", "pca",
-           "probe_caa", "sum_single", "uniform_gates", "mat_steer")
+METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft", "lora_dpo", "iti", "nl_iti", "caa",
+           "pca", "icv", "probe_caa", "sum_single", "uniform_gates", "mat_steer")
 
 #: The methods run once per seed (see METHODS).
 SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "sum_single", "uniform_gates", "mat_steer"})
@@ -57,7 +58,8 @@ PROTOCOL_FREE = frozenset({"none", *TEMPERATURE_CONTROLS, "icl", *FINETUNED})
 #: The methods the best baseline (by dev mean) is chosen from.
 BASELINE_POOL = tuple(m for m in METHODS if m not in MAT_VARIANTS | CONTROLS)
 
-#: The seed of what does not depend on one: ICL's demonstrations, PCA's pairing, the probes.
+#: The seed of what does not depend on one: ICL's demonstrations, PCA's and ICV's pairing, the probes (NL-ITI's
+#: MLP probes too).
 FIXED_SEED = 0
 
 
@@ -82,6 +84,11 @@ class EvalConfig:
         default_factory=lambda: {"truthfulqa": 80, "toxigen_pref": 100, "toxigen": 160, "bbq": 100})
     multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     iti_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    #: NL-ITI's α (matsteer.core.baselines.nl_iti), as ITI's.
+    nl_iti_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    #: ICV's λ (times the mean norm of the demonstrations' states; matsteer.core.baselines.in_context_vector),
+    #: carried as the multiplier so that the grid extends along it.
+    icv_lambdas: tuple[float, ...] = (0.05, 0.1, 0.2)
     icl_shots: tuple[int, ...] = (1, 3)
     #: The fine-tuning baselines' dev grid (matsteer.core.finetune.FinetuneConfig fields; the paper's setting
     #: first) and the settings they all share (e.g. {"beta": 0.1} for DPO, {"rank": 8}).

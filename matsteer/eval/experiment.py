@@ -23,8 +23,14 @@ from matsteer.activations.models import load_model
 from matsteer.activations.sites import Site
 from matsteer.core.attributes import AttributeData
 from matsteer.core.baselines import (
+    NL_ITI_TOKENS,
+    in_context_vector,
+    last_token_means,
     mass_mean_shift,
     mean_difference,
+    nl_iti,
+    paired_demonstrations,
+    pairing_keys,
     pca_of_differences,
     probe_gated_mean_difference,
     random_direction_steerer,
@@ -44,6 +50,7 @@ from matsteer.core.health import training_health
 from matsteer.core.steerer import Steerer
 from matsteer.core.training import TrainResult, train_steerer
 from matsteer.core.workflow import attribute_data, extract_splits
+from matsteer.data import load_examples
 from matsteer.errors import ConfigError
 from matsteer.eval.config import FINETUNED, FIXED_SEED, METHODS, SEEDED, TEMPERATURE_CONTROLS, EvalConfig
 from matsteer.eval.evaluator import Evaluator, Method
@@ -241,6 +248,27 @@ class Experiment:
             self._fixed["probe_caa"] = probe_gated_mean_difference(self.contrasts, 1.0, seed=FIXED_SEED)
         return self._fixed["probe_caa"]
 
+    def _icv(self) -> Steerer:
+        """ICV at λ = 1 from paired training demonstrations, built once (λ scales θ only: applied as the global
+        multiplier). The examples are those the training features were extracted from, so each feature set's
+        text_index points into them."""
+        if "icv" not in self._fixed:
+            demos = {}
+            for ds, fs in zip(self.cfg.demo.datasets, self.train_sets):
+                examples = load_examples(ds, "train", limit=self.cfg.demo.limits.get(ds))
+                demos[fs.attribute] = paired_demonstrations(fs, pairing_keys(examples), seed=FIXED_SEED)
+            self._fixed["icv"] = in_context_vector(demos, 1.0)
+        return self._fixed["icv"]
+
+    def _nl_iti(self) -> Steerer:
+        """NL-ITI at α = 1, fitted once (its MLP probes seeded with FIXED_SEED, like the logistic probes of
+        probe-gated CAA): directions from the mean of each training text's last NL_ITI_TOKENS tokens, gates fitted
+        on every training row."""
+        if "nl_iti" not in self._fixed:
+            directions = {fs.attribute: last_token_means(fs, NL_ITI_TOKENS) for fs in self.train_sets}
+            self._fixed["nl_iti"] = nl_iti(directions, 1.0, gate_data=self.contrasts, seed=FIXED_SEED)
+        return self._fixed["nl_iti"]
+
     # -- methods ----------------------------------------------------------------------------------------------
     def method(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None = None) -> Method:
         """One method at ``params`` (its multiplier / α / shots) for ``seed``; MAT-Steer-based methods train with
@@ -269,6 +297,10 @@ class Experiment:
             return Method(name, pca_of_differences(c, m, seed=FIXED_SEED), **closed)
         if name == "probe_caa":
             return Method(name, self._probe_caa(), global_multiplier=m, **closed)
+        if name == "icv":  # m carries ICV's λ
+            return Method(name, self._icv(), global_multiplier=m, **renormed)
+        if name == "nl_iti":
+            return Method(name, self._nl_iti(), global_multiplier=params["alpha"], **closed)
         if name == "random":
             # As hard a push as MAT-Steer's at this seed (its ‖θ_t‖), in random directions, gates always on.
             mat = self.steerer(seed, overrides)
@@ -295,8 +327,10 @@ class Experiment:
             return [{"temperature": t} for t in self.cfg.temperatures]
         if name in FINETUNED:
             return [dict(p) for p in self.cfg.finetune_grid]
-        values: list[dict[str, Any]] = [{"alpha": a} for a in self.cfg.iti_alphas] if name == "iti" else \
-            [{"multiplier": m} for m in self.cfg.multipliers]
+        strength = {"iti": ("alpha", self.cfg.iti_alphas), "nl_iti": ("alpha", self.cfg.nl_iti_alphas),
+                    "icv": ("multiplier", self.cfg.icv_lambdas)}
+        key, grid = strength.get(name, ("multiplier", self.cfg.multipliers))
+        values: list[dict[str, Any]] = [{key: v} for v in grid]
         values = [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
         return [{**v, "preserve_norm": n} for n in self.cfg.norm_grid for v in values] or values
 
