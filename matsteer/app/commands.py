@@ -28,6 +28,7 @@ from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.experiment import source_hashes
 from matsteer.eval.extend import add_methods
 from matsteer.eval.gate_analysis import gate_sets, steered_sets
+from matsteer.eval.harness import parse_multipliers
 from matsteer.eval.openai_judge import OpenAICompatibleJudge
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, parse_sources
 from matsteer.eval.winrates import WinRateConfig, run_win_rates
@@ -100,21 +101,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_multipliers(items: Sequence[str] | None) -> tuple[float, dict[str, float]]:
-    """``--multiplier 2`` (global) and/or ``--multiplier toxicity=1.5`` (per attribute)."""
-    global_m, per = 1.0, {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            if sep:
-                per[name] = float(value)
-            else:
-                global_m = float(name)
-        except ValueError as exc:
-            raise ConfigError(f"Bad --multiplier {item!r}: use a number (global) or NAME=NUMBER.") from exc
-    return global_m, per
-
-
 @dataclass
 class _Steered:
     """A saved steerer ready to use: its manifest, the model it steers, its site and the multipliers asked for."""
@@ -132,7 +118,7 @@ def _load_steered(args: argparse.Namespace) -> _Steered:
     trained on (or ``--model``) and its site, with compatibility warnings printed."""
 
     steerer, manifest = load_steerer(args.steerer)
-    global_m, per = _parse_multipliers(args.multiplier)
+    global_m, per = parse_multipliers(args.multiplier)
     steerer.scale_vector(per, global_m)
     loaded = load_model(args.model or manifest["model"]["name"], dtype=args.dtype, device=args.device,
                         device_map=args.device_map)

@@ -75,7 +75,7 @@ from matsteer.core.contrast import (
     mean_difference_vector,
     pca_difference_vector,
 )
-from matsteer.core.probes import fit_logistic_gate
+from matsteer.core.probes import fit_logistic_gate, probe_rows
 from matsteer.core.steerer import ModuleGatedSteerer, Steerer
 from matsteer.data.records import Example
 from matsteer.errors import ConfigError, DataError
@@ -495,19 +495,7 @@ def fit_mlp_probe(
     fitted with class-balanced sample weights on at most ``max_rows`` rows per side (a subset seeded with ``seed``);
     class 1 is ``open``, so ``predict_proba(x)[:, 1]`` is the gate. Deterministic for a seed.
     """
-    if open_rows.ndim != 2 or shut_rows.ndim != 2 or open_rows.shape[1] != shut_rows.shape[1]:
-        raise DataError(f"Probe rows must be [n, d] with one d, got {tuple(open_rows.shape)} and "
-                        f"{tuple(shut_rows.shape)}.")
-    if open_rows.shape[0] == 0 or shut_rows.shape[0] == 0:
-        raise DataError("A probe needs rows on both sides; one side is empty.")
-    gen = torch.Generator().manual_seed(seed)
-
-    def subset(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > max_rows:
-            x = x[torch.randperm(x.shape[0], generator=gen)[:max_rows].to(x.device)]
-        return x.detach().double().cpu()
-
-    a1, a0 = subset(open_rows), subset(shut_rows)
+    a1, a0 = probe_rows(open_rows, shut_rows, max_rows, seed)
     x = torch.cat([a1, a0]).numpy()
     y = torch.cat([torch.ones(a1.shape[0]), torch.zeros(a0.shape[0])]).numpy()
     weight = torch.cat([torch.full((a1.shape[0],), x.shape[0] / (2.0 * a1.shape[0])),

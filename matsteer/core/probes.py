@@ -36,6 +36,25 @@ def auc(scores_pos: torch.Tensor, scores_neg: torch.Tensor) -> float:
     return u / (n.numel() * p.numel())
 
 
+def probe_rows(open_rows: torch.Tensor, shut_rows: torch.Tensor, max_rows: int, seed: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows a probe is fitted on, checked: each side ``[n, d]`` (float64, CPU), at most ``max_rows`` of them, a
+    subset drawn with ``seed`` where a side has more."""
+    if open_rows.ndim != 2 or shut_rows.ndim != 2 or open_rows.shape[1] != shut_rows.shape[1]:
+        raise DataError(f"Probe rows must be [n, d] with one d, got {tuple(open_rows.shape)} and "
+                        f"{tuple(shut_rows.shape)}.")
+    if open_rows.shape[0] == 0 or shut_rows.shape[0] == 0:
+        raise DataError("A probe needs rows on both sides; one side is empty.")
+    gen = torch.Generator().manual_seed(seed)
+
+    def subset(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > max_rows:
+            x = x[torch.randperm(x.shape[0], generator=gen)[:max_rows].to(x.device)]
+        return x.detach().double().cpu()
+
+    return subset(open_rows), subset(shut_rows)
+
+
 def fit_logistic_gate(
     open_rows: torch.Tensor,
     shut_rows: torch.Tensor,
@@ -52,19 +71,7 @@ def fit_logistic_gate(
     """
     from sklearn.linear_model import LogisticRegression
 
-    if open_rows.ndim != 2 or shut_rows.ndim != 2 or open_rows.shape[1] != shut_rows.shape[1]:
-        raise DataError(f"Probe rows must be [n, d] with one d, got {tuple(open_rows.shape)} and "
-                        f"{tuple(shut_rows.shape)}.")
-    if open_rows.shape[0] == 0 or shut_rows.shape[0] == 0:
-        raise DataError("A probe needs rows on both sides; one side is empty.")
-    gen = torch.Generator().manual_seed(seed)
-
-    def subset(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= max_rows:
-            return x.detach().double().cpu()
-        return x[torch.randperm(x.shape[0], generator=gen)[:max_rows].to(x.device)].detach().double().cpu()
-
-    a1, a0 = subset(open_rows), subset(shut_rows)
+    a1, a0 = probe_rows(open_rows, shut_rows, max_rows, seed)
     x = torch.cat([a1, a0])
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     y = torch.cat([torch.ones(a1.shape[0]), torch.zeros(a0.shape[0])]).numpy()

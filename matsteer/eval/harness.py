@@ -573,7 +573,7 @@ def write_harness(result: HarnessResult, out_dir: str | Path) -> tuple[Path, Pat
 # --- command line -----------------------------------------------------------------------------------------------
 
 
-def _parse_multiplier_items(items: Sequence[str] | None) -> tuple[float, dict[str, float]]:
+def parse_multipliers(items: Sequence[str] | None) -> tuple[float, dict[str, float]]:
     """``--multiplier 2`` (global) and/or ``--multiplier toxicity=1.5`` (per attribute)."""
     global_m, per = 1.0, {}
     for item in items or []:
@@ -615,7 +615,7 @@ def add_harness_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 def cmd_harness(args: argparse.Namespace) -> int:
     """``matsteer harness``: :func:`run_harness` with the parsed arguments; prints the Markdown table."""
-    global_m, per = _parse_multiplier_items(args.multiplier)
+    global_m, per = parse_multipliers(args.multiplier)
     batch_size: int | str = int(args.batch_size) if str(args.batch_size).isdigit() else str(args.batch_size)
     result = run_harness(
         args.model, args.steerer, args.tasks, multiplier=global_m, multipliers=per, positions=args.positions,
