@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -212,6 +213,19 @@ def _paired_matrices(
     return xa, xb
 
 
+def _check_bootstrap_args(name: str, a: Mapping[str, Any], b: Mapping[str, Any] | None, n_boot: int,
+                          alpha: float) -> None:
+    """One clear error for a bootstrap's bad arguments: no task, different tasks, a bad n_boot or alpha."""
+    if not a:
+        raise DataError(f"{name} needs at least one task.")
+    if b is not None and set(a) != set(b):
+        raise DataError(f"Both methods need the same tasks: {sorted(a)} vs {sorted(b)}.")
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
+        raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}.")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}.")
+
+
 def seed_question_bootstrap_tasks(
     a: Mapping[str, Sequence[Sequence[float]] | np.ndarray],
     b: Mapping[str, Sequence[Sequence[float]] | np.ndarray] | None = None,
@@ -231,14 +245,7 @@ def seed_question_bootstrap_tasks(
     would give. The interval is the ``alpha/2`` and ``1 − alpha/2`` quantiles; ``se`` is the standard
     deviation of the resampled statistic. Deterministic: numpy ``Generator(PCG64(seed))``.
     """
-    if not a:
-        raise DataError("seed_question_bootstrap needs at least one task.")
-    if b is not None and set(a) != set(b):
-        raise DataError(f"Both methods need the same tasks: {sorted(a)} vs {sorted(b)}.")
-    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
-        raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}.")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}.")
+    _check_bootstrap_args("seed_question_bootstrap", a, b, n_boot, alpha)
     n_boot = int(n_boot)
     tasks = list(a)
     xa, xb = _paired_matrices(a, b, tasks)
@@ -397,14 +404,7 @@ def cluster_bootstrap_tasks(
     denominator is 0 are left out), ``se`` its standard deviation and ``p`` the two-sided bootstrap p-value of 0.
     Deterministic: numpy ``Generator(PCG64(seed))``.
     """
-    if not a:
-        raise DataError("cluster_bootstrap needs at least one task.")
-    if b is not None and set(a) != set(b):
-        raise DataError(f"Both methods need the same tasks: {sorted(a)} vs {sorted(b)}.")
-    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 1:
-        raise ConfigError(f"n_boot must be a positive integer, got {n_boot!r}.")
-    if not 0.0 < alpha < 1.0:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}.")
+    _check_bootstrap_args("cluster_bootstrap", a, b, n_boot, alpha)
     n_boot, tasks = int(n_boot), list(a)
     xa, xb = _paired_matrices(a, b, tasks)
     da = _paired_matrices(den_a, None, tasks)[0] if den_a is not None else {t: np.ones_like(xa[t]) for t in tasks}
