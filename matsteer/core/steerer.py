@@ -2,6 +2,9 @@
 
 ``f(a) = a + Σ_t m_t · G_t(a) · θ_t`` with ``G_t(a) = sigmoid(w_t · a + b_t)``, every gate computed from the
 original ``a``, then (by default) rescaled to the original norm ``‖a‖``. No Python loop over attributes.
+The run-time settings (multipliers ``scale``, forced gates ``forced``) are ``[T]`` (one setting for the whole
+batch) or ``[B, T]`` (one row of settings per batch row, broadcast over the sequence axis): a multiplier sweep or a
+comparison of settings then runs in one batched pass.
 :class:`ModuleGatedSteerer` makes the same edit with gates from a fixed module (e.g. MLP probes), at run time only.
 """
 
@@ -24,6 +27,45 @@ def gate_values(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return torch.sigmoid(a @ weight.T + bias)
 
 
+def _per_row(values: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Settings ``[T]`` unchanged, or ``[B, T]`` viewed as ``[B, 1, ..., 1, T]`` to broadcast against ``gates``
+    ``[B, ..., T]`` (one row of settings per batch row, the same at every position of that row)."""
+    if values.dim() == 1:
+        return values
+    if values.dim() != 2 or gates.dim() < 2 or values.shape[0] != gates.shape[0] or values.shape[1] != gates.shape[-1]:
+        raise ConfigError(f"Per-row settings must be [B, T] = [{gates.shape[0] if gates.dim() else '?'}, "
+                          f"{gates.shape[-1]}] for activations with gates {tuple(gates.shape)}, got "
+                          f"{tuple(values.shape)}; pass one row of settings per batch row (or one [T] row for all).")
+    return values.reshape(values.shape[0], *([1] * (gates.dim() - 2)), values.shape[1])
+
+
+def force_gates(gates: torch.Tensor, forced: torch.Tensor | None) -> torch.Tensor:
+    """``gates [..., T]`` with the forced values put in: forced ``[T]`` or ``[B, T]``, NaN = keep the learned gate."""
+    if forced is None:
+        return gates
+    forced = _per_row(forced, gates)
+    return torch.where(torch.isnan(forced), gates, forced.to(gates.dtype))
+
+
+def token_rows(where: torch.Tensor) -> torch.Tensor:
+    """The batch row ``[n]`` (long) of each True entry of ``where [B, ...]``, in the order ``x[where]`` lists them.
+
+    With it, per-row settings follow tokens gathered out of their batch: ``scale[token_rows(where)]`` is ``[n, T]``
+    for ``a[where]`` ``[n, d]``, so ``apply_steering(a[where], ..., scale=scale[token_rows(where)])`` edits each token
+    with its own row's settings (as :func:`row_settings_for` does).
+    """
+    rows = torch.arange(where.shape[0], device=where.device)
+    return rows.reshape(-1, *([1] * (where.dim() - 1))).expand(where.shape)[where]
+
+
+def row_settings_for(values: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """Settings for gathered tokens: ``[T]`` (or None) unchanged, ``[B, T]`` -> ``[n, T]`` by each token's row
+    ``rows [n]`` (from :func:`token_rows`)."""
+    if values is None or values.dim() == 1:
+        return values
+    return values[rows.to(values.device)]
+
+
 def apply_steering(
     a: torch.Tensor,
     theta: torch.Tensor,
@@ -36,8 +78,10 @@ def apply_steering(
     """Steer activations.
 
     a: ``[..., d]``; theta, weight: ``[T, d]``; bias: ``[T]``.
-    scale: ``[T]`` per-attribute multipliers (already times the global one), default ones.
-    forced: ``[T]`` NaN where the learned gate is used, else the forced gate value (0 = off, 1 = on).
+    scale: ``[T]`` per-attribute multipliers (already times the global one), default ones; or ``[B, T]``, one row
+    per batch row of ``a`` (``[B, d]`` or ``[B, S, d]``: the same multipliers at every position of a row).
+    forced: ``[T]`` (or ``[B, T]``, as scale) NaN where the learned gate is used, else the forced gate value
+    (0 = off, 1 = on). A ``[B, T]`` setting whose rows are all equal gives exactly the ``[T]`` result.
     Returns ``(steered [..., d], gates [..., T])``; gates are the values actually used (after forcing).
     """
     return steer_with_gates(a, theta, gate_values(a, weight, bias), scale, forced, preserve_norm)
@@ -51,14 +95,21 @@ def steer_with_gates(
     forced: torch.Tensor | None = None,
     preserve_norm: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`apply_steering` from gate values already computed: a ``[..., d]``, theta ``[T, d]``, gates ``[..., T]``."""
-    if forced is not None:
-        gates = torch.where(torch.isnan(forced), gates, forced.to(gates.dtype))
-    coeff = gates if scale is None else gates * scale
+    """:func:`apply_steering` from gate values already computed: a ``[..., d]``, theta ``[T, d]``, gates ``[..., T]``;
+    scale and forced ``[T]`` or ``[B, T]``."""
+    gates = force_gates(gates, forced)
+    # The same elementwise product whether scale is [T] or [B, 1, T]: equal rows give bit-identical results.
+    coeff = gates if scale is None else gates * _per_row(scale, gates)
     out = a + coeff @ theta
     if preserve_norm:
         out = out * (a.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(_EPS))
     return out, gates
+
+
+def _check_row_mappings(rows: Sequence[Any], what: str) -> None:
+    if isinstance(rows, (str, Mapping)) or not rows or not all(r is None or isinstance(r, Mapping) for r in rows):
+        raise ConfigError(f"Per-row {what} must be a non-empty list with one mapping (attribute name -> value) per "
+                          f"batch row, got {rows!r}.")
 
 
 class Steerer(nn.Module):
@@ -115,7 +166,8 @@ class Steerer(nn.Module):
         forced: torch.Tensor | None = None,
         preserve_norm: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steer ``a [..., d]``; returns ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
+        """Steer ``a [..., d]`` (scale, forced ``[T]`` or ``[B, T]``, see :func:`apply_steering`); returns
+        ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
         out, gates = apply_steering(
             a.float(), self.theta, self.gate_weight, self.gate_bias, scale=scale, forced=forced, preserve_norm=preserve_norm
         )
@@ -147,6 +199,26 @@ class Steerer(nn.Module):
         if any(not (math.isnan(v) or 0.0 <= v <= 1.0) for v in values):
             raise ConfigError(f"A forced gate must be on (True/1), off (False/0) or a value in [0, 1], got {forced}.")
         return torch.tensor(values, dtype=torch.float32, device=self.theta.device)
+
+
+    def scale_rows(self, rows: Sequence[Mapping[str, float] | None], shared: Mapping[str, float] | None = None,
+                   global_multiplier: float = 1.0) -> torch.Tensor:
+        """``[B, T]`` float32: row i is :meth:`scale_vector` of ``shared`` updated by ``rows[i]`` (a row's value wins;
+        None or ``{}`` = the shared multipliers), times the global multiplier."""
+        _check_row_mappings(rows, "multipliers")
+        merged = [{**dict(shared or {}), **dict(row or {})} for row in rows]
+        return torch.stack([self.scale_vector(m, global_multiplier) for m in merged])
+
+    def forced_rows(self, rows: Sequence[Mapping[str, bool | float | None] | None],
+                    shared: Mapping[str, bool | float | None] | None = None) -> torch.Tensor | None:
+        """``[B, T]`` float32 (NaN = learned gate): row i is :meth:`forced_vector` of ``shared`` updated by
+        ``rows[i]`` (a row's None un-forces a shared one); None when no row forces any gate."""
+        _check_row_mappings(rows, "forced gates")
+        vectors = [self.forced_vector({**dict(shared or {}), **dict(row or {})}) for row in rows]
+        if all(v is None for v in vectors):
+            return None
+        nan = torch.full((self.num_attributes,), math.nan, dtype=torch.float32, device=self.theta.device)
+        return torch.stack([nan if v is None else v for v in vectors])
 
 
 class ModuleGatedSteerer(Steerer):
@@ -193,7 +265,8 @@ class ModuleGatedSteerer(Steerer):
         forced: torch.Tensor | None = None,
         preserve_norm: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steer ``a [..., d]``; returns ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
+        """Steer ``a [..., d]`` (scale, forced ``[T]`` or ``[B, T]``, see :func:`apply_steering`); returns
+        ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
         x = a.float()
         out, gates = steer_with_gates(x, self.theta, self.gates(x), scale=scale, forced=forced,
                                       preserve_norm=preserve_norm)

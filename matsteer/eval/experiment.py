@@ -231,7 +231,9 @@ class Experiment:
         if key not in self._finetuned:
             t0 = time.perf_counter()
             cfg = FinetuneConfig(**{**self.cfg.finetune, **params, "method": method, "seed": seed})
-            limits = {ds: self.cfg.demo.limits.get(ds) for ds in self.cfg.demo.datasets}
+            # ToxiGen's examples are benign/toxic pairs: half as many as the statements the features come from.
+            limits = {ds: n if ds != "toxigen" or n is None else max(1, n // 2)
+                      for ds, n in ((ds, self.cfg.demo.limits.get(ds)) for ds in self.cfg.demo.datasets)}
             if method == "sft":
                 examples = [e for ds, n in limits.items() for e in sft_examples([ds], split="train", limit=n)]
                 self._finetuned[key] = train_lora_sft(self.loaded, examples, cfg, progress=self.progress)

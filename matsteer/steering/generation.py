@@ -17,6 +17,7 @@ from matsteer.activations.models import LoadedModel, Tokenizer, model_device, pa
 from matsteer.activations.sites import Site
 from matsteer.core.steerer import Steerer
 from matsteer.data.prompts import format_prompt, has_chat_template
+from matsteer.errors import ConfigError
 from matsteer.steering.session import SteeringHandle, steer
 
 
@@ -55,6 +56,10 @@ def decode_continuations(tokenizer: Tokenizer, ids: torch.Tensor, width: int) ->
     return [str(tokenizer.decode(row[width:], skip_special_tokens=True)).strip() for row in ids]
 
 
+#: The steer() settings that hold one entry per prompt (sliced with the prompts into batches).
+_ROW_KEYS = ("row_multipliers", "row_force")
+
+
 @dataclass
 class Generation:
     """One prompt's greedy continuation without and with steering."""
@@ -76,9 +81,14 @@ def generate_texts(
     **steering: Any,
 ) -> list[str]:
     """Greedy continuations of ``prompts``, unsteered or (with ``steerer``) inside :func:`~matsteer.steering.session.steer` with ``steering``
-    (multipliers, global_multiplier, force, preserve_norm, positions). Left-padded batches of ``batch_size``."""
+    (multipliers, global_multiplier, force, preserve_norm, positions, and per-prompt ``row_multipliers`` /
+    ``row_force``: one mapping per prompt). Left-padded batches of ``batch_size``."""
     tok, model = loaded.tokenizer, loaded.model
     size = batch_size or max(1, len(prompts))
+    per_row = [k for k in _ROW_KEYS if steering.get(k) is not None]
+    for key in per_row:
+        if len(steering[key]) != len(prompts):
+            raise ConfigError(f"{key} has {len(steering[key])} entries for {len(prompts)} prompts; give one per prompt.")
     device = model_device(model)
     out: list[str] = []
     for i in range(0, len(prompts), size):
@@ -86,7 +96,9 @@ def generate_texts(
         if steerer is None:
             ids = generate_greedy(model, tok, enc, max_new_tokens)
         else:
-            with steer(model, steerer, site=site, **steering) as handle:
+            # Each batch of prompts takes its own rows of the per-prompt settings.
+            chunk = {**steering, **{k: list(steering[k][i:i + size]) for k in per_row}}
+            with steer(model, steerer, site=site, **chunk) as handle:
                 ids = generate_greedy(model, tok, enc, max_new_tokens, handle)
         out += decode_continuations(tok, ids, enc["input_ids"].shape[1])
     return out

@@ -3,18 +3,20 @@
 ``f(a) = a + Σ_t m_t · G_t(a) · θ_t`` (then, by default, rescaled to ``‖a‖``) is applied at one site to every
 non-pad position of every row that the positions policy selects, in a plain forward and in ``generate`` (the prompt
 pass and every decoding step). The run-time knobs are :class:`SteerSettings`; :func:`matsteer.steering.session.steer`
-puts the intervention on a model.
+puts the intervention on a model. ``row_multipliers`` / ``row_force`` give each batch row its own settings (a sweep
+over K settings as one batch of K rows), kept through every decoding step of ``generate``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from matsteer.activations.sites import Site
-from matsteer.core.steerer import Steerer
+from matsteer.core.steerer import Steerer, force_gates
 from matsteer.errors import ConfigError
 from matsteer.steering._pyvene import import_pyvene, install_generate_shim
 from matsteer.steering.call_context import CallContext, Phase
@@ -39,6 +41,10 @@ class SteerSettings:
     positions: ``all`` non-pad positions; ``prompt`` only in forward calls with an empty KV cache (the prompt pass);
     ``generated`` only in calls with a filled cache (decode steps); ``last`` only the last non-pad position of each
     row in each forward call.
+    row_multipliers / row_force: None (every row uses the settings above), or one mapping per batch row: row i's
+    multipliers are ``multipliers`` updated by ``row_multipliers[i]`` (its force likewise; a row's None un-forces a
+    shared gate), then times ``global_multiplier``. Their length must equal the batch size of every call (in
+    ``generate``: the number of prompts; beams and ``num_return_sequences`` > 1 are refused).
     """
 
     multipliers: dict[str, float] = field(default_factory=dict)
@@ -46,6 +52,19 @@ class SteerSettings:
     force: dict[str, bool | float | None] = field(default_factory=dict)
     preserve_norm: bool = True
     positions: str = "all"
+    row_multipliers: list[dict[str, float]] | None = None
+    row_force: list[dict[str, bool | float | None]] | None = None
+
+    @property
+    def rows(self) -> int | None:
+        """The batch size per-row settings require, or None when there are none."""
+        lengths = {len(r) for r in (self.row_multipliers, self.row_force) if r is not None}
+        if not lengths:
+            return None
+        if len(lengths) > 1:
+            raise ConfigError(f"row_multipliers has {len(self.row_multipliers or [])} rows but row_force has "
+                              f"{len(self.row_force or [])}; give both one entry per batch row.")
+        return lengths.pop()
 
     def fingerprint(self) -> tuple:
         """A hashable summary; the intervention rebuilds its cached tensors only when it changes."""
@@ -55,7 +74,20 @@ class SteerSettings:
             tuple(sorted(self.force.items())),
             bool(self.preserve_norm),
             self.positions,
+            _rows_key(self.row_multipliers),
+            _rows_key(self.row_force),
         )
+
+
+def _check_rows(rows: int | None, batch: int) -> None:
+    if rows is not None and rows != batch:
+        raise ConfigError(f"The per-row settings (row_multipliers / row_force) have {rows} rows but this call has a "
+                          f"batch of {batch}; give one entry per batch row (per prompt; beam search and "
+                          "num_return_sequences > 1 multiply the rows and are not supported with them).")
+
+
+def _rows_key(rows: Sequence[Mapping[str, Any] | None] | None) -> tuple | None:
+    return None if rows is None else tuple(tuple(sorted((row or {}).items())) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -63,11 +95,13 @@ class _Prepared:
     """Tensors derived from the settings, cached per (settings, device)."""
 
     key: tuple
-    scale: torch.Tensor  # [T] float32
-    forced: torch.Tensor | None  # [T] float32, NaN = learned gate
+    scale: torch.Tensor  # [T] float32, or [B, T] with per-row settings
+    forced: torch.Tensor | None  # [T] (or [B, T]) float32, NaN = learned gate
     inactive: bool  # every effective scale is 0: the intervention is the identity
     preserve_norm: bool
     positions: str
+    rows: int | None = None  # the batch size per-row settings require (None: no per-row settings)
+    row_active: torch.Tensor | None = None  # [B] bool, False for rows whose every effective scale is 0
 
 
 class MatSteerIntervention(pv.SourcelessIntervention):
@@ -111,7 +145,8 @@ class MatSteerIntervention(pv.SourcelessIntervention):
         return None if self.site is None else self.site.layer
 
     def prepare(self, device: torch.device | None = None) -> _Prepared:
-        """Build (or reuse) the ``[T]`` scale/forced tensors for the current settings; raises ConfigError on bad ones."""
+        """Build (or reuse) the ``[T]`` (or per-row ``[B, T]``) scale/forced tensors for the current settings; raises
+        ConfigError on bad ones."""
         s = self.settings
         key = s.fingerprint()
         device = device if device is not None else self.steerer.theta.device
@@ -122,22 +157,35 @@ class MatSteerIntervention(pv.SourcelessIntervention):
             raise ConfigError(f"Unknown positions policy {s.positions!r}; choose one of {', '.join(POSITIONS)}.")
         if self.steerer.theta.device != device:
             self.steerer.to(device)  # once per device change (e.g. a CPU steerer on a GPU model), not per call
-        scale = self.steerer.scale_vector(s.multipliers, s.global_multiplier)
-        forced = self.steerer.forced_vector(s.force)
+        rows = s.rows
+        if rows is None:
+            scale = self.steerer.scale_vector(s.multipliers, s.global_multiplier)
+            forced = self.steerer.forced_vector(s.force)
+        else:
+            scale = self.steerer.scale_rows(s.row_multipliers or [{}] * rows, s.multipliers, s.global_multiplier)
+            forced = self.steerer.forced_rows(s.row_force or [{}] * rows, s.force)
         # Decided on the host from the settings, so the hot path never syncs with the device.
-        scale_list = scale.tolist()
-        forced_list = forced.tolist() if forced is not None else [float("nan")] * len(scale_list)
-        inactive = all(m == 0.0 or f == 0.0 for m, f in zip(scale_list, forced_list))
+        scale_rows = scale.reshape(-1, scale.shape[-1]).tolist()
+        forced_rows = (forced.reshape(-1, scale.shape[-1]).tolist() if forced is not None
+                       else [[float("nan")] * scale.shape[-1]] * len(scale_rows))
+        active = [not all(m == 0.0 or f == 0.0 for m, f in zip(ms, fs)) for ms, fs in zip(scale_rows, forced_rows)]
         p = _Prepared(
             key=key,
             scale=scale.to(device),
             forced=None if forced is None else forced.to(device),
-            inactive=inactive,
+            inactive=not any(active),
             preserve_norm=bool(s.preserve_norm),
             positions=s.positions,
+            rows=rows,
+            # Rows that are off stay bit-identical to the base model, as a whole batch that is off does.
+            row_active=None if rows is None or all(active) else torch.tensor(active, device=device),
         )
         self._prepared, self._prepared_device = p, device
         return p
+
+    def check_batch(self, batch: int) -> None:
+        """Refuse (ConfigError) a call of ``batch`` rows that the per-row settings do not fit; validates them too."""
+        _check_rows(self.prepare().rows, batch)
 
     def forward(self, base: torch.Tensor, source: Any = None, subspaces: Any = None, **kwargs: Any) -> torch.Tensor:
         """base ``[B, seq, d]`` -> steered ``[B, seq, d]`` (same dtype); pad and unselected positions unchanged."""
@@ -150,15 +198,17 @@ class MatSteerIntervention(pv.SourcelessIntervention):
                 "Steer at the site the steerer was trained for."
             )
         p = self.prepare(base.device)
+        _check_rows(p.rows, batch)
         valid, phase = self.context.lookup(batch, seq)
         select, none_selected = self._select(valid, phase, seq, p.positions, base.device)
+        if p.row_active is not None and not none_selected:
+            rows_on = p.row_active.unsqueeze(-1)  # [B, 1]
+            select = rows_on if select is None else select & rows_on
         recording = self.recorder is not None and self.recorder.enabled
         if not recording and (p.inactive or none_selected):
             return base
         if p.inactive or none_selected:
-            gates = self.steerer.gates(base)
-            if p.forced is not None:
-                gates = torch.where(torch.isnan(p.forced), gates, p.forced)
+            gates = force_gates(self.steerer.gates(base), p.forced)
             out = base
         else:
             steered, gates = self.steerer(base, p.scale, p.forced, p.preserve_norm)

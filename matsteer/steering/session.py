@@ -7,6 +7,11 @@ Main entry point::
         s.settings.force["toxicity"] = False      # takes effect on the next call, no rebuild
         logits = s(**batch).logits
 
+Several settings in one batched pass (row i of the batch steered with row i's settings, also in every decode step)::
+
+    with steer(model, steerer, site=site, row_multipliers=[{"toxicity": m} for m in (0.5, 1.0, 2.0)]) as s:
+        out = s.generate(**tokenizer([prompt] * 3, return_tensors="pt"), max_new_tokens=32)
+
 The reference README flow also works with our names (:mod:`matsteer.steering.compat`).
 
 How it sits on pyvene 0.1.8 (read from ``pyvene/models/intervenable_base.py``):
@@ -24,7 +29,7 @@ How it sits on pyvene 0.1.8 (read from ``pyvene/models/intervenable_base.py``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -129,10 +134,17 @@ class SteeringHandle:
             raise MatSteerError("This steering handle is closed (its `with steer(...)` block has ended).")
         return self.intervenable
 
+    def _check_batch(self, base: Mapping[str, Any]) -> None:
+        """Per-row settings must fit the call's batch: checked before any forward pass runs."""
+        first = next(iter(base.values()))
+        if isinstance(first, torch.Tensor) and first.dim() >= 2:
+            self.intervention.check_batch(int(first.shape[0]))
+
     def __call__(self, **inputs: Any) -> Any:
         """A steered forward call: ``inputs`` as for ``model(**inputs)``; returns the model's output."""
         pv_model = self._pv()
         base, rest = split_inputs(inputs)
+        self._check_batch(base)
         # Everything goes in `base` (pyvene calls model(**base)): pyvene's own forward has `labels`, `use_cache`
         # and `return_dict` parameters that would otherwise swallow the model's arguments of those names.
         base.update(rest)
@@ -148,6 +160,7 @@ class SteeringHandle:
         if input_ids is not None:
             kwargs["input_ids"] = input_ids
         base, rest = split_inputs(kwargs)
+        self._check_batch(base)
         if self.recorder is not None:
             self.recorder.clear()
         with context_hook(self.model, self.intervention.context):
@@ -183,6 +196,13 @@ def _site_width(model: nn.Module, resolved: ResolvedSite) -> int | None:
     return None
 
 
+def _row_list(rows: Any) -> list[Any]:
+    if not isinstance(rows, Sequence) or isinstance(rows, str) or not all(r is None or isinstance(r, Mapping) for r in rows):
+        raise ConfigError(f"Per-row settings must be a list with one mapping (attribute name -> value) per batch row, "
+                          f"got {rows!r}.")
+    return list(rows)
+
+
 @contextmanager
 def steer(
     model: nn.Module,
@@ -195,8 +215,13 @@ def steer(
     preserve_norm: bool = True,
     positions: str = "all",
     record: bool = False,
+    row_multipliers: Sequence[Mapping[str, float] | None] | None = None,
+    row_force: Sequence[Mapping[str, bool | float | None] | None] | None = None,
 ) -> Iterator[SteeringHandle]:
     """Steer ``model`` with ``steerer`` at ``site`` (default: ``steerer.site``) inside a ``with`` block.
+
+    row_multipliers / row_force: one mapping per batch row, each updating ``multipliers`` / ``force`` for its row
+    (see :class:`~matsteer.steering.intervention.SteerSettings`); every call must then have that many rows.
 
     Builds a pyvene ``IntervenableModel`` with one :class:`MatSteerIntervention` and yields a
     :class:`SteeringHandle`. The steerer is moved to the site's device. On exit (also on an exception) every hook
@@ -218,6 +243,8 @@ def steer(
         force=dict(force or {}),
         preserve_norm=preserve_norm,
         positions=positions,
+        row_multipliers=None if row_multipliers is None else [dict(r or {}) for r in _row_list(row_multipliers)],
+        row_force=None if row_force is None else [dict(r or {}) for r in _row_list(row_force)],
     )
     recorder = GateRecorder(steerer.attributes) if record else None
     intervention = MatSteerIntervention(steerer, settings, recorder=recorder, site=resolved.site)
