@@ -58,11 +58,14 @@ def token_rows(where: torch.Tensor) -> torch.Tensor:
     return rows.reshape(-1, *([1] * (where.dim() - 1))).expand(where.shape)[where]
 
 
-def row_settings_for(values: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+def row_settings_for(values: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
     """Settings for gathered tokens: ``[T]`` (or None) unchanged, ``[B, T]`` -> ``[n, T]`` by each token's row
-    ``rows [n]`` (from :func:`token_rows`)."""
+    ``rows [n]`` (long, values in ``[0, B)``, e.g. from :func:`token_rows`)."""
     if values is None or values.dim() == 1:
         return values
+    if rows is None:
+        # Without the rows, [B, T] would silently pair with the first B tokens whenever n happens to equal B.
+        raise ConfigError(f"Per-row settings {tuple(values.shape)} need the batch row of each token; pass rows.")
     return values[rows.to(values.device)]
 
 

@@ -380,8 +380,10 @@ class Experiment:
 def provenance(ex: Experiment, datasets: Sequence[str] = ()) -> dict[str, Any]:
     """Model hash, data and split hashes, seeds, library versions and git commit (:func:`matsteer.store.provenance.collect`),
     plus the site, the training features' cache keys and the sha256 of every ``--source`` file."""
+    # Only features this run extracted: a run of controls that train nothing extracts none.
+    sets = ex.__dict__.get("train_sets", [])
     features = {fs.attribute: {"cache_key": fs.manifest["cache_key"], "texts_sha256": fs.manifest["texts_sha256"]}
-                for fs in ex.train_sets}
+                for fs in sets}
     tasks = [DATA_OF.get(t, t) for t in ex.test.all_tasks]
     return collect(model_name=ex.loaded.name, model_hash=ex.loaded.weight_hash,
                    datasets=[*ex.cfg.demo.datasets, *tasks, "paradetox", *datasets], seeds=list(ex.cfg.seeds),

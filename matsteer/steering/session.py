@@ -161,6 +161,9 @@ class SteeringHandle:
             kwargs["input_ids"] = input_ids
         base, rest = split_inputs(kwargs)
         self._check_batch(base)
+        if self.intervention.prepare().rows is not None and _expansion(self.model, rest) > 1:
+            raise ConfigError("Per-row settings (row_multipliers / row_force) cannot follow rows through beam search "
+                              "or num_return_sequences > 1; repeat the prompts instead, one row per setting.")
         if self.recorder is not None:
             self.recorder.clear()
         with context_hook(self.model, self.intervention.context):
@@ -194,6 +197,18 @@ def _site_width(model: nn.Module, resolved: ResolvedSite) -> int | None:
     if isinstance(weight, torch.Tensor) and weight.dim() == 2 and isinstance(nf, int):
         return int(weight.shape[0]) if resolved.io == "input" else nf
     return None
+
+
+def _expansion(model: nn.Module, options: Mapping[str, Any]) -> int:
+    """How many rows ``generate`` makes of each prompt: ``num_beams x num_return_sequences`` (call or model default)."""
+    config = getattr(model, "generation_config", None)
+    total = 1
+    for name in ("num_beams", "num_return_sequences"):
+        value = options.get(name)
+        if value is None:
+            value = getattr(config, name, None)
+        total *= int(value or 1)
+    return total
 
 
 def _row_list(rows: Any) -> list[Any]:
