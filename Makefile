@@ -77,6 +77,7 @@ bench: setup
 	$(BIN)/matsteer extract --dataset bbq --split train --layer 14 --tokens answer --limit 300
 	$(BIN)/python benchmarks/bench_train.py --features $(FEATS) --json results/bench/train.json
 	$(BIN)/python benchmarks/bench_generate.py --compare-dtypes --json results/bench/generate.json
+	$(BIN)/python benchmarks/bench_row_settings.py --json results/bench/row_settings.json
 	$(BIN)/python benchmarks/bench_eval.py --json results/bench/eval.json
 	$(BIN)/python benchmarks/report.py
 

@@ -163,6 +163,17 @@ def eval_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
              _met(d["ratio"], 1.0, strict=True))]
 
 
+def row_settings_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
+    measure, goal = "K steering settings in one batched pass (per-row settings) vs K passes", "> 1x"
+    if isinstance(d, str):
+        return [_missing(measure, goal, d)]
+    where = f"K = {d.get('settings', '?')}, {d.get('prompts', '?')} prompts, {d.get('mode', '?')}"
+    ratio = d["median_speedup"]
+    return [(f"{measure} ({where}; median of {d.get('repeats', '?')})", goal,
+             f"{d['median_batched_s'] * 1e3:.1f} ms", f"{d['median_separate_s'] * 1e3:.1f} ms (K passes)",
+             f"{ratio:.2f}x", _met(ratio, 1.0, strict=True))]
+
+
 def dtype_score_rows(d: dict[str, Any] | str) -> list[tuple[str, ...]]:
     """bfloat16 minus float32 on the evaluation's primary metrics (``bench_dtype_scores.py``, not in make bench)."""
     measure = "task scores, bfloat16 minus float32 (points)"
@@ -236,7 +247,8 @@ def render(folder: Path) -> str:
     data = {name: load(folder, name) for name in FILES}
     rows: list[tuple[str, ...]] = []
     sections = ((extract_rows, data["extract"]), (train_rows, data["train"]),
-                (generate_rows, data["generate"]), (eval_rows, data["eval"]),
+                (generate_rows, data["generate"]), (row_settings_rows, load(folder, "row_settings")),
+                (eval_rows, data["eval"]),
                 (dtype_score_rows, load(folder, "dtype_scores")))
     for rows_of, d in sections:
         try:
