@@ -167,9 +167,16 @@ def test_committed_mat_steer_row_is_flagged_abstaining(reference):
 
 
 def test_controls_gain_with_and_without_a_temperature_row(reference):
-    old = "\n".join(control_gain_lines(reference, reference["tasks"]))
+    # The committed file has the temperature rows (T = 6 beats the constant on TruthfulQA and the pairs).
+    now = "\n".join(control_gain_lines(reference, reference["tasks"]))
+    assert "TruthfulQA MC2 Temperature (no steering) 48.46" in now
+    assert "| MAT-Steer | -1.44 | +6.29 | +9.55 ‡ | +6.58 | +1.62 |" in now
+    older = copy.deepcopy(reference)  # as the file was before the temperature rows were added
+    for name in ("temperature", "temperature_len"):
+        older["methods"].pop(name, None)
+    old = "\n".join(control_gain_lines(older, older["tasks"]))
     assert "no temperature control" in old and "| MAT-Steer | +2.80 | +7.40 | +9.55 ‡ | +6.58 | +3.40 |" in old
-    report = copy.deepcopy(reference)
+    report = copy.deepcopy(older)
     temp = copy.deepcopy(report["methods"]["none"])
     temp["label"] = "Temperature (no steering)"
     temp["test"]["toxigen_pref"]["accuracy"]["mean"] = 0.60  # better than the constant's 0.5 on this task only
