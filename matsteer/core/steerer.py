@@ -169,11 +169,12 @@ class Steerer(nn.Module):
         forced: torch.Tensor | None = None,
         preserve_norm: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steer ``a [..., d]`` (scale, forced ``[T]`` or ``[B, T]``, see :func:`apply_steering`); returns
-        ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
-        out, gates = apply_steering(
-            a.float(), self.theta, self.gate_weight, self.gate_bias, scale=scale, forced=forced, preserve_norm=preserve_norm
-        )
+        """Steer ``a [..., d]`` (scale, forced ``[T]`` or ``[B, T]``, see :func:`apply_steering`) with the gates of
+        :meth:`gates` (a subclass's own gate applies too); returns ``(steered [..., d] in a's dtype, gates [..., T]
+        float32)``."""
+        x = a.float()
+        out, gates = steer_with_gates(x, self.theta, self.gates(x), scale=scale, forced=forced,
+                                      preserve_norm=preserve_norm)
         return out.to(a.dtype), gates
 
     def scale_vector(self, multipliers: Mapping[str, float] | None = None, global_multiplier: float = 1.0) -> torch.Tensor:
@@ -260,17 +261,3 @@ class ModuleGatedSteerer(Steerer):
             raise ConfigError(f"gate_net returned {tuple(g.shape)} for activations {tuple(a.shape)}; it must return "
                               f"[..., {self.num_attributes}].")
         return g.float()
-
-    def forward(
-        self,
-        a: torch.Tensor,
-        scale: torch.Tensor | None = None,
-        forced: torch.Tensor | None = None,
-        preserve_norm: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steer ``a [..., d]`` (scale, forced ``[T]`` or ``[B, T]``, see :func:`apply_steering`); returns
-        ``(steered [..., d] in a's dtype, gates [..., T] float32)``."""
-        x = a.float()
-        out, gates = steer_with_gates(x, self.theta, self.gates(x), scale=scale, forced=forced,
-                                      preserve_norm=preserve_norm)
-        return out.to(a.dtype), gates
