@@ -92,6 +92,24 @@ def greedy_agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def bench_model(args: argparse.Namespace) -> tuple[Any, Any, str, torch.device, dict[str, torch.Tensor]]:
+    """The benchmark's model (``--tiny`` or ``--model`` at ``--dtype``), tokenizer, name, device and ``--prompts``
+    left-padded inputs on that device; ``--threads`` set first."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tiny:
+        model, tokenizer = tiny_model()
+        model.to(resolve_dtype(args.dtype, args.device))
+        name = "tiny-random-llama"
+    else:
+        loaded = load_model(args.model, dtype=args.dtype, progress=False)
+        model, tokenizer, name = loaded.model, loaded.tokenizer, args.model
+    device = torch.device(args.device) if args.device else model_device(model)
+    model.to(device)
+    inputs = {k: v.to(device) for k, v in make_inputs(tokenizer, args.prompts, model.config.vocab_size).items()}
+    return model, tokenizer, name, device, inputs
+
+
 def timed(fn: Any) -> float:
     start = time.perf_counter()
     fn()
@@ -118,20 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", dest="json_out", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.tiny:
-        model, tokenizer = tiny_model()
-        model.to(resolve_dtype(args.dtype, args.device))
-        name = "tiny-random-llama"
-    else:
-        loaded = load_model(args.model, dtype=args.dtype, progress=False)
-        model, tokenizer = (loaded if isinstance(loaded, tuple) else (loaded.model, loaded.tokenizer))
-        name = args.model
+    model, tokenizer, name, device, inputs = bench_model(args)
     dtype = next(model.parameters()).dtype
-    device = torch.device(args.device) if args.device else model_device(model)
-    model.to(device)
-    inputs = {k: v.to(device) for k, v in make_inputs(tokenizer, args.prompts, model.config.vocab_size).items()}
     n_layers = int(model.config.num_hidden_layers)
     layer = args.layer if args.layer is not None else n_layers // 2
     d = int(model.config.hidden_size)  # all three sites are hidden_size wide for Llama-style models

@@ -26,10 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generate import make_inputs, timed, tiny_model  # noqa: E402
+from bench_generate import bench_model, timed  # noqa: E402
 from benchinfo import DTYPE_CHOICES, machine_fields  # noqa: E402
 
-from matsteer.activations.models import load_model, model_device, resolve_dtype
 from matsteer.activations.sites import Site
 from matsteer.core.steerer import Steerer
 from matsteer.steering.session import steer
@@ -53,20 +52,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", dest="json_out", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.tiny:
-        model, tokenizer = tiny_model()
-        model.to(resolve_dtype(args.dtype, args.device))
-        name = "tiny-random-llama"
-    else:
-        loaded = load_model(args.model, dtype=args.dtype, progress=False)
-        model, tokenizer = loaded.model, loaded.tokenizer
-        name = args.model
+    model, tokenizer, name, device, inputs = bench_model(args)
     dtype = next(model.parameters()).dtype
-    device = torch.device(args.device) if args.device else model_device(model)
-    model.to(device)
-    inputs = {k: v.to(device) for k, v in make_inputs(tokenizer, args.prompts, model.config.vocab_size).items()}
     k_settings = len(args.multipliers)
     # The sweep as one batch: the prompts repeated once per setting, row block k under setting k.
     batched_inputs = {k: v.repeat(k_settings, 1) for k, v in inputs.items()}
