@@ -65,8 +65,8 @@ FIXED_SEED = 0
 
 @dataclass
 class EvalConfig:
-    """What the default evaluation runs (with extraction, under 20 minutes on 2 CPU cores; README *Evaluation*);
-    :meth:`full` uses the whole training and test splits.
+    """What the default evaluation runs (README *Evaluation*; the LoRA rows alone train for about 20 minutes on a
+    2-core CPU, which is why the demo leaves them out); :meth:`full` uses the whole training and test splits.
 
     Every hyperparameter is chosen on the dev questions with the first seed, then kept for the other seeds:
     MAT-Steer's training setting (``training_candidates``, overrides of ``demo.train``) with its multiplier, each
