@@ -97,6 +97,17 @@ def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
     return float(u @ v) / (nu * nv) if nu > 0 and nv > 0 else 0.0
 
 
+def _dev_sides(names: Sequence[str], dev: Sequence[AttributeData], max_rows: int, gen: torch.Generator, what: str
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per attribute in ``names``, its dev (positives, negatives), at most ``max_rows`` rows each drawn with ``gen``;
+    one clear error when an attribute has no dev activations (``what`` names the report)."""
+    by_name = {a.name: a for a in dev}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"{what} needs dev activations for every attribute; missing {missing}.")
+    return [(_rows(by_name[n].positives, max_rows, gen), _rows(by_name[n].negatives, max_rows, gen)) for n in names]
+
+
 def training_health(
     steerer: Steerer,
     dev: Sequence[AttributeData],
@@ -116,12 +127,8 @@ def training_health(
     gate could reach). At most ``max_rows`` seeded rows per side are used (``sigma`` is the kernel's σ for MMD).
     """
     names = list(steerer.attributes)
-    by_name = {a.name: a for a in dev}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise DataError(f"Health needs dev activations for every attribute; missing {missing}.")
     gen = torch.Generator().manual_seed(seed)
-    sides = [(_rows(by_name[n].positives, max_rows, gen), _rows(by_name[n].negatives, max_rows, gen)) for n in names]
+    sides = _dev_sides(names, dev, max_rows, gen, "Health")
     theta = steerer.theta.detach().float().cpu()
     weight, bias = steerer.gate_weight.detach().float().cpu(), steerer.gate_bias.detach().float().cpu()
     gate_mean, gate_auc, stacked = _gate_stats(names, sides, weight, bias, neutral)
@@ -244,12 +251,8 @@ def gate_targeting(
     fitted ``probes``, ``(w [d], b)`` per attribute). At most ``max_rows`` seeded rows per side are used.
     """
     names = list(steerer.attributes)
-    by_name = {a.name: a for a in dev}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise DataError(f"Targeting needs dev activations for every attribute; missing {missing}.")
     gen = torch.Generator().manual_seed(seed)
-    sides = [(_rows(by_name[n].positives, max_rows, gen), _rows(by_name[n].negatives, max_rows, gen)) for n in names]
+    sides = _dev_sides(names, dev, max_rows, gen, "Targeting")
     weight, bias = steerer.gate_weight.detach().float().cpu(), steerer.gate_bias.detach().float().cpu()
 
     def gates(a: torch.Tensor) -> torch.Tensor:
