@@ -116,6 +116,17 @@ def timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
+def time_alternately(first: Any, second: Any, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` calls of each, after one warm-up call of each; which goes first alternates, so that
+    drift (thermal, caches) does not favour one side."""
+    first(), second()
+    times: dict[Any, list[float]] = {first: [], second: []}
+    for i in range(repeats):
+        for fn in ((first, second) if i % 2 == 0 else (second, first)):
+            times[fn].append(timed(fn))
+    return times[first], times[second]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -154,8 +165,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    plain_s: list[float] = []
-    steered_s: list[float] = []
     with torch.no_grad():
         t_build = time.perf_counter()
         with steer(model, steerer, site=Site(layer, args.component), positions=args.positions,
@@ -170,13 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 s.generate(**inputs, **gen_kwargs)
                 sync()
 
-            run_plain()  # warm-up both paths
-            run_steered()
-            for i in range(args.repeats):
-                # Alternate which goes first so drift (thermal, caches) does not favour one side.
-                order = (run_plain, run_steered) if i % 2 == 0 else (run_steered, run_plain)
-                for fn in order:
-                    (plain_s if fn is run_plain else steered_s).append(timed(fn))
+            plain_s, steered_s = time_alternately(run_plain, run_steered, args.repeats)
 
     ratios = [p / q for p, q in zip(plain_s, steered_s)]  # steered tok/s over unsteered tok/s
     agreement = None

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generate import bench_model, timed  # noqa: E402
+from bench_generate import bench_model, time_alternately  # noqa: E402
 from benchinfo import DTYPE_CHOICES, machine_fields  # noqa: E402
 
 from matsteer.activations.sites import Site
@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return handle.generate(**batch, **gen_kwargs)
         return handle(**batch).logits
 
-    batched_s: list[float] = []
-    separate_s: list[float] = []
     with torch.no_grad(), steer(model, steerer, site=site, row_multipliers=rows) as together, \
             steer(model, steerer, site=site) as one:
         outs: dict[str, Any] = {}
@@ -98,13 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             outs["separate"] = torch.cat(parts)
             sync()
 
-        run_batched()  # warm-up both paths
-        run_separate()
-        for i in range(args.repeats):
-            # Alternate which goes first so drift (thermal, caches) does not favour one side.
-            order = (run_batched, run_separate) if i % 2 == 0 else (run_separate, run_batched)
-            for fn in order:
-                (batched_s if fn is run_batched else separate_s).append(timed(fn))
+        batched_s, separate_s = time_alternately(run_batched, run_separate, args.repeats)
     batched, separate = outs["batched"], outs["separate"]
     if args.new_tokens:
         agreement = {"identical_sequences": int((batched == separate).all(dim=1).sum()),
