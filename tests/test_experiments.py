@@ -232,3 +232,33 @@ def test_each_protocol_has_its_own_selection_and_table(tiny_dir, tmp_path):
     assert "## Protocol variant: generated" in md and "Protocol: steer the answer tokens only while scoring." in md
     with pytest.raises(ConfigError, match="not both"):
         EvalConfig(protocols=("prompt",), position_grid=("all",)).validate()
+
+
+def test_a_run_borrows_another_comparisons_dev_choices(tiny_dir, tmp_path, monkeypatch):
+    """settings_from: the methods the other comparison chose for (under this run's protocol) are scored at its
+    choices with no dev search here; MAT-Steer trains with its training setting; a method it lacks is tuned."""
+    from matsteer.files import write_json
+
+    trial = {"dev_kl": 0.1}
+    donor = {"config": {"positions": "prompt", "position_grid": ["prompt", "all"], "protocols": []},
+             "selection": {
+                 "caa": {"chosen": {"multiplier": 3.0, "positions": "all"}, "dev_trials": [
+                     {**trial, "params": {"multiplier": 3.0, "positions": "prompt"}, "dev_mean": 0.5},
+                     {**trial, "params": {"multiplier": 3.0, "positions": "all"}, "dev_mean": 0.6}]},
+                 "mat_steer": {"chosen": {"multiplier": 0.25, "positions": "prompt"}, "dev_trials": [
+                     {**trial, "params": {"multiplier": 0.25, "positions": "prompt"}, "dev_mean": 0.4}]},
+                 "training_default": {"chosen": {"overrides": {"lambda_pos": 0.1, "lambda_sparse": 0.1}}}}}
+    write_json(tmp_path / "donor.json", donor)
+    cfg = _config(tiny_dir, tmp_path)
+    cfg.methods, cfg.seeds, cfg.settings_from = ("none", "iti", "caa", "mat_steer"), (0,), str(tmp_path / "donor.json")
+    steps: list[str] = []
+    report = run_evaluation(cfg, progress=False, on_step=steps.append)
+    assert not any(s.startswith(("comparison: dev: tuning caa", "comparison: dev: tuning mat_steer")) for s in steps)
+    assert "comparison: dev: tuning iti" in steps  # not in the donor: tuned here
+    assert report["methods"]["caa"]["params"] == {"multiplier": 3.0, "positions": "prompt"}
+    assert report["methods"]["mat_steer"]["params"] == {"multiplier": 0.25, "positions": "prompt"}
+    assert report["selection"]["caa"]["borrowed_from"] == str(tmp_path / "donor.json")
+    assert report["selection"]["training_default"]["chosen"]["overrides"] == {"lambda_pos": 0.1,
+                                                                             "lambda_sparse": 0.1}
+    with pytest.raises(ConfigError, match="no such file"):
+        EvalConfig(settings_from=str(tmp_path / "missing.json")).validate()

@@ -9,7 +9,7 @@ import pytest
 from matsteer.errors import ConfigError
 from matsteer.eval.config import EvalConfig
 from matsteer.eval.experiment import Experiment
-from matsteer.eval.selection import at_edge, edge_extension, scale_key, select_trial
+from matsteer.eval.selection import at_edge, borrowed_choices, edge_extension, scale_key, select_trial
 
 
 def _t(m: float, mean: float, kl: float | None = 0.1, **extra) -> dict:
@@ -72,3 +72,59 @@ def test_selection_settings_are_checked():
         EvalConfig(kl_budget=0.0).validate()
     with pytest.raises(ConfigError, match="grid_factor"):
         EvalConfig(grid_factor=1.0).validate()
+
+
+def _record(trials: list[dict]) -> dict:
+    return {"chosen": trials[select_trial(trials)]["params"], "dev_trials": trials}
+
+
+def _grid_report() -> dict:
+    """A comparison that chose positions on dev within one table (as the committed reference did)."""
+    caa = [_t(1, 0.40, positions="prompt"), _t(2, 0.45, positions="prompt"), _t(1, 0.60, positions="all")]
+    mat = [_t(1, 0.42, positions="prompt"), _t(2, 0.41, positions="prompt"), _t(2, 0.55, positions="all")]
+    icl = [{"params": {"shots": 1}, "dev_mean": 0.3, "dev_kl": None},
+           {"params": {"shots": 3}, "dev_mean": 0.35, "dev_kl": None}]
+    return {"config": {"positions": "prompt", "position_grid": ["prompt", "all"], "protocols": []},
+            "selection": {"caa": _record(caa), "mat_steer": _record(mat), "icl": _record(icl),
+                          "training_default": {"chosen": {"overrides": {"lambda_pos": 0.1}}}}}
+
+
+def test_borrowed_choices_under_one_protocol_of_a_position_grid():
+    got = borrowed_choices(_grid_report(), "prompt")
+    # Each steering method re-selected among its trials under that protocol alone; ICL steers no token.
+    assert got["caa"]["chosen"] == {"multiplier": 2, "positions": "prompt"}
+    assert got["mat_steer"]["chosen"] == {"multiplier": 1, "positions": "prompt"}
+    assert [t["params"]["positions"] for t in got["caa"]["dev_trials"]] == ["prompt", "prompt"]
+    assert got["icl"]["chosen"] == {"shots": 3} and len(got["icl"]["dev_trials"]) == 2
+    assert got["training_default"] == {"overrides": {"lambda_pos": 0.1}}
+    assert borrowed_choices(_grid_report(), "all")["caa"]["chosen"] == {"multiplier": 1, "positions": "all"}
+    with pytest.raises(ConfigError, match="never scored the 'generated' protocol"):
+        borrowed_choices(_grid_report(), "generated")
+
+
+def test_borrowed_choices_from_a_table_per_protocol():
+    report = _grid_report()
+    report["config"] = {"positions": "prompt", "position_grid": [], "protocols": ["prompt", "all"]}
+    report["protocol"] = "prompt"
+    other = {"caa": _record([_t(4, 0.7, positions="all")]),
+             "training_default": {"chosen": {"overrides": {}}}}
+    report["protocols"] = {"all": {"selection": other}}
+    assert borrowed_choices(report, "all")["caa"]["chosen"] == {"multiplier": 4, "positions": "all"}
+    assert borrowed_choices(report, "prompt")["caa"]["chosen"] == {"multiplier": 2, "positions": "prompt"}
+
+
+def test_the_committed_reference_lends_its_prompt_protocol_choices():
+    from pathlib import Path
+
+    from matsteer.files import read_json
+
+    report = read_json(Path(__file__).resolve().parents[1] / "results" / "reference" / "eval.json")
+    got = borrowed_choices(report, "prompt")
+    for name, record in report["selection"].items():
+        if name == "training_default":
+            continue
+        chosen = got[name]["chosen"]
+        assert chosen.get("positions", "prompt") == "prompt"
+        # The best dev mean among the reference's own prompt-protocol trials of that method.
+        best = max(t["dev_mean"] for t in record["dev_trials"] if t["params"].get("positions", "prompt") == "prompt")
+        assert next(t for t in got[name]["dev_trials"] if t["params"] == chosen)["dev_mean"] == best

@@ -260,7 +260,8 @@ def report_step(message: str) -> None:
     print(f"{STEP_PREFIX}{message}", flush=True)
 
 
-def quick_evaluation(wb: Workbench, *, progress: bool = False, steps: bool = True) -> dict[str, Any]:
+def quick_evaluation(wb: Workbench, *, settings_from: str | Path | None = None, progress: bool = False,
+                     steps: bool = True) -> dict[str, Any]:
     """Run the method comparison (:func:`matsteer.eval.comparison.run_evaluation`) at the notebook's settings.
 
     Quick mode: one seed, one multiplier, the notebook's training setting, few questions, a short bootstrap, two
@@ -268,7 +269,10 @@ def quick_evaluation(wb: Workbench, *, progress: bool = False, steps: bool = Tru
     ``eval.json`` / ``eval.md`` under ``wb.results_dir`` and returns the report. steps: print a
     :func:`report_step` line as each part of the comparison starts (set-up, each method's dev tuning, each test
     run); progress: tqdm bars as well. The LoRA baselines are left out (each adapter trains for minutes on a
-    2-core CPU); ``matsteer compare`` and the reference run include them.
+    2-core CPU); ``matsteer compare`` and the reference run include them. settings_from: a finished comparison's
+    ``eval.json`` (relative: under the project root) whose dev choices are borrowed under the primary protocol
+    instead of searching this run's dev (:attr:`EvalConfig.settings_from`; notebook 04 borrows the committed
+    reference's); None or "": every choice made on this run's dev.
     """
     cfg = EvalConfig(demo=copy.deepcopy(wb.demo), out_dir=Path(wb.results_dir),
                      methods=tuple(m for m in METHODS if m not in FINETUNED))
@@ -277,6 +281,8 @@ def quick_evaluation(wb: Workbench, *, progress: bool = False, steps: bool = Tru
         cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)
         cfg.training_candidates, cfg.n_boot = ({},), 200
         cfg.temperatures, cfg.grid_extensions, cfg.nl_iti_alphas, cfg.icv_lambdas = (1.0, 3.0), 0, (1.0,), (0.1,)
+    if settings_from:
+        cfg.settings_from = str(_resolve(settings_from))
     return run_evaluation(cfg, progress=progress, on_step=report_step if steps else None)
 
 

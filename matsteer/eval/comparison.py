@@ -43,7 +43,7 @@ from matsteer.eval.config import (
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
 from matsteer.eval.metrics import balanced_weights
 from matsteer.eval.report import write_report
-from matsteer.eval.selection import within_budget
+from matsteer.eval.selection import borrowed_choices, within_budget
 from matsteer.eval.stats import (
     ClusterCI,
     cluster_bootstrap,
@@ -54,12 +54,19 @@ from matsteer.eval.stats import (
 )
 from matsteer.eval.task_metrics import BBQ_STATS, BBQItems, bbq_counts, bbq_ratio_items
 from matsteer.eval.tasks import PRIMARY, cluster_ids
-from matsteer.files import write_json
+from matsteer.files import read_json, write_json
 
 
-def select_training_default(ex: Experiment) -> dict[str, Any]:
+def select_training_default(ex: Experiment, borrowed: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Each training candidate trained with the first seed, its multiplier tuned on dev; the best chosen setting is
-    kept (one within the KL budget before any that is not)."""
+    kept (one within the KL budget before any that is not). ``borrowed`` (:func:`~matsteer.eval.selection.
+    borrowed_choices`): the training setting and multiplier another comparison chose, taken as they are."""
+    if borrowed is not None and "mat_steer" in borrowed:
+        mat = borrowed["mat_steer"]
+        pick = next(t for t in mat["dev_trials"] if t["params"] == mat["chosen"])
+        chosen = {"overrides": borrowed["training_default"]["overrides"], "dev_mean": pick["dev_mean"],
+                  "params": mat["chosen"], "grid": mat["dev_trials"], "within_budget": True, "borrowed": True}
+        return {"trials": [chosen], "chosen": chosen}
     seed = ex.cfg.seeds[0]
     trials = []
     for cand in ex.cfg.training_candidates:
@@ -385,12 +392,14 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
     primary protocol's report, whose entries (and dev selections) are reused for the methods whose scores do not
     depend on which tokens are steered (:data:`~matsteer.eval.config.PROTOCOL_FREE`)."""
     cfg = ex.cfg
-    selection = select_training_default(ex)
+    borrowed = (borrowed_choices(read_json(Path(cfg.settings_from), "comparison results"),
+                                 ex.protocol_name or cfg.positions) if cfg.settings_from else None)
+    selection = select_training_default(ex, borrowed)
     overrides = selection["chosen"]["overrides"]
     report: dict[str, Any] = {"protocol": ex.protocol_name, "selection": {"training_default": selection},
                               "methods": {}}
     reuse = [n for n in cfg.methods if primary is not None and n in PROTOCOL_FREE]
-    chosen = _choose_on_dev(ex, selection, report["selection"], skip=reuse)
+    chosen = _choose_on_dev(ex, selection, report["selection"], skip=reuse, borrowed=borrowed)
     for name in cfg.methods:
         if primary is not None and name in reuse:
             report["methods"][name] = primary["methods"][name]
@@ -410,13 +419,18 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
 
 
 def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any], record: dict[str, Any],
-                   skip: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+                   skip: Sequence[str] = (), borrowed: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Every method's run-time hyperparameter (but ``skip``'s), chosen on dev with the first seed (MAT-Steer's came
-    with its training setting, ``selection``); each method's choice and trials are recorded in ``record[name]``."""
+    with its training setting, ``selection``), or taken from ``borrowed`` where it holds the method (recorded with
+    ``"borrowed_from"``); each method's choice and trials are recorded in ``record[name]``."""
     overrides = selection["chosen"]["overrides"]
     chosen: dict[str, dict[str, Any]] = {}
     for name in ex.cfg.methods:
         if name in skip:
+            continue
+        if borrowed is not None and name in borrowed:
+            chosen[name] = borrowed[name]["chosen"]
+            record[name] = {**borrowed[name], "borrowed_from": str(ex.cfg.settings_from)}
             continue
         if name == "mat_steer":
             chosen[name], trials = selection["chosen"]["params"], selection["chosen"]["grid"]

@@ -120,6 +120,10 @@ class EvalConfig:
     #: empty: closed-form baselines add their vectors as they are and MAT-Steer's family preserves the norm.
     norm_grid: tuple[bool, ...] = ()
     steer_special: bool = False
+    #: A finished comparison's ``eval.json`` whose dev choices this run borrows instead of searching dev itself
+    #: (matsteer.eval.selection.borrowed_choices: per protocol, MAT-Steer's training setting and every method's
+    #: setting); methods it did not score are tuned on this run's dev as usual. None: every choice made here.
+    settings_from: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
     out_dir: Path = Path("results")
     n_boot: int = 10000
@@ -177,5 +181,8 @@ class EvalConfig:
             raise ConfigError(f"grid_extensions must be >= 0 and grid_factor > 1, got {self.grid_extensions} and "
                               f"{self.grid_factor}.")
         parse_sources(self.sources)
+        if self.settings_from is not None and not Path(self.settings_from).is_file():
+            raise ConfigError(f"settings_from={self.settings_from}: no such file. Give a finished comparison's "
+                              "eval.json (e.g. results/reference/eval.json), or leave it unset to tune on dev.")
         for cand in self.training_candidates:
             TrainConfig(**{**self.demo.train.to_dict(), **cand}).validate()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from matsteer.errors import ConfigError
+
 #: The parameter that sets a method's strength, in the order looked for; grids extend along it.
 SCALE_KEYS = ("multiplier", "alpha", "temperature")
 
@@ -67,3 +69,41 @@ def at_edge(trials: Sequence[Mapping[str, Any]], best: int) -> bool:
     """True when :func:`edge_extension` would still extend the grid past the chosen trial (a choice left at an
     edge once the extensions allowed ran out; ``eval.md`` flags it)."""
     return edge_extension(trials, best) is not None
+
+
+def _trial_positions(trial: Mapping[str, Any], default: str) -> str:
+    return str(trial["params"].get("positions", default))
+
+
+def borrowed_choices(report: Mapping[str, Any], protocol: str) -> dict[str, dict[str, Any]]:
+    """The settings a finished comparison (``report``: its ``eval.json``) chose on dev under ``protocol`` (a
+    position policy), per method: ``{name: {"chosen": params, "dev_trials": [...]}}``, plus ``"training_default"``
+    (MAT-Steer's training overrides, ``{"overrides": {...}}``). A run that borrows them skips its own dev search.
+
+    A report with one table per protocol gives that protocol's table; an older one that chose the positions on dev
+    within one table (``position_grid``) gives, per method, its trials under ``protocol`` alone, re-selected by
+    :func:`select_trial` with the report's own KL budget (methods that steer no tokens keep their choice). Raises
+    ConfigError when the report scored neither that protocol nor a grid that holds it."""
+    cfg = report.get("config", {})
+    if report.get("protocol") == protocol or (not cfg.get("protocols") and not cfg.get("position_grid")
+                                                and cfg.get("positions") == protocol):
+        selection = report["selection"]
+    elif protocol in report.get("protocols", {}):
+        selection = report["protocols"][protocol]["selection"]
+    elif protocol in cfg.get("position_grid", ()):
+        selection = report["selection"]
+    else:
+        raise ConfigError(f"The comparison to borrow settings from never scored the {protocol!r} protocol; borrow "
+                          "from one that did, or tune on dev (leave settings_from unset).")
+    default = str(cfg.get("positions", protocol))
+    out: dict[str, dict[str, Any]] = {}
+    for name, record in selection.items():
+        if name == "training_default":
+            out[name] = {"overrides": dict(record["chosen"]["overrides"])}
+            continue
+        trials = [t for t in record["dev_trials"] if _trial_positions(t, default) == protocol]
+        if not any("positions" in t["params"] for t in record["dev_trials"]) or not trials:
+            trials = list(record["dev_trials"])  # steers no tokens: its choice holds under every protocol
+        out[name] = {"chosen": dict(trials[select_trial(trials, cfg.get("kl_budget"))]["params"]),
+                     "dev_trials": trials}
+    return out
