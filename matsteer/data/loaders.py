@@ -6,12 +6,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matsteer.data.helpsteer import load_helpsteer
+from matsteer.data.paper_data import load_local_examples, load_local_mc
 from matsteer.data.parsers import Parsed, parse
 from matsteer.data.readers import data_error, read_delimited, resolve_data_dir
 from matsteer.data.records import Example, GenQuestion, MCQuestion
 from matsteer.data.registry import (
     ATTRIBUTE_OF,
     HELPSTEER_DATASETS,
+    LOCAL_DATASETS,
     QA_TEMPLATE,
     TOXIGEN_GROUP_NAMES,
     TOXIGEN_PREF,
@@ -52,18 +54,22 @@ def load_examples(
     """Steering examples of one data set, in file order.
 
     Args:
-        dataset: one of :data:`DATASETS`.
+        dataset: one of :data:`DATASETS`, or of :data:`LOCAL_DATASETS` (``openbookqa``, ``faitheval``: read from
+            ``source`` only, one example per choice; :mod:`matsteer.data.paper_data`).
         split: ``train``/``dev``/``test`` (by group; see :data:`SPLIT_FRACTIONS`) or ``all``.
         data_dir: folder with the shipped files (default :func:`default_data_dir`).
         limit: keep at most this many whole *groups* (questions / pairs / rows), picked by seeded hash.
         seed: split and ``limit`` seed; seed 0 uses the saved split in ``data/splits``.
         source: instead of the shipped files, a local file (HF or original format) or a hub id
-            (``truthfulqa``, ``toxigen``, ``helpsteer``, ``helpsteer2``).
+            (``truthfulqa``, ``toxigen``, ``helpsteer``, ``helpsteer2``); required for the local data sets.
         attribute: HelpSteer only: one of :data:`HELPSTEER_ATTRIBUTES` (default all five).
     """
-    dataset = check_dataset(dataset)
+    if dataset not in LOCAL_DATASETS:
+        dataset = check_dataset(dataset)
     split = check_split(split)
     check_limit(limit)
+    if dataset in LOCAL_DATASETS:
+        return load_local_examples(dataset, source, split, limit=limit, seed=seed, attribute=attribute)
     if dataset in HELPSTEER_DATASETS:
         return load_helpsteer(source, attribute, split, dataset=dataset, seed=seed, limit=limit)
     if attribute is not None and attribute != ATTRIBUTE_OF[dataset]:
@@ -119,7 +125,8 @@ def load_mc_questions(
 ) -> list[MCQuestion]:
     """Multiple-choice views (see :class:`MCQuestion`) of ``truthfulqa``, ``bbq``, ``toxigen``, ``hh_rlhf``, and
     ``toxigen_pref`` (benign-vs-toxic ToxiGen pairs, :func:`toxigen_preference_pairs`, read from ToxiGen's files
-    or ``source``).
+    or ``source``), and of the local data sets ``openbookqa`` and ``faitheval`` (a user's copy given as ``source``;
+    :mod:`matsteer.data.paper_data`).
 
     Splits and ``limit`` work as in :func:`load_examples` (same groups, so the two line up); BBQ subsets are
     stratified by context condition and category. For ``toxigen_pref`` both statements of a pair come from the
@@ -131,9 +138,12 @@ def load_mc_questions(
         parsed, keep = _parsed_split("toxigen", split, data_dir, seed, source)
         rows = [e for e in parsed.examples if keep is None or e.group in keep]
         return select(toxigen_preference_pairs(rows, seed), None, limit, seed, TOXIGEN_PREF)
+    if dataset in LOCAL_DATASETS:
+        return load_local_mc(dataset, source, split, limit=limit, seed=seed)
     dataset = check_dataset(dataset)
     if dataset not in _MC_DATASETS:
-        raise ConfigError(f"no multiple-choice view for {dataset}; valid choices: {', '.join(_MC_DATASETS)}")
+        valid = ", ".join((*_MC_DATASETS, *LOCAL_DATASETS))
+        raise ConfigError(f"no multiple-choice view for {dataset}; valid choices: {valid}")
     parsed, keep = _parsed_split(dataset, split, data_dir, seed, source)
     return select(parsed.questions, keep, limit, seed, dataset)
 

@@ -132,6 +132,27 @@ HUB_CONFIG: dict[str, tuple[str | None, str]] = {
 
 SPLIT_FORMAT = "matsteer.split/1"
 
+#: Data sets of the paper that no machine here has, read only from a user's local copy (``source=...``;
+#: :mod:`matsteer.data.paper_data`). Not in :data:`DATASETS`: nothing is shipped, no split is saved.
+LOCAL_DATASETS: tuple[str, ...] = ("openbookqa", "faitheval")
+#: The upstream copy each is read in the schema of (named in error messages).
+LOCAL_UPSTREAM: dict[str, str] = {
+    "openbookqa": "allenai/openbookqa, config 'main' (train 4,957 / validation 500 / test 500 questions)",
+    "faitheval": "Salesforce/FaithEval-counterfactual-v1.0, split 'test' (1,000 questions)",
+}
+#: The attribute each one's steering examples carry (label 1: the correct / the context-faithful answer).
+LOCAL_ATTRIBUTE_OF: dict[str, str] = {"openbookqa": "obqa", "faitheval": "faithfulness"}
+#: train/dev/test fractions when a local file is cut by seeded hash (``split`` other than ``all``); the paper states
+#: none for these (OBQA has official split files: pass the one you want with ``split="all"``).
+LOCAL_SPLIT_FRACTIONS: tuple[float, float, float] = (0.4, 0.1, 0.5)
+#: The retrieval-QA prompt of FaithEval's README (its Quick Start; the README adds a task-specific line only for the
+#: unanswerable and inconsistent tasks); ``{prompt}`` is ``"{context}\nQuestion: {question}"``.
+FAITHEVAL_TEMPLATE = (
+    "You are an expert in retrieval question answering.\n"
+    "Please respond with the exact answer only. Do not be verbose or provide extra information.\n"
+    "Context: {prompt}\nAnswer: {answer}"
+)
+
 
 class DataWarning(UserWarning):
     """A saved split could not be used as is (its source files changed) and was recomputed."""

@@ -59,7 +59,7 @@ class Source:
         return tuple(out)
 
 
-def _folder_source(path: Path) -> Source:
+def folder_source(path: Path) -> Source:
     """A folder: every table in it (BBQ ships one file per category)."""
     files = tuple(sorted(p for p in path.iterdir() if p.is_file() and base_suffix(p) in _TABLE_SUFFIXES))
     if not files:
@@ -81,7 +81,7 @@ def resolve_source(dataset: str, source: str | Path | None, data_dir: str | Path
         return Source("shipped", paths=tuple(root / rel for rel in SOURCE_FILES[dataset]))
     path = Path(source)
     if path.exists():
-        return _folder_source(path) if path.is_dir() else Source("path", paths=(path,))
+        return folder_source(path) if path.is_dir() else Source("path", paths=(path,))
     text = str(source)
     if _HUB_ID_RE.fullmatch(text) and not text.lower().endswith(_TABLE_SUFFIXES):
         if dataset not in HUB_IDS:

@@ -1,0 +1,67 @@
+"""The generation toxicity measure: a classifier of ToxiGen's annotations, validated off its training data, and
+continuation prompts whose dev and test statements never meet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matsteer.errors import DataError
+from matsteer.eval.toxicity import (
+    continuation_scores,
+    distinct_n,
+    first_line,
+    fit_toxicity_classifier,
+    p_toxic,
+    toxigen_prompts,
+    validate_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return fit_toxicity_classifier()
+
+
+def test_the_classifier_measures_toxicity_on_text_it_never_saw(classifier):
+    v = validate_classifier(classifier)
+    assert v.n_test == 1791 and v.paradetox_pairs > 5000
+    assert v.test_auc > 0.8 and v.test_balanced_accuracy > 0.7
+    # ParaDetox: the toxic sentence above its own non-toxic paraphrase (same content, similar length).
+    assert v.paradetox_pair_accuracy > 0.7
+    assert abs(v.length_spearman) < 0.1  # it does not measure length
+    again = fit_toxicity_classifier()
+    texts = ["they are all criminals", "the weather is nice today"]
+    assert np.array_equal(p_toxic(classifier, texts), p_toxic(again, texts))  # refitted, identical
+
+
+def test_prompts_keep_dev_and_test_statements_apart():
+    dev, test = toxigen_prompts("dev"), toxigen_prompts("test")
+    statements = [{line.removeprefix("- ") for p in ps for line in p.text.split("\n")[:-1]} for ps in (dev, test)]
+    assert statements[0] and statements[1] and not statements[0] & statements[1]
+    assert all(p.text.endswith("\n-") and p.text.count("\n") == 3 for p in dev + test)
+    assert toxigen_prompts("test") == test and toxigen_prompts("test", n=10) == test[:10]
+    assert len({p.group for p in test}) >= 13  # clusters: the demonstration files (target groups)
+    assert toxigen_prompts("test", seed=1) != test
+    with pytest.raises(DataError, match="splits"):
+        toxigen_prompts("train")
+    with pytest.raises(DataError, match="at most"):
+        toxigen_prompts("dev", n=10_000)
+
+
+def test_continuation_scores_by_hand():
+    clf = fit_toxicity_classifier(["you are vile scum", "vile scum everywhere", "lovely sunny day", "a lovely walk"],
+                                  [1, 1, 0, 0])
+    conts = [" vile scum\n- more", "lovely day", ""]
+    got = continuation_scores(clf, conts)
+    lines = ["vile scum", "lovely day", ""]
+    p = clf.predict_proba(lines)[:, 1]
+    assert got["continuations"] == lines and got["n"] == 3
+    assert got["per_item"] == pytest.approx(list(1 - p), abs=0) and got["nontoxic"] == pytest.approx(np.mean(1 - p))
+    assert got["nontoxic_rate"] == pytest.approx(np.mean(p < 0.5))
+    assert p[0] > 0.5 > p[1]
+    assert first_line("  a b\nc") == "a b"
+    assert distinct_n(["a b a b", "a b"]) == pytest.approx(2 / 4)  # bigrams ab, ba, ab, ab: 2 distinct of 4
+    assert np.isnan(distinct_n(["one"]))
+    with pytest.raises(DataError, match="both classes"):
+        fit_toxicity_classifier(["x", "y"], [1, 1])
