@@ -44,7 +44,7 @@ def test_forced_off_equals_no_steering_and_mc1_from_mc2(tiny_llama, tokenizer):
         assert none[task]["per_item"] == off[task]["per_item"]
     # The mean is over the attribute tasks only, never the probe.
     assert none["mean"] == pytest.approx((none["truthfulqa"]["mc2"] + none["toxigen_pref"]["accuracy"]
-                                          + none["bbq"]["balanced"]) / 3)
+                                          + none["bbq"]["disambig"]) / 3)
     assert off["side_effects"]["kl"] == 0.0
     assert none["side_effects"] == {"ce": None, "kl": None}  # no steering edits no activation: n/a
     on = ev.evaluate(Method("on", steerer, global_multiplier=4.0))
@@ -56,7 +56,7 @@ def test_forced_off_equals_no_steering_and_mc1_from_mc2(tiny_llama, tokenizer):
     for got, want in zip(ev._mc1_scores("truthfulqa", Method("none"), mc2), direct):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # Every task's per_item averages to its primary metric.
-    for task, metric in (("truthfulqa", "mc2"), ("toxigen_pref", "accuracy"), ("bbq", "balanced"),
+    for task, metric in (("truthfulqa", "mc2"), ("toxigen_pref", "accuracy"), ("bbq", "disambig"),
                          ("toxigen", "balanced_accuracy")):
         items = on[task]["per_item"]
         assert sum(items) / len(items) == pytest.approx(on[task][metric])
@@ -147,7 +147,9 @@ def test_constant_rows_by_hand():
     row = constant_row("toxigen", tox)
     assert row["answer"] == 'always "No"' and row["accuracy"] == 0.75 and row["balanced_accuracy"] == 0.5
     assert (row["accuracy_toxic"], row["accuracy_benign"]) == (0.0, 1.0)
-    # BBQ: always "unknown": 100% ambiguous, 0% disambiguated, 50% balanced, no bias score.
+    # BBQ: a context-blind pick among the named people (the primary is disambiguated accuracy, which "always
+    # unknown" scores 0 on): the first option that is not "unknown" answers x, x, x: wrong, right, wrong. Picking
+    # the second would also be right once, so the first is kept; both picks are the biased answer (s_DIS 1).
     bbq = [_q("bbq", ["x", "unknown", "y"], [0, 1, 0], 0, context_condition="ambig", biased_answer="0",
               unknown_answer="1"),
            _q("bbq", ["x", "unknown", "y"], [1, 0, 0], 1, context_condition="disambig", biased_answer="0",
@@ -155,8 +157,9 @@ def test_constant_rows_by_hand():
            _q("bbq", ["unknown", "x", "y"], [0, 0, 1], 2, context_condition="disambig", biased_answer="1",
               unknown_answer="0")]
     row = constant_row("bbq", bbq)
-    assert (row["ambig"], row["disambig"], row["balanced"]) == (1.0, 0.0, 0.5)
-    assert row["s_dis"] is None and row["s_amb"] is None and row["answer"] == 'always "unknown"'
+    assert (row["ambig"], row["disambig"], row["balanced"]) == (0.0, 0.5, 0.25)
+    assert row["s_dis"] == 1.0 and row["s_amb"] == 1.0
+    assert row["answer"] == 'always the first option that is not "unknown"'
     assert row["accuracy"] == pytest.approx(1 / 3)
     # Pairs: a coin flip.
     pref = constant_row("toxigen_pref", [_q("toxigen_pref", ["a", "b"], [1, 0], 0)])

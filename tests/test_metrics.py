@@ -286,6 +286,54 @@ def test_bbq_constant_unknown_scores_half_and_has_no_bias_score():
     assert (s.score, s.n_biased, s.n_non_unknown, s.n) == (-1.0, 0, 2, 2)
 
 
+def test_bbq_primary_is_disambiguated_accuracy_and_per_item_averages_to_it():
+    from matsteer.eval.task_metrics import bbq_item_weights, bbq_scores
+    from matsteer.eval.tasks import LEGACY_PRIMARY, PRIMARY, bbq_row, primary_of
+
+    assert PRIMARY["bbq"] == "disambig" and LEGACY_PRIMARY["bbq"] == "balanced"
+    assert primary_of({"primary": {"bbq": "disambig"}}, "bbq") == "disambig" and primary_of({}, "bbq") == "balanced"
+    # Unequal conditions: 1 ambiguous (right), 3 disambiguated (1 right): disambiguated accuracy 1/3.
+    cond = ["ambig", "disambig", "disambig", "disambig"]
+    lps = [T([-1.0, 0.0, -1.0]), T([0.0, -1.0, -2.0]), T([0.0, -1.0, -2.0]), T([0.0, -1.0, -2.0])]
+    u = bbq_scores(lps, [1, 0, 2, 2], cond, [0] * 4, [1] * 4)
+    assert bbq_item_weights(cond, "disambig") == pytest.approx([0.0, 4 / 3, 4 / 3, 4 / 3])
+    assert bbq_item_weights(cond, "balanced") == pytest.approx([2.0, 2 / 3, 2 / 3, 2 / 3])
+    assert u.per_item_disambig == pytest.approx([0.0, 4 / 3, 0.0, 0.0])
+    assert sum(u.per_item_disambig) / 4 == pytest.approx(u.accuracy.disambig.mean) == pytest.approx(1 / 3)
+    # No disambiguated question: the primary is undefined, and so is every per-question term.
+    assert all(math.isnan(w) for w in bbq_item_weights(["ambig"] * 3, "disambig"))
+    with pytest.raises(ConfigError):
+        bbq_item_weights(cond, "accuracy")
+    qs, lps8 = _bbq_questions()
+    row = bbq_row(qs, lps8)
+    assert sum(row["per_item"]) / len(row["per_item"]) == pytest.approx(row[PRIMARY["bbq"]]) == row["disambig"]
+
+
+def test_bbq_constant_is_context_blind_and_the_best_such_rule_on_the_primary():
+    from matsteer.eval.tasks import bbq_constant, constant_row
+
+    def q(i, choices, gold, cond, unknown):
+        return MCQuestion("bbq", "ctx q", choices, [int(k == gold) for k in range(3)], f"g{i}",
+                          "Q: {prompt} A: {answer}",
+                          meta={"context_condition": cond, "biased_answer": "0", "unknown_answer": str(unknown)})
+
+    # Gold of the disambiguated questions: the second non-unknown option twice, the first once.
+    qs = [q(0, ["x", "unknown", "y"], 1, "ambig", 1), q(1, ["x", "unknown", "y"], 2, "disambig", 1),
+          q(2, ["unknown", "x", "y"], 2, "disambig", 0), q(3, ["x", "y", "unknown"], 0, "disambig", 2)]
+    which, scores = bbq_constant(qs)
+    assert which == "second" and [int(s.argmax()) for s in scores] == [2, 2, 2, 1]
+    row = constant_row("bbq", qs)
+    assert row["answer"] == 'always the second option that is not "unknown"'
+    assert (row["ambig"], row["disambig"], row["balanced"]) == (0.0, pytest.approx(2 / 3), pytest.approx(1 / 3))
+    # Ties go to the first; "always unknown" would score 0 on the primary.
+    qs.append(q(4, ["x", "y", "unknown"], 0, "disambig", 2))  # two and two
+    assert bbq_constant(qs)[0] == "first" and constant_row("bbq", qs)["disambig"] == 0.5
+    from matsteer.data import load_mc_questions
+
+    shipped = constant_row("bbq", load_mc_questions("bbq", "test"))
+    assert shipped["disambig"] == 0.5 and shipped["ambig"] == 0.0  # BBQ balances the order of the two names
+
+
 def test_bbq_scores_from_questions_reads_the_options():
     from matsteer.eval.task_metrics import bbq_scores, bbq_scores_from_questions
 

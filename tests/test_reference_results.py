@@ -48,3 +48,47 @@ def test_reference_table_is_its_json_and_its_data_is_ours(report):
     assert report["provenance"]["git_commit"] and "+dirty" not in report["provenance"]["git_commit"]
     for figure in ("method_table", "method_comparison"):
         assert (REFERENCE / "figures" / f"{figure}.png").is_file()
+
+
+def test_reference_bbq_primary_is_disambiguated_accuracy_recomputed_from_the_data(report):
+    """BBQ's primary in the committed file is disambiguated accuracy (re-scored from the balanced one, which the dev
+    selections were made under): every method's BBQ per_item is its correctness (answers, or the kept correctness)
+    times the disambiguated weights, every seed's mean is that of the tasks' per_item means, and the constant row is
+    :func:`constant_row` on the shipped test questions; eval.md says that the dev selections predate the change."""
+    import numpy as np
+
+    from matsteer.eval.comparison import bbq_correct
+    from matsteer.eval.task_metrics import BBQItems, bbq_item_weights
+    from matsteer.eval.tasks import PRIMARY, constant_row, primary_of
+
+    assert primary_of(report, "bbq") == PRIMARY["bbq"] == "disambig"
+    assert report["primary_change"]["from"] == report["primary_change"]["dev_selection"] == "balanced"
+    assert "was made under balanced, since the dev trials cannot be re-scored" in (REFERENCE / "eval.md").read_text(
+        encoding="utf-8")
+    qs = load_mc_questions("bbq", "test")
+    items = BBQItems.from_questions(qs)
+    dis = np.array(items.condition) == "disambig"
+    weights = np.array(bbq_item_weights(items.condition, "disambig"))
+    tasks = report["tasks"]
+    for name, entry in report["methods"].items():
+        bbq = entry["test"]["bbq"]
+        correct = bbq_correct(entry, items, "disambig")
+        per_item = np.array(bbq["per_item"])
+        assert np.allclose(per_item, correct * weights, atol=1e-12) and not per_item[:, ~dis].any(), name
+        assert per_item.mean() == pytest.approx(bbq["disambig"]["mean"]) == pytest.approx(correct[:, dis].mean())
+        assert correct[:, ~dis].mean() == pytest.approx(bbq["ambig"]["mean"])
+        balanced = (correct[:, dis].mean(axis=1) + correct[:, ~dis].mean(axis=1)) / 2
+        assert balanced.mean() == pytest.approx(bbq["balanced"]["mean"]), name
+        seeds = np.mean([np.array(entry["test"][t]["per_item"]).mean(axis=1) for t in tasks], axis=0)
+        assert seeds.mean() == pytest.approx(entry["test"]["mean"]["mean"]), name
+        assert ("answers" in bbq) != ("correct" in bbq)
+    const = report["reference"]["constant"]["test"]
+    row = constant_row("bbq", qs)
+    assert const["bbq"]["answer"] == row["answer"] and const["bbq"]["per_item"] == [row["per_item"]]
+    assert const["bbq"]["disambig"]["mean"] == row["disambig"] == max(
+        np.mean([q.labels[[k for k in range(3) if str(k) != q.meta["unknown_answer"]][pos]] for q, d in zip(qs, dis)
+                 if d]) for pos in (0, 1))
+    assert const["mean"]["mean"] == pytest.approx(np.mean([np.mean(const[t]["per_item"][0]) for t in tasks]))
+    # What the change means on the committed run: MAT-Steer's BBQ primary is below no steering's, and flagged.
+    mat, none = (report["methods"][n]["test"]["bbq"]["disambig"]["mean"] for n in ("mat_steer", "none"))
+    assert mat < none and report["bbq_guard"]["mat_steer"]["verdict"] == "abstaining"

@@ -12,11 +12,14 @@ from matsteer.app.parameters import notebook_parameters
 from matsteer.app.paths import _display_path, _resolve
 from matsteer.app.timings import NotebookRun, _clock
 from matsteer.eval.report import in_table_order
+from matsteer.eval.tasks import LEGACY_PRIMARY
 
 __all__ = ["comparison_summary"]
 
-#: Preferred primary metric per task when a report does not name one (first found wins).
-_PRIMARY_METRICS = ("mc2", "preference", "balanced", "balanced_accuracy", "accuracy")
+#: Preferred primary metric of a task neither the report nor :data:`~matsteer.eval.tasks.LEGACY_PRIMARY` names
+#: (first found wins). A report that names none predates the ``primary`` record: its tasks' primaries are the
+#: legacy ones (BBQ: ``balanced``); a newer one names its own (BBQ: ``disambig``, since 2026-12-04).
+_PRIMARY_METRICS = ("mc2", "preference", "disambig", "balanced", "balanced_accuracy", "accuracy")
 
 # One row of the short table: its label and {column: value, None when missing}.
 _Row = tuple[str, dict[str, float | None]]
@@ -68,7 +71,7 @@ def _comparison_rows(report: Any) -> tuple[list[str], list[_Row]]:
     if not isinstance(report, Mapping):
         return [], []
     primary = report.get("primary")
-    hints: Mapping[str, Any] = primary if isinstance(primary, Mapping) else {}
+    hints: Mapping[str, Any] = primary if isinstance(primary, Mapping) else LEGACY_PRIMARY
     columns: list[str] = []
     rows: list[_Row] = []
 

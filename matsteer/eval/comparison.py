@@ -41,7 +41,6 @@ from matsteer.eval.config import (
     EvalConfig,
 )
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
-from matsteer.eval.metrics import balanced_weights
 from matsteer.eval.report import write_report
 from matsteer.eval.selection import borrowed_choices, within_budget
 from matsteer.eval.stats import (
@@ -52,8 +51,8 @@ from matsteer.eval.stats import (
     holm,
     mean_std,
 )
-from matsteer.eval.task_metrics import BBQ_STATS, BBQItems, bbq_counts, bbq_ratio_items
-from matsteer.eval.tasks import PRIMARY, cluster_ids
+from matsteer.eval.task_metrics import BBQ_STATS, BBQItems, bbq_counts, bbq_item_weights, bbq_ratio_items
+from matsteer.eval.tasks import PRIMARY, cluster_ids, primary_of
 from matsteer.files import read_json, write_json
 
 
@@ -275,22 +274,38 @@ def _subset_stats(answers: Sequence[str], items: BBQItems, mask: np.ndarray, clu
     return out
 
 
-def bbq_correct(entry: Mapping[str, Any], items: BBQItems) -> np.ndarray:
-    """``[S, n]`` 0/1 correctness of a method's BBQ answers, from ``answers`` where the entry has them, else from
-    ``per_item`` (correctness times the balanced weights of the conditions, :func:`matsteer.eval.metrics.
-    balanced_weights`, as every ``eval.json`` stores it)."""
+def bbq_correct(entry: Mapping[str, Any], items: BBQItems, primary: str = PRIMARY["bbq"]) -> np.ndarray:
+    """``[S, n]`` 0/1 correctness of a method's BBQ answers: from ``answers`` where the entry has them; else from
+    ``correct`` (per seed one ``0`` / ``1`` character per question: what :func:`matsteer.eval.extend.
+    convert_bbq_primary` keeps of an older row without answers); else from ``per_item``, correctness times the
+    weights of ``primary``, the BBQ metric the file's ``per_item`` averages to (``report["primary"]["bbq"]``,
+    :func:`matsteer.eval.tasks.primary_of`; :func:`matsteer.eval.task_metrics.bbq_item_weights`). The
+    ``"balanced"`` weights of older files
+    give every question's correctness; the ``"disambig"`` ones are 0 on ambiguous questions, which then cannot be
+    recovered (:class:`DataError`)."""
     bbq = entry["test"]["bbq"]
     if "answers" in bbq:
         return bbq_ratio_items(bbq["answers"], items, "accuracy", np.ones(items.n, dtype=bool))[0]
+    if "correct" in bbq:
+        out = np.array([[float(ch == "1") for ch in row] for row in bbq["correct"]], dtype=np.float64)
+        if out.ndim != 2 or out.shape[1] != items.n:
+            raise DataError(f"BBQ correct has shape {out.shape}; the test questions are {items.n}.")
+        return out
     per_item = np.asarray(bbq["per_item"], dtype=np.float64)
     if per_item.ndim != 2 or per_item.shape[1] != items.n:
         raise DataError(f"BBQ per_item has shape {per_item.shape}; the test questions are {items.n}.")
-    return np.rint(per_item / np.asarray(balanced_weights(items.condition))[None, :])
+    weights = np.asarray(bbq_item_weights(items.condition, primary))
+    if not np.all(weights > 0):
+        raise DataError(f"BBQ per_item of {primary!r} is 0 on ambiguous questions: their correctness needs the "
+                        "row's answers (or correct), which it lacks.")
+    return np.rint(per_item / weights[None, :])
 
 
 def bbq_guard(methods: Mapping[str, Mapping[str, Any]], items: BBQItems, clusters: Sequence[str],
-              n_boot: int = 10000, reference: str = "none", margin: float = NI_MARGIN) -> dict[str, Any]:
-    """BBQ's abstention guard for every method with BBQ scores.
+              n_boot: int = 10000, reference: str = "none", margin: float = NI_MARGIN,
+              primary: str = PRIMARY["bbq"]) -> dict[str, Any]:
+    """BBQ's abstention guard for every method with BBQ scores (``primary``: what BBQ's ``per_item`` averages to
+    in these entries, for rows without answers, :func:`bbq_correct`).
 
     Per method with ``answers`` (``test["bbq"]["answers"]``, one string per seed): ``conditions`` (ambiguous /
     disambiguated) and ``by_category`` (each of those per category): accuracy, the "unknown" rate and the bias
@@ -300,23 +315,26 @@ def bbq_guard(methods: Mapping[str, Mapping[str, Any]], items: BBQItems, cluster
     For every method (from ``per_item`` where it has no answers, :func:`bbq_correct`), against ``reference`` (no
     steering): the cluster-bootstrap difference of disambiguated and of ambiguous accuracy (``disambig_vs_none``,
     ``ambig_vs_none``; seeds paired where both have the same seeds), ``non_inferior`` (the lower bound of the
-    disambiguated difference is at least ``−margin``) and ``verdict`` (:func:`guard_verdict`): ``"ok"``
-    (non-inferior: a BBQ gain counts); else ``"unproven"`` (point difference within the margin, interval too wide),
-    ``"abstaining"`` (disambiguated accuracy down by more than the margin while more ambiguous questions are
-    answered "unknown" than without steering: a move to "unknown" whatever the context), ``"inferior"`` (down
-    otherwise); ``"reference"`` for the reference itself."""
+    disambiguated difference is at least ``−margin``), ``ambig_non_inferior`` (the same for the ambiguous
+    difference) and ``verdict`` (:func:`guard_verdict`): ``"ok"`` (both non-inferior: a BBQ gain counts); else
+    ``"over-answering"`` (ambiguous accuracy down by more than the margin, disambiguated accuracy not: fewer
+    "unknown" answers whatever the context, the shift that can raise the primary, disambiguated accuracy),
+    ``"unproven"`` (disambiguated point difference within the margin, interval too wide), ``"abstaining"``
+    (disambiguated accuracy down by more than the margin while more ambiguous questions are answered "unknown" than
+    without steering: a move to "unknown" whatever the context), ``"inferior"`` (down otherwise); ``"reference"``
+    for the reference itself."""
     cl = np.asarray([str(c) for c in clusters])
     if cl.size != items.n:
         raise DataError(f"bbq_guard: {cl.size} clusters for {items.n} questions.")
     cond = np.asarray(items.condition)
     masks = {c: cond == c for c in ("ambig", "disambig")}
     scored = {name: m for name, m in methods.items() if "bbq" in m.get("test", {})}
-    ref_correct = bbq_correct(scored[reference], items) if reference in scored else None
+    ref_correct = bbq_correct(scored[reference], items, primary) if reference in scored else None
     out: dict[str, Any] = {}
     for name, m in scored.items():
         entry: dict[str, Any] = {"margin": margin}
         answers = m["test"]["bbq"].get("answers")
-        correct = bbq_correct(m, items)
+        correct = bbq_correct(m, items, primary)
         if answers is not None:
             entry["conditions"] = _subset_stats(answers, items, np.ones(items.n, dtype=bool), cl, n_boot)
             entry["by_category"] = {cat: _subset_stats(answers, items, np.asarray(items.category) == cat, cl, n_boot)
@@ -330,24 +348,27 @@ def bbq_guard(methods: Mapping[str, Mapping[str, Any]], items: BBQItems, cluster
             entry["disambig_vs_none"], entry["non_inferior"] = non_inferiority(
                 correct[:, masks["disambig"]], ref_correct[:, masks["disambig"]], list(cl[masks["disambig"]]),
                 n_boot, margin)
-            entry["ambig_vs_none"] = asdict(cluster_bootstrap(correct[:, masks["ambig"]], ref_correct[:, masks["ambig"]],
-                                                              list(cl[masks["ambig"]]), n_boot))
+            entry["ambig_vs_none"], entry["ambig_non_inferior"] = non_inferiority(
+                correct[:, masks["ambig"]], ref_correct[:, masks["ambig"]], list(cl[masks["ambig"]]), n_boot, margin)
             entry["verdict"] = guard_verdict(entry["non_inferior"], entry["ambig_vs_none"]["mean_diff"],
-                                             entry["disambig_vs_none"]["mean_diff"], margin)
+                                             entry["disambig_vs_none"]["mean_diff"], margin,
+                                             ambig_low=entry["ambig_vs_none"]["low"])
         out[name] = entry
     return out
 
 
 def guard_verdict(non_inferior: bool, ambig_gain: float, disambig_diff: float | None = None,
-                  margin: float = NI_MARGIN) -> str:
-    """``"ok"`` where disambiguated accuracy is non-inferior to no steering. Otherwise the gain does not count:
-    ``"unproven"`` where the point difference is within the margin (the interval is too wide to show
-    non-inferiority), ``"abstaining"`` where ambiguous accuracy (on BBQ's ambiguous questions, the share answered
-    "unknown") rose, ``"inferior"`` where it did not."""
-    if non_inferior:
-        return "ok"
-    if disambig_diff is not None and disambig_diff >= -margin:
-        return "unproven"
+                  margin: float = NI_MARGIN, ambig_low: float | None = None) -> str:
+    """``"ok"`` where disambiguated accuracy is non-inferior to no steering and ambiguous accuracy is too
+    (``ambig_low``, the lower bound of its difference, at least ``−margin``; None: not checked). Otherwise the gain
+    does not count: ``"over-answering"`` where ambiguous accuracy (on BBQ's ambiguous questions, the share answered
+    "unknown") fell by more than the margin while disambiguated accuracy did not (fewer "unknown" answers whatever
+    the context: the context-blind shift that can raise disambiguated accuracy, the primary); ``"unproven"`` where
+    the disambiguated point difference is within the margin (the interval is too wide to show non-inferiority);
+    ``"abstaining"`` where it is below the margin and ambiguous accuracy rose, ``"inferior"`` where it did not."""
+    over = ambig_low is not None and ambig_low < -margin
+    if non_inferior or (disambig_diff is not None and disambig_diff >= -margin):
+        return "over-answering" if over else ("ok" if non_inferior else "unproven")
     return "abstaining" if ambig_gain > 0 else "inferior"
 
 
@@ -507,7 +528,8 @@ def add_statistics(report: dict[str, Any], tasks: Sequence[str], probes: Sequenc
     if "mat_steer" in methods:
         report["holm"] = headline_holm(report, tasks)
     if "bbq" in tasks and report.get("bbq_items") and clusters and "bbq" in clusters:
-        report["bbq_guard"] = bbq_guard(methods, BBQItems.from_dict(report["bbq_items"]), clusters["bbq"], n_boot)
+        report["bbq_guard"] = bbq_guard(methods, BBQItems.from_dict(report["bbq_items"]), clusters["bbq"], n_boot,
+                                        primary=primary_of(report, "bbq"))
 
 
 def _role(name: str) -> str:

@@ -4,24 +4,45 @@ recomputed; each addition records its own commit, dtype and machine in ``report[
 
 No steering is re-scored beside them as a check: its per-question test scores are compared with the committed
 row's (``agreement``), so a change of machine or kernels that moved the unsteered model is visible, not hidden.
+
+Without a model: :func:`refresh_statistics` recomputes a comparison's statistics with this version's, and
+:func:`rescore_bbq_primary` re-scores one written under an earlier BBQ primary (``balanced``) under the current one
+(``disambig``) from its stored answers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from matsteer.activations.models import cpu_has_native_bf16
-from matsteer.data import load_mc_questions
-from matsteer.errors import ConfigError
-from matsteer.eval.comparison import add_question_facts, add_statistics, method_entry
+from matsteer.data import MCQuestion, load_mc_questions
+from matsteer.errors import ConfigError, DataError
+from matsteer.eval.comparison import (
+    _mean_std_or_none,
+    _summarise,
+    add_question_facts,
+    add_statistics,
+    bbq_correct,
+    method_entry,
+)
 from matsteer.eval.config import METHODS, EvalConfig
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
 from matsteer.eval.report import write_report
-from matsteer.eval.tasks import for_task, parse_sources
+from matsteer.eval.task_metrics import BBQItems, bbq_item_weights
+from matsteer.eval.tasks import (
+    BBQ_PRIMARY_CHANGED,
+    PRIMARY,
+    constant_row,
+    for_task,
+    parse_sources,
+    primary_of,
+)
 from matsteer.files import read_json
 from matsteer.store.provenance import cpu_model
 
@@ -97,17 +118,115 @@ def add_methods(results_dir: str | Path, names: Sequence[str], cfg: EvalConfig, 
     return report
 
 
+def _test_questions(report: Mapping[str, Any]) -> dict[str, list[MCQuestion]]:
+    """The test questions of every task and probe of a comparison, as its ``config`` names them (limits, sources)."""
+    cfg = report["config"]
+    return {t: load_mc_questions(t, "test", limit=for_task(cfg["test_limits"], t),
+                                 source=for_task(parse_sources(cfg.get("sources")), t))
+            for t in (*report["tasks"], *report["probes"])}
+
+
 def refresh_statistics(results_dir: str | Path, n_boot: int | None = None) -> dict[str, Any]:
     """Recompute every interval, the detectable differences, Holm's correction and BBQ's guard of the comparison
     in ``results_dir`` with the statistics of this version (clusters and BBQ facts from the test questions its
     ``config`` names; no model runs), and rewrite its ``eval.json`` and ``eval.md``."""
     path = Path(results_dir) / "eval.json"
     report = read_json(path, "comparison results")
-    cfg = report["config"]
-    questions = {t: load_mc_questions(t, "test", limit=for_task(cfg["test_limits"], t),
-                                      source=for_task(parse_sources(cfg.get("sources")), t))
-                 for t in (*report["tasks"], *report["probes"])}
+    questions = _test_questions(report)
     add_question_facts(report, questions)
-    add_statistics(report, report["tasks"], report["probes"], n_boot or int(cfg["n_boot"]))
+    add_statistics(report, report["tasks"], report["probes"], n_boot or int(report["config"]["n_boot"]))
+    write_report(report, Path(results_dir))
+    return report
+
+
+def _seed_means(entry: Mapping[str, Any], tasks: Sequence[str]) -> list[float]:
+    """Per seed, the mean over ``tasks`` of the means of ``test[task]["per_item"]`` (each task's primary)."""
+    per_task = [np.asarray(entry["test"][t]["per_item"], dtype=np.float64).mean(axis=1) for t in tasks]
+    return [float(x) for x in np.mean(per_task, axis=0)]
+
+
+def _check_close(what: str, got: float, want: Any) -> None:
+    """Raise :class:`DataError` where a recomputed value differs from the stored one (a file not from these
+    questions, or hand-edited)."""
+    stored = want["mean"] if isinstance(want, Mapping) else want
+    if stored is None or not math.isclose(got, float(stored), rel_tol=0.0, abs_tol=1e-9):
+        raise DataError(f"{what}: recomputed {got!r}, the file has {stored!r}; it does not belong to these test "
+                        "questions. Nothing was converted.")
+
+
+def convert_bbq_primary(report: dict[str, Any], questions: Mapping[str, Sequence[MCQuestion]]) -> dict[str, Any]:
+    """Re-score a comparison (and each protocol part of it) whose BBQ primary is an earlier one (``balanced``) under
+    :data:`~matsteer.eval.tasks.PRIMARY`'s (``disambig``), from what it stores and the test ``questions`` (no model):
+    every method's BBQ ``per_item`` (from its ``answers``, else from its old ``per_item``: correctness times the
+    old weights, :func:`matsteer.eval.comparison.bbq_correct`; a row without answers keeps that correctness as
+    ``correct``, per seed one ``0`` / ``1`` per question, since the new weights are 0 on ambiguous questions), the
+    per-seed mean over the attribute tasks (``test["mean"]``), the constant's BBQ row
+    (:func:`matsteer.eval.tasks.constant_row`) and mean, ``primary`` and ``primary_change`` (the dev selections were
+    made under the old primary: dev trials cannot be re-scored without the model). Before anything changes, every
+    stored BBQ accuracy, ``per_item`` and mean is checked against its recomputation (:class:`DataError`). Changes
+    ``report`` in place (statistics not refreshed: :func:`rescore_bbq_primary` does that) and returns it."""
+    if "bbq" not in report.get("tasks", ()):
+        raise ConfigError("This comparison has no BBQ task: nothing to re-score.")
+    items = BBQItems.from_questions(questions["bbq"])
+    parts = [report, *report.get("protocols", {}).values()]
+    staged = [_convert_part(part, items, questions) for part in parts]  # every check before any change
+    for part, (entries, constant, old) in zip(parts, staged):
+        for entry, bbq in entries:
+            entry["test"]["bbq"].update(bbq["bbq"])
+            entry["test"]["mean"] = bbq["mean"]
+        if constant is not None:
+            part["reference"]["constant"]["test"]["bbq"] = constant["bbq"]
+            part["reference"]["constant"]["test"]["mean"] = constant["mean"]
+        if old != PRIMARY["bbq"]:
+            part["primary_change"] = {"task": "bbq", "from": old, "to": PRIMARY["bbq"], "date": BBQ_PRIMARY_CHANGED,
+                                      "dev_selection": old}
+        part["primary"] = {**part.get("primary", {}), "bbq": PRIMARY["bbq"]}
+    return report
+
+
+def _convert_part(part: Mapping[str, Any], items: BBQItems, questions: Mapping[str, Sequence[MCQuestion]]
+                  ) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], dict[str, Any] | None, str]:
+    """:func:`convert_bbq_primary`'s new values for one part: per method entry its BBQ fields and mean, the
+    constant's, and the part's old BBQ primary; every stored value checked first."""
+    old, tasks = primary_of(part, "bbq"), list(part["tasks"])
+    w_old = np.asarray(bbq_item_weights(items.condition, old))
+    w_new = np.asarray(bbq_item_weights(items.condition, PRIMARY["bbq"]))
+    dis = np.asarray(items.condition) == "disambig"
+    entries = []
+    for name, entry in part["methods"].items():
+        bbq = entry["test"]["bbq"]
+        correct = bbq_correct(entry, items, old)
+        if not np.allclose(correct * w_old[None, :], np.asarray(bbq["per_item"], dtype=np.float64), atol=1e-9):
+            raise DataError(f"{name}: BBQ per_item is not its correctness times the {old} weights.")
+        _check_close(f"{name} BBQ disambig", float(correct[:, dis].mean()), bbq["disambig"])
+        _check_close(f"{name} BBQ ambig", float(correct[:, ~dis].mean()), bbq["ambig"])
+        _check_close(f"{name} mean", float(np.mean(_seed_means(entry, tasks))), entry["test"]["mean"])
+        new: dict[str, Any] = {"per_item": (correct * w_new[None, :]).tolist()}
+        if "answers" not in bbq:
+            new["correct"] = ["".join("1" if x else "0" for x in row) for row in correct]
+        rescored = {**entry["test"], "bbq": {**bbq, **new}}
+        entries.append((entry, {"bbq": new, "mean": _mean_std_or_none(_seed_means({"test": rescored}, tasks))}))
+    constant = None
+    const = part.get("reference", {}).get("constant")
+    if const is not None:
+        test = {**const["test"], "bbq": _summarise([{"bbq": constant_row("bbq", questions["bbq"]), "mean": 0.0,
+                                                     "side_effects": {}}])["bbq"]}
+        _check_close("the constant's mean", float(np.mean(_seed_means(const, tasks))), const["test"]["mean"])
+        constant = {"bbq": test["bbq"], "mean": _mean_std_or_none(_seed_means({"test": test}, tasks))}
+    return entries, constant, old
+
+
+def rescore_bbq_primary(results_dir: str | Path, n_boot: int | None = None) -> dict[str, Any]:
+    """:func:`convert_bbq_primary` on the comparison in ``results_dir`` (test questions from its ``config``; no
+    model), then every interval, detectable difference, Holm's correction and BBQ's guard recomputed (the config's
+    ``n_boot`` unless given; each protocol part's too), and ``eval.json`` and ``eval.md`` rewritten."""
+    path = Path(results_dir) / "eval.json"
+    report = read_json(path, "comparison results")
+    questions = _test_questions(report)
+    convert_bbq_primary(report, questions)
+    n = n_boot or int(report["config"]["n_boot"])
+    for part in (report, *report.get("protocols", {}).values()):
+        add_question_facts(part, questions)
+        add_statistics(part, part["tasks"], part["probes"], n)
     write_report(report, Path(results_dir))
     return report
