@@ -62,7 +62,7 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert report["methods"]["none"]["test"]["mean"]["std"] == 0.0
     # The best baseline comes from the baselines only: never MAT-Steer's own variants or the controls.
     best = report["best_baseline"]
-    assert best["pool"] == ["icl", "lora_sft", "lora_dpo", "iti", "nl_iti", "caa", "pca", "icv", "probe_caa"]
+    assert best["pool"] == ["icl", "lora_sft", "lora_dpo", "loreft", "iti", "nl_iti", "caa", "pca", "icv", "probe_caa"]
     assert best["name"] in best["pool"]
     assert best["name"] == max(best["dev_means"], key=best["dev_means"].get)
     # Per-seed per-question scores are kept: [seeds][questions] for every task.
@@ -83,8 +83,8 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert report["methods"]["caa"]["test"]["side_effects"]["kl"]["mean"] >= 0.0
     # The constant answers: 50% where a constant cannot do better by construction.
     const = report["reference"]["constant"]["test"]
-    assert const["toxigen_pref"]["accuracy"]["mean"] == 0.5 and const["bbq"]["balanced"]["mean"] == 0.5
-    assert const["bbq"]["ambig"]["mean"] == 1.0 and const["toxigen"]["balanced_accuracy"]["mean"] == 0.5
+    assert const["toxigen_pref"]["accuracy"]["mean"] == 0.5 and const["bbq"]["disambig"]["mean"] >= 0.5
+    assert const["bbq"]["ambig"]["mean"] == 0.0 and const["toxigen"]["balanced_accuracy"]["mean"] == 0.5
     # Intervals for every method against no steering and against the best baseline, per task and for the mean.
     intervals = report["intervals"]
     assert set(intervals["vs_none"]) == set(METHODS) - {"none"}
@@ -93,7 +93,7 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
         assert set(row) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
         assert all(ci["low"] <= ci["mean_diff"] <= ci["high"] for ci in row.values())
     assert report["bootstrap_vs_best_baseline"] == intervals["vs_best_baseline"]["mat_steer"]
-    assert report["primary"] == {"truthfulqa": "mc2", "toxigen_pref": "accuracy", "bbq": "balanced",
+    assert report["primary"] == {"truthfulqa": "mc2", "toxigen_pref": "accuracy", "bbq": "disambig",
                                  "toxigen": "balanced_accuracy"}
     det = report["detectable"]
     assert set(det["mde"]) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}

@@ -26,7 +26,7 @@ from matsteer.core.workflow import DemoConfig
 from matsteer.data import MCQuestion, load_examples, load_mc_questions
 from matsteer.errors import ConfigError
 from matsteer.eval.comparison import run_evaluation
-from matsteer.eval.config import FINETUNED, METHODS, EvalConfig
+from matsteer.eval.config import FINETUNED, METHODS, REFT, EvalConfig
 from matsteer.eval.report import markdown_table
 from matsteer.store.artifacts import check_compatible, load_steerer
 
@@ -269,13 +269,13 @@ def quick_evaluation(wb: Workbench, *, settings_from: str | Path | None = None, 
     ``eval.json`` / ``eval.md`` under ``wb.results_dir`` and returns the report. steps: print a
     :func:`report_step` line as each part of the comparison starts (set-up, each method's dev tuning, each test
     run); progress: tqdm bars as well. The LoRA baselines are left out (each adapter trains for minutes on a
-    2-core CPU); ``matsteer compare`` and the reference run include them. settings_from: a finished comparison's
+    2-core CPU; LoReFT likewise); ``matsteer compare`` and the reference run include them. settings_from: a finished comparison's
     ``eval.json`` (relative: under the project root) whose dev choices are borrowed under the primary protocol
     instead of searching this run's dev (:attr:`EvalConfig.settings_from`; notebook 04 borrows the committed
     reference's); None or "": every choice made on this run's dev.
     """
     cfg = EvalConfig(demo=copy.deepcopy(wb.demo), out_dir=Path(wb.results_dir),
-                     methods=tuple(m for m in METHODS if m not in FINETUNED))
+                     methods=tuple(m for m in METHODS if m not in FINETUNED and m not in REFT))
     if wb.quick:
         cfg.seeds, cfg.multipliers, cfg.iti_alphas, cfg.icl_shots = (wb.seed,), (1.0,), (1.0,), (1,)
         cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)

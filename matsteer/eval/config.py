@@ -19,6 +19,7 @@ METHOD_LABELS = {
     "temperature": "Temperature (no steering)", "temperature_len": "Temperature + length normalisation (no steering)",
     "icl": "Few-shot prompting (ICL)", "lora_sft": "LoRA SFT (one adapter, all attributes)",
     "lora_dpo": "LoRA DPO (one adapter, all attributes)",
+    "loreft": "LoReFT (rank 4, one intervention, all attributes)",
     "icv": "ICV (PCA of paired demonstrations, renormalised)", "nl_iti": "NL-ITI (ITI shift behind MLP-probe gates)",
     "iti": "ITI mass-mean shift", "caa": "CAA mean difference", "pca": "PCA of paired differences",
     "probe_caa": "CAA with probe gates", "sum_single": "Sum of single-attribute MAT-Steer",
@@ -32,15 +33,20 @@ CONSTANT_LABEL = "Constant / majority answer (gold labels)"
 #: PCA's pairing and the probes use seed 0), so they are scored once and their std is 0. "temperature" is the
 #: unsteered model with its next-token logits divided by a dev-chosen T (a gain it matches is calibration, not
 #: steering); "temperature_len" the same with each answer's log-prob divided by its token count.
-METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft", "lora_dpo", "iti", "nl_iti", "caa",
-           "pca", "icv", "probe_caa", "sum_single", "uniform_gates", "mat_steer")
+METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft", "lora_dpo", "loreft", "iti", "nl_iti",
+           "caa", "pca", "icv", "probe_caa", "sum_single", "uniform_gates", "mat_steer")
 
 #: The methods run once per seed (see METHODS).
-SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "sum_single", "uniform_gates", "mat_steer"})
+SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "loreft", "sum_single", "uniform_gates", "mat_steer"})
 
 #: The fine-tuning baselines (matsteer.core.finetune): a LoRA adapter on the same training data, merged into a copy
 #: of the model that then answers every task (no steering; the paper's SFT and DPO rows).
 FINETUNED = {"lora_sft": "sft", "lora_dpo": "dpo"}
+
+#: The representation fine-tuning baseline (matsteer.core.reft): one LoReFT intervention at the comparison's site
+#: trained on the LoRA SFT row's data, scored as an edit of the site activations like the steering baselines (under
+#: each protocol's positions, with side effects); no MAT-Steer multiplier (its own strength is trained).
+REFT = frozenset({"loreft"})
 
 #: MAT-Steer and its own variants: never "the best baseline".
 MAT_VARIANTS = frozenset({"sum_single", "uniform_gates", "mat_steer"})
@@ -95,6 +101,9 @@ class EvalConfig:
     #: step of 16 takes about 20-30 s for SFT and 60-80 s for DPO, so the grid is kept to 10 steps.
     finetune_grid: tuple[dict[str, Any], ...] = ({"lr": 5e-6, "steps": 10}, {"lr": 1e-4, "steps": 10})
     finetune: dict[str, Any] = field(default_factory=dict)
+    #: LoReFT's dev grid (matsteer.core.reft.ReftConfig fields over its defaults: rank 4, batch 16, the prompt
+    #: tokens intervened).
+    reft_grid: tuple[dict[str, Any], ...] = ({"lr": 1e-3, "steps": 20}, {"lr": 4e-3, "steps": 20})
     #: The temperature controls' dev grid (geometric; T = 1 is the unsteered model itself).
     temperatures: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
     #: Dev selection keeps the settings whose mean next-token KL on neutral text is at most this (nats; None: no

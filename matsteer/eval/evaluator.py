@@ -150,7 +150,7 @@ class Evaluator:
         self.probes = [p for p in probes if p not in self.tasks]
         self.progress = progress
         # Probes are scored in float32 by default: their Yes/No margins are near ties, and bfloat16 moved the
-        # unsteered probe by 7 points on the whole test split (README, Benchmarks). None: the model's dtype.
+        # unsteered probe by 7 points on the whole test split (docs/benchmarks.md). None: the model's dtype.
         self.probe_dtype = probe_dtype
         self._probe_model: LoadedModel | None = None
         self.fast = supports_upper_pass(loaded.model, site)

@@ -47,12 +47,21 @@ from matsteer.core.finetune import (
     train_lora_sft,
 )
 from matsteer.core.health import training_health
+from matsteer.core.reft import ReftConfig, ReftResult, train_loreft
 from matsteer.core.steerer import Steerer
 from matsteer.core.training import TrainResult, train_steerer
 from matsteer.core.workflow import attribute_data, extract_splits
 from matsteer.data import load_examples
 from matsteer.errors import ConfigError
-from matsteer.eval.config import FINETUNED, FIXED_SEED, METHODS, SEEDED, TEMPERATURE_CONTROLS, EvalConfig
+from matsteer.eval.config import (
+    FINETUNED,
+    FIXED_SEED,
+    METHODS,
+    REFT,
+    SEEDED,
+    TEMPERATURE_CONTROLS,
+    EvalConfig,
+)
 from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.selection import edge_extension, select_trial
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, TASKS, few_shot_prefix
@@ -133,6 +142,7 @@ class Experiment:
         self._trained: dict[str, TrainResult] = {}
         self._fixed: dict[str, Steerer] = {}
         self._finetuned: dict[str, FinetuneResult] = {}
+        self._reft: dict[str, ReftResult] = {}
         self._digests = TensorDigests()
         self._dev_results: dict[str, dict[str, Any]] = {}
 
@@ -243,6 +253,24 @@ class Experiment:
             self._timed("finetune_s", t0)
         return self._finetuned[key]
 
+    def reft(self, params: Mapping[str, Any], seed: int) -> ReftResult:
+        """LoReFT (:mod:`matsteer.core.reft`) trained at the comparison's site with ``params``
+        (:class:`~matsteer.core.reft.ReftConfig` fields; the scoring settings ``positions`` and ``preserve_norm``
+        left out) and ``seed``, on the LoRA SFT row's examples (:func:`~matsteer.core.finetune.sft_examples` of the
+        training splits, as many per data set as :meth:`finetuned` takes), memoised."""
+        train = {k: v for k, v in params.items() if k not in ("positions", "preserve_norm")}
+        key = _key("loreft", train, seed, self.site.to_dict())
+        if key not in self._reft:
+            t0 = time.perf_counter()
+            cfg = ReftConfig.from_dict({**train, "seed": seed})
+            # As finetuned(): ToxiGen's examples are benign/toxic pairs, half as many as its feature statements.
+            limits = {ds: n if ds != "toxigen" or n is None else max(1, n // 2)
+                      for ds, n in ((ds, self.cfg.demo.limits.get(ds)) for ds in self.cfg.demo.datasets)}
+            examples = [e for ds, n in limits.items() for e in sft_examples([ds], split="train", limit=n)]
+            self._reft[key] = train_loreft(self.loaded, examples, self.site, cfg, progress=self.progress)
+            self._timed("reft_s", t0)
+        return self._reft[key]
+
     def _probe_caa(self) -> Steerer:
         """CAA vectors behind logistic-probe gates at multiplier 1, fitted once (the multiplier scales θ only, so
         it is applied as the global multiplier: the same edit without refitting the probes)."""
@@ -286,6 +314,10 @@ class Experiment:
             tasks = dict.fromkeys((*TASKS, *PROBES, *self.test.all_tasks))
             return Method(name, prefix={t: few_shot_prefix(t, params["shots"], FIXED_SEED) for t in tasks},
                           params=params)
+        if name in REFT:  # its edit of the site activations, scored as the closed-form baselines' (no renorm)
+            return Method(name, self.reft(params, seed).steerer, steer_special=self.cfg.steer_special,
+                          positions=params.get("positions"), preserve_norm=params.get("preserve_norm", False),
+                          params=params)
         c, m = self.contrasts, params.get("multiplier", 1.0)  # the training features, extracted on first use
         # Closed-form vectors are added as they are, MAT-Steer's family rescaled to ‖a‖, unless the grid says.
         closed = {"steer_special": self.cfg.steer_special, "positions": params.get("positions"),
@@ -319,8 +351,9 @@ class Experiment:
         raise ConfigError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
 
     def grid(self, name: str) -> list[dict[str, Any]]:
-        """The dev grid of a method's run-time hyperparameters: its strength (multiplier, α, T or shots), crossed
-        for steering methods with ``cfg.position_grid`` and ``cfg.norm_grid`` where those are set."""
+        """The dev grid of a method's run-time hyperparameters: its strength (multiplier, α, T or shots; LoReFT's
+        training settings, ``cfg.reft_grid``), crossed for steering methods with ``cfg.position_grid`` and
+        ``cfg.norm_grid`` where those are set."""
         if name == "none":
             return [{}]
         if name == "icl":
@@ -332,7 +365,9 @@ class Experiment:
         strength = {"iti": ("alpha", self.cfg.iti_alphas), "nl_iti": ("alpha", self.cfg.nl_iti_alphas),
                     "icv": ("multiplier", self.cfg.icv_lambdas)}
         key, grid = strength.get(name, ("multiplier", self.cfg.multipliers))
-        values: list[dict[str, Any]] = [{key: v} for v in grid]
+        # LoReFT's strength is trained: its grid is its training settings, crossed like the others'.
+        values: list[dict[str, Any]] = ([dict(p) for p in self.cfg.reft_grid] if name in REFT
+                                        else [{key: v} for v in grid])
         values = [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
         return [{**v, "preserve_norm": n} for n in self.cfg.norm_grid for v in values] or values
 
