@@ -36,30 +36,24 @@ query tokens (``positions="prompt"``) and never the first token or special token
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sacrebleu
 from rouge_score import rouge_scorer
 from torch import nn
-from tqdm.auto import tqdm
 
-from matsteer.activations.models import Tokenizer, model_device
+from matsteer.activations.models import Tokenizer
 from matsteer.activations.sites import Site
-from matsteer.core.steerer import Steerer
 from matsteer.data.prompts import has_chat_template
 from matsteer.data.records import GenQuestion, MCQuestion
 from matsteer.data.registry import QA_TEMPLATE, fill_template
 from matsteer.errors import ConfigError
-from matsteer.eval.evaluator import Method
+from matsteer.eval.method_generation import generation_plan, plan_continuations
 from matsteer.eval.metrics import mean_or_nan
-from matsteer.eval.scoring import protect_special
 from matsteer.eval.tasks import cluster_ids
-from matsteer.steering.generation import decode_continuations, encode_prompts, generate_greedy
-from matsteer.steering.session import steer
 
 __all__ = [
     "BLEU_STYLES",
@@ -343,72 +337,6 @@ class GenerationScores:
         return {**self.summary(), "per_item": self.per_item, "items": items, "config": self.config}
 
 
-@dataclass
-class _Plan:
-    """What generates: the model and tokenizer, the prompt prefix, the steering context, and a description."""
-
-    model: nn.Module
-    tokenizer: Tokenizer
-    prefix: str
-    context: Callable[[], contextlib.AbstractContextManager[Any]]
-    steer_special: bool
-    described: str
-
-
-def _no_steering() -> contextlib.AbstractContextManager[Any]:
-    return contextlib.nullcontext(None)
-
-
-def _plan(
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    steering: Any,
-    site: Site | Mapping[str, Any] | None,
-    settings: Mapping[str, Any] | None,
-    positions: str,
-    prefix: str,
-    steer_special: bool,
-) -> _Plan:
-    """How each kind of ``steering`` generates (see :func:`truthfulqa_generation`)."""
-    if settings and not isinstance(steering, Steerer):
-        raise ConfigError("settings apply to a Steerer only; a Method carries its own, a handle or a context is "
-                          "already configured")
-    if steering is None:
-        return _Plan(model, tokenizer, prefix, _no_steering, steer_special, "none")
-    if isinstance(steering, Method):
-        loaded = steering.model
-        m, tok = (loaded.model, loaded.tokenizer) if loaded is not None else (model, tokenizer)
-        pre = steering.prefix.get("truthfulqa", "") + prefix
-        kind = "fine-tuned model" if loaded is not None else "ICL prefix" if pre else "none"
-        if steering.steerer is None:
-            return _Plan(m, tok, pre, _no_steering, steering.steer_special, f"method {steering.name} ({kind})")
-        method_steerer = steering.steerer
-        opts = steering.steering(steering.positions or positions)
-        return _Plan(m, tok, pre, functools.partial(steer, m, method_steerer, site=site, **opts),
-                     steering.steer_special, f"method {steering.name} (steerer at {opts['positions']})")
-    if isinstance(steering, Steerer):
-        opts = {"positions": positions, **dict(settings or {})}
-        return _Plan(model, tokenizer, prefix, functools.partial(steer, model, steering, site=site, **opts),
-                     steer_special, f"steerer {steering.attributes} at {opts['positions']}")
-    if callable(getattr(steering, "generate", None)):  # a handle from steer(), already entered
-        return _Plan(model, tokenizer, prefix, lambda: contextlib.nullcontext(steering), steer_special, "handle")
-    if callable(steering):
-        return _Plan(model, tokenizer, prefix, steering, steer_special, "context")
-    raise ConfigError(f"steering must be None, a Method, a Steerer, a steering handle or a callable returning a "
-                      f"context manager; got {type(steering).__name__}")
-
-
-@contextlib.contextmanager
-def _entered(plan: _Plan) -> Iterator[Any]:
-    """The plan's steering context, entered, with protected positions left unsteered (unless ``steer_special``)."""
-    with plan.context() as handle:
-        if handle is not None and not callable(getattr(handle, "generate", None)):
-            raise ConfigError(f"the steering context yielded a {type(handle).__name__}; it must yield a handle with "
-                              "generate() (as steer() does) or None")
-        with protect_special(handle, plan.tokenizer, plan.steer_special):
-            yield handle
-
-
 def truthfulqa_generation(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -454,19 +382,12 @@ def truthfulqa_generation(
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     questions = list(questions)
     refs = [_references(q, add_no_comment) for q in questions]
-    plan = _plan(model, tokenizer, steering, site, settings, positions, prefix, steer_special)
+    plan = generation_plan(model, tokenizer, steering, site, settings, positions, prefix, steer_special,
+                           task="truthfulqa")
     chat = prompt_format == "chat" and has_chat_template(plan.tokenizer)
     stop_at = tuple(stops) if stops is not None else (QA_STOPS if prompt_format == "qa" else ())
     prompts = [generation_prompt(q, prompt_format, plan.prefix) for q in questions]
-
-    raw: list[str] = []
-    device = model_device(plan.model)
-    starts = range(0, len(prompts), batch_size)
-    with _entered(plan) as handle:
-        for i in tqdm(starts, desc="truthfulqa generation", disable=not progress, leave=False):
-            enc = encode_prompts(plan.tokenizer, prompts[i:i + batch_size], device, chat)
-            ids = generate_greedy(plan.model, plan.tokenizer, enc, max_new_tokens, handle)
-            raw += decode_continuations(plan.tokenizer, ids, enc["input_ids"].shape[1])
+    raw = plan_continuations(plan, prompts, chat, max_new_tokens, batch_size, progress, "truthfulqa generation")
     answers = [first_answer(r, stop_at) for r in raw]
     trues, falses = [t for t, _ in refs], [f for _, f in refs]
     config = {
