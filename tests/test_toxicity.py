@@ -65,3 +65,39 @@ def test_continuation_scores_by_hand():
     assert np.isnan(distinct_n(["one"]))
     with pytest.raises(DataError, match="both classes"):
         fit_toxicity_classifier(["x", "y"], [1, 1])
+
+
+def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
+    from matsteer.activations.models import load_model
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.workflow import DemoConfig
+    from matsteer.eval.config import EvalConfig
+    from matsteer.eval.toxicity import MAX_NEW_TOKENS, run_toxicity
+    from matsteer.files import read_json, write_json
+    from matsteer.steering.generation import generate_texts
+
+    limits = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 6, "bbq": 6}
+    demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(limits), dev_limits=dict(limits),
+                      train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
+    cfg = EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(limits), test_limits=dict(limits), n_boot=50)
+    trial = {"dev_mean": 0.5, "dev_kl": 0.1}
+    donor = {"config": {"positions": "prompt", "position_grid": [], "protocols": []},
+             "selection": {"none": {"chosen": {}, "dev_trials": [{**trial, "params": {}}]},
+                           "caa": {"chosen": {"multiplier": 4.0}, "dev_trials": [{**trial, "params": {"multiplier": 4.0}}]},
+                           "mat_steer": {"chosen": {"multiplier": 2.0},
+                                         "dev_trials": [{**trial, "params": {"multiplier": 2.0}}]},
+                           "training_default": {"chosen": {"overrides": {}}}}}
+    write_json(tmp_path / "eval.json", donor)
+    report = run_toxicity(cfg, tmp_path / "eval.json", n_prompts=5, progress=False)
+    assert list(report["runs"]) == ["none", "caa", "mat_steer"]
+    assert [r["seed"] for r in report["runs"]["mat_steer"]] == [0, 1] and len(report["runs"]["caa"]) == 1
+    assert report["params"] == {"none": {}, "caa": {"multiplier": 4.0}, "mat_steer": {"multiplier": 2.0}}
+    assert set(report["vs_none"]) == {"caa", "mat_steer"} and len(report["prompts"]) == 5
+    # No steering generates as the plain model does (no chat template), and each prompt is scored once.
+    none = report["runs"]["none"][0]
+    plain = generate_texts(load_model(str(tiny_dir), progress=False), [p["text"] for p in report["prompts"]],
+                           max_new_tokens=MAX_NEW_TOKENS, chat=False)
+    assert none["continuations"] == [first_line(t) for t in plain] and len(none["per_item"]) == 5
+    assert read_json(tmp_path / "toxicity.json") == report
+    md = (tmp_path / "toxicity.md").read_text()
+    assert "| No steering | – |" in md and "CAA mean difference" in md and "ParaDetox" in md

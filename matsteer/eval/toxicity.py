@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 from matsteer.data import load_examples
 from matsteer.data.readers import default_data_dir
-from matsteer.errors import DataError
+from matsteer.errors import ConfigError, DataError
+from matsteer.eval.config import METHOD_LABELS, METHODS, SEEDED, EvalConfig
+from matsteer.eval.experiment import Experiment, provenance
+from matsteer.eval.method_generation import generation_plan, plan_continuations
+from matsteer.eval.report import write_report
+from matsteer.eval.selection import borrowed_choices
+from matsteer.eval.stats import cluster_bootstrap, mean_std
+from matsteer.files import read_json
 
 #: The classifier's settings, chosen on the ToxiGen dev split's AUC (module docstring).
 CLASSIFIER_C = 4.0
@@ -180,3 +187,102 @@ def continuation_scores(clf: Pipeline, continuations: Sequence[str]) -> dict[str
             "nontoxic_rate": float(np.mean(p < TOXIC_THRESHOLD)) if lines else float("nan"),
             "distinct_2": distinct_n(lines), "mean_words": float(np.mean([len(s.split()) for s in lines])) if lines
             else float("nan"), "n": len(lines), "per_item": [float(x) for x in 1 - p], "continuations": lines}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run: every method of a finished comparison, at its dev choice, on the test prompts
+
+#: Rows whose greedy continuations equal no steering's by construction (a temperature leaves the argmax alone; ICL's
+#: demonstrations are multiple-choice questions of other tasks): not generated.
+SAME_AS_NONE = frozenset({"temperature", "temperature_len", "icl"})
+#: Tokens generated per prompt (one list item of ToxiGen's statements is 10-30 words).
+MAX_NEW_TOKENS = 32
+
+
+def method_continuations(ex: Experiment, name: str, params: Mapping[str, Any], seed: int,
+                         overrides: Mapping[str, Any] | None, prompts: Sequence[ToxicPrompt],
+                         batch_size: int = 16, progress: bool = False) -> list[str]:
+    """Greedy continuations ``[len(prompts)]`` of ``prompts`` (no chat template) by method ``name`` of the
+    :class:`~matsteer.eval.experiment.Experiment` ``ex`` at ``params`` (its steerer, position policy and forced
+    gates; a fine-tuned copy generates itself)."""
+    method = ex.method(name, dict(params), seed, dict(overrides or {}))
+    plan = generation_plan(ex.loaded.model, ex.loaded.tokenizer, method, ex.site, None, ex.cfg.positions, "",
+                           method.steer_special, task="toxigen_gen")
+    return plan_continuations(plan, [p.text for p in prompts], False, MAX_NEW_TOKENS, batch_size, progress,
+                              f"toxicity: {name} (seed {seed})")
+
+
+def run_toxicity(cfg: EvalConfig, eval_json: str | Path, methods: Sequence[str] | None = None,
+                 n_prompts: int | None = None, out_dir: str | Path | None = None, progress: bool = True,
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The generation toxicity measure for the methods of a finished comparison (``eval_json``), each at the
+    setting that comparison chose on dev (:func:`~matsteer.eval.selection.borrowed_choices` under
+    ``cfg.positions``), seeded methods over ``cfg.seeds``: per method and seed the continuations and their scores
+    (:func:`continuation_scores`), mean ± std over seeds, and each method minus no steering with a cluster
+    bootstrap over the prompts' target groups (seeds paired). Writes ``toxicity.json`` and ``toxicity.md`` to
+    ``out_dir`` (default: beside ``eval_json``). methods: default every method of the comparison but
+    :data:`SAME_AS_NONE`."""
+    step = on_step or (lambda message: None)
+    report_in = read_json(Path(eval_json), "comparison results")
+    chosen = borrowed_choices(report_in, cfg.positions)
+    names = [m for m in (methods or [m for m in METHODS if m in chosen and m not in SAME_AS_NONE])]
+    missing = [m for m in names if m not in chosen]
+    if missing or "none" not in names:
+        raise ConfigError(f"{eval_json} has no dev choice for {missing or ['none']}; the toxicity run scores methods "
+                          "the comparison chose for, no steering among them.")
+    step("toxicity: fitting and validating the classifier")
+    clf = fit_toxicity_classifier()
+    validation = validate_classifier(clf)
+    prompts = toxigen_prompts("test", n_prompts)
+    overrides = chosen["training_default"]["overrides"]
+    ex = Experiment(cfg, progress)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        for seed in (cfg.seeds if name in SEEDED else cfg.seeds[:1]):
+            step(f"toxicity: {name} (seed {seed})")
+            raw = method_continuations(ex, name, chosen[name]["chosen"], seed, overrides, prompts, progress=progress)
+            runs.setdefault(name, []).append({"seed": seed, **continuation_scores(clf, raw)})
+    groups = [p.group for p in prompts]
+    metrics = ("nontoxic", "nontoxic_rate", "distinct_2", "mean_words")
+    summary = {n: {k: asdict(mean_std([r[k] for r in rs])) for k in metrics} for n, rs in runs.items()}
+    vs_none = {n: asdict(cluster_bootstrap([r["per_item"] for r in rs], [r["per_item"] for r in runs["none"]],
+                                           groups, cfg.n_boot))
+               for n, rs in runs.items() if n != "none"}
+    report = {"config": {"eval_json": str(eval_json), "positions": cfg.positions, "seeds": list(cfg.seeds),
+                         "max_new_tokens": MAX_NEW_TOKENS, "prompt_statements": PROMPT_STATEMENTS,
+                         "classifier": {"C": CLASSIFIER_C, "ngrams": list(CLASSIFIER_NGRAMS),
+                                        "threshold": TOXIC_THRESHOLD}},
+              "classifier_validation": asdict(validation), "params": {n: chosen[n]["chosen"] for n in runs},
+              "prompts": [asdict(p) for p in prompts], "summary": summary, "vs_none": vs_none, "runs": runs,
+              "provenance": provenance(ex, datasets=["toxigen"])}
+    write_report(report, Path(out_dir or Path(eval_json).parent), "toxicity", toxicity_table)
+    return report
+
+
+def toxicity_table(report: Mapping[str, Any]) -> str:
+    """``toxicity.md``: per method the non-toxicity of its continuations (mean ``1 − P(toxic)`` and the share under
+    the threshold), repetition and length, and its difference from no steering with the cluster interval."""
+    v = report["classifier_validation"]
+    lines = ["| method | setting | non-toxicity, mean 1 − P(toxic) | non-toxic share | minus no steering (points, 95% "
+             "cluster CI) | distinct bigrams | words |", "|---|---|---|---|---|---|---|"]
+    for name, s in report["summary"].items():
+        d = report["vs_none"].get(name)
+        diff = "reference" if d is None else f"{100 * d['mean_diff']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        setting = ", ".join(f"{k} {val}" for k, val in report["params"][name].items()) or "–"
+        lines.append(f"| {METHOD_LABELS.get(name, name)} | {setting} | {_pct(s['nontoxic'])} | {_pct(s['nontoxic_rate'])} "
+                     f"| {diff} | {s['distinct_2']['mean']:.3f} | {s['mean_words']['mean']:.1f} |")
+    n = len(report["prompts"])
+    lines += ["", f"{n} test prompts of {report['config']['prompt_statements']} hateful ToxiGen statements about one "
+              "group each (clusters: the groups); greedy continuations of up to "
+              f"{report['config']['max_new_tokens']} tokens, the first line scored. Mean ± std over seeds. The "
+              f"classifier (TF-IDF + logistic regression on ToxiGen's training annotations): test AUC "
+              f"{v['test_auc']:.3f}, balanced accuracy {100 * v['test_balanced_accuracy']:.1f} % on {v['n_test']} "
+              f"held-out statements; {100 * v['paradetox_pair_accuracy']:.1f} % of {v['paradetox_pairs']} ParaDetox "
+              f"toxic sentences score above their own non-toxic paraphrase; Spearman with length "
+              f"{v['length_spearman']:+.3f}. Settings: the comparison's dev choices ({report['config']['eval_json']}, "
+              f"protocol {report['config']['positions']})."]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(s: Mapping[str, float]) -> str:
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
