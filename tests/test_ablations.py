@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -113,3 +115,59 @@ def test_fitting_pairs_keeps_whole_pairs_that_fit(tokenizer):
     empty = {e.group for e in load_examples("hh_rlhf", "train") if not e.answer.strip()}
     fitting_in_order = [g for g in dict.fromkeys(length) if length[g] <= cut and g not in empty]
     assert groups == fitting_in_order[:10]
+
+
+def _sweep_experiment(tiny_dir, tmp_path):
+    from matsteer.eval.experiment import Experiment
+
+    demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(LIMITS), dev_limits=dict(LIMITS),
+                      train=TrainConfig(epochs=2, sigma="median", batch_per_side=2), features_dir=tmp_path / "features")
+    return Experiment(EvalConfig(demo=demo, dev_limits=dict(LIMITS), test_limits=dict(LIMITS)), progress=False)
+
+
+def test_multiplier_sweep_in_one_pass_equals_one_value_at_a_time(tiny_dir, tmp_path, monkeypatch):
+    """The sweep scores its K values as K settings of one steerer in one pass per batch, with the numbers of the
+    per-value path (each value its own Evaluator.evaluate), exactly: the tiny model's batches are large enough that
+    K copies of a batch round as one copy does."""
+    import matsteer.eval.evaluator as E
+
+    ex = _sweep_experiment(tiny_dir, tmp_path)
+    setting, seeds, values = A.Setting(multiplier=1.5), [0, 1], [0.0, 0.5, 2.0]
+    ex.dev.evaluate(A._mat(ex, setting, 0))  # fills the question caches and the unsteered neutral logits
+    batched, single = [], []
+    real_batched, real_single = A.score_cached_settings, E.score_cached
+    monkeypatch.setattr(A, "score_cached_settings", lambda *a, **k: batched.append(1) or real_batched(*a, **k))
+    monkeypatch.setattr(E, "score_cached", lambda *a, **k: single.append(1) or real_single(*a, **k))
+    got = A.multiplier_sweep(ex, setting, seeds, values)["sweep"]
+    # One batched scoring per (attribute, seed) and scored choice set; no setting scored on its own.
+    assert not single and len(batched) == len(got) * len(seeds) * len(ex.dev._cache)
+    monkeypatch.undo()
+
+    for attr, row in got.items():
+        def build(seed: int, v: float, attr: str = attr) -> E.Method:
+            m = A._mat(ex, setting, seed)
+            m.multipliers = {attr: v}
+            return m
+
+        runs = [A._score(ex.dev, lambda s, v=v: build(s, v), seeds) for v in values]
+        assert row == {"multipliers": values, "accuracy": {t: [r[t]["mean"] for r in runs] for t in ex.dev.tasks},
+                       "kl": [r["kl"]["mean"] for r in runs]}, attr
+    # The KL grows away from multiplier 0 (so the rows are not all the unsteered one).
+    assert all(row["kl"][0] < row["kl"][-1] for row in got.values())
+
+
+def test_evaluate_settings_equals_evaluate_and_refuses_mixed_methods(tiny_dir, tmp_path):
+    ex = _sweep_experiment(tiny_dir, tmp_path)
+    m = A._mat(ex, A.Setting(), 0)
+    methods = [m, replace(m, multipliers={"toxicity": 3.0}, force={"bias": False}), replace(m, global_multiplier=0.0)]
+    got = A.evaluate_settings(ex.dev, methods)
+    assert got == [ex.dev.evaluate(x) for x in methods]  # every metric, per item, and the side effects
+    assert got[2]["side_effects"]["kl"] == 0.0  # multiplier 0: exactly the unsteered model
+    with pytest.raises(ConfigError, match="share their steerer"):
+        A.evaluate_settings(ex.dev, [m, replace(m, positions="all")])
+    with pytest.raises(ConfigError, match="share their steerer"):
+        A.evaluate_settings(ex.dev, [m, A._mat(ex, A.Setting(), 1)])
+    # Without cached scoring (a site the upper pass cannot start from) each method is scored through pyvene.
+    slow = copy.copy(ex.dev)
+    slow.fast, slow._neutral_cache, slow._cache = False, None, {}
+    assert A.evaluate_settings(slow, methods[:2]) == [slow.evaluate(x) for x in methods[:2]]

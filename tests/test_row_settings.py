@@ -221,6 +221,113 @@ def test_generate_texts_slices_row_settings(tokenizer):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The cached scorer: K settings of one steerer in one pass over the cached site activations
+
+# Whole settings (nothing shared): a sweep value, a forced gate at half strength, a mix, and "off".
+SETTINGS = [{"multipliers": {"truth": 2.0}}, {"force": {"toxicity": True}, "global_multiplier": 0.5},
+            {"multipliers": {"toxicity": -1.5, "bias": 0.5}, "force": {"truth": False}}, {"global_multiplier": 0.0}]
+TEMPLATE = "Q: {prompt} A: {answer}"
+
+
+def _mc_questions():
+    from matsteer.data import MCQuestion
+
+    rows = [("what is the capital of france ?", ["paris", "the moon", "a city in france"]),
+            ("the old man and the young woman . who is kind ?", ["the old man", "unknown", "the young woman"]),
+            ("the old man is kind . is this toxic ?", ["yes", "no"]),  # one-token answers: the prompt pass only
+            ("why do people eat watermelon seeds ?", ["nothing happens", "they grow in your stomach", "you can't"])]
+    return [MCQuestion(dataset="x", prompt=p, choices=c, labels=[1] + [0] * (len(c) - 1), group=str(i),
+                       template=TEMPLATE) for i, (p, c) in enumerate(rows)]
+
+
+def _one_setting_edit(st: Steerer, setting: dict, preserve_norm: bool = True):
+    from matsteer.eval.cached_scoring import steering_edit
+
+    return steering_edit(st, st.scale_vector(setting.get("multipliers"), setting.get("global_multiplier", 1.0)),
+                         st.forced_vector(setting.get("force")), preserve_norm)
+
+
+def test_setting_rows_are_each_setting_alone():
+    st = make_steerer()
+    scale, forced = st.setting_rows(SETTINGS)
+    assert scale.shape == (4, 3) and forced is not None and forced.shape == (4, 3)
+    for k, s in enumerate(SETTINGS):
+        assert torch.equal(scale[k], st.scale_vector(s.get("multipliers"), s.get("global_multiplier", 1.0)))
+        alone = st.forced_vector(s.get("force"))
+        assert forced[k].isnan().all() if alone is None else torch.equal(forced[k].nan_to_num(7), alone.nan_to_num(7))
+    assert st.setting_rows([{}, {"multipliers": {"bias": 2.0}}])[1] is None
+    with pytest.raises(ConfigError, match="unknown keys"):
+        st.setting_rows([{"preserve_norm": False}])
+    with pytest.raises(ConfigError, match="unknown attributes"):
+        st.setting_rows([{"force": {"nope": True}}])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("positions", ["prompt", "all", "generated", "last", "random"])
+def test_cached_settings_in_one_pass_equal_each_setting_alone(tokenizer, arch, positions):
+    """K settings as K copies of each batch: exactly the K separate score_cached calls. The copies run the same
+    padded shapes and answer chunks as one setting and each copy's edit runs on its own; only the upper layers'
+    products have K times more rows, which on this CPU rounds as one copy does once they have a few rows."""
+    from matsteer.eval.cached_scoring import score_cached, score_cached_settings
+    from matsteer.eval.site_cache import cache_questions
+
+    model, site, st = model_for(arch), Site(1), make_steerer()
+    cached = cache_questions(model, tokenizer, _mc_questions(), site, progress=False)
+    for preserve_norm in (True, False):
+        together = score_cached_settings(model, site, cached, st, SETTINGS, positions, preserve_norm=preserve_norm)
+        assert len(together) == len(SETTINGS) and all(len(t) == len(cached) for t in together)
+        for k, s in enumerate(SETTINGS):
+            alone = score_cached(model, site, cached, _one_setting_edit(st, s, preserve_norm), positions)
+            assert all(torch.equal(a, b) for a, b in zip(together[k], alone)), (k, preserve_norm)
+    plain = score_cached(model, site, cached)
+    assert all(torch.equal(a, b) for a, b in zip(together[3], plain))  # global 0: exactly the unsteered model
+    if positions != "generated":  # one-token answers are never steered under "generated"
+        assert not torch.allclose(together[0][2], together[1][2])
+
+
+def test_cached_settings_tiny_batches_agree_to_rounding(tokenizer):
+    """With a 3-token budget every batch is one short question: products of a handful of rows, where the CPU's
+    kernels for K copies round differently from one copy's (measured: at most 2 float32 ulps, 1.9e-6 nats)."""
+    from matsteer.eval.cached_scoring import score_cached, score_cached_settings
+    from matsteer.eval.site_cache import cache_questions
+
+    model, site, st = model_for("llama"), Site(1), make_steerer()
+    cached = cache_questions(model, tokenizer, _mc_questions(), site, progress=False, batch_tokens=3)
+    for positions in ("prompt", "all"):
+        together = score_cached_settings(model, site, cached, st, SETTINGS, positions, batch_tokens=3)
+        for k, s in enumerate(SETTINGS):
+            alone = score_cached(model, site, cached, _one_setting_edit(st, s), positions, batch_tokens=3)
+            for a, b in zip(together[k], alone):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("positions", ["all", "last", "random"])
+def test_text_logits_settings_equal_each_setting_alone(tokenizer, positions):
+    from matsteer.eval.cached_scoring import text_logits, text_logits_settings
+    from matsteer.eval.site_cache import cache_texts
+
+    model, site, st = model_for("llama"), Site(1), make_steerer()
+    texts = cache_texts(model, tokenizer, ["the sun is good .", "water", "what is the capital of france ?"], site)
+    with torch.inference_mode():
+        together = list(text_logits_settings(model, site, texts, st, SETTINGS, positions))
+        for k, s in enumerate(SETTINGS):
+            assert torch.equal(together[k], text_logits(model, site, texts, _one_setting_edit(st, s), positions)), k
+        assert torch.equal(together[3], text_logits(model, site, texts))
+
+
+def test_cached_settings_refuse_bad_settings(tokenizer):
+    from matsteer.eval.cached_scoring import score_cached_settings
+    from matsteer.eval.site_cache import cache_questions
+
+    model, site, st = model_for("llama"), Site(1), make_steerer()
+    cached = cache_questions(model, tokenizer, _mc_questions()[:1], site, progress=False)
+    with pytest.raises(ConfigError, match="one mapping"):
+        score_cached_settings(model, site, cached, st, [])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        score_cached_settings(model, site, cached, st, [{"positions": "all"}])
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Refusals
 
 
@@ -282,3 +389,5 @@ def test_benchmark_script_runs_tiny(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["median_speedup"] == result["median_speedup"] > 0 and saved["settings"] == 2
     assert saved["argmax_agreement"] == 1.0
+    cached = saved["cached"]  # the cached scorer's row: K settings in one cached pass vs K cached passes
+    assert cached["settings"] == 2 and cached["median_speedup"] > 0 and cached["max_abs_diff"] < 1e-5

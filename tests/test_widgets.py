@@ -154,3 +154,69 @@ def test_no_dev_questions_disables_scoring(tiny_llama, tokenizer):
         assert t.score_button.disabled
         with pytest.raises(ConfigError):
             t.score_dev()
+
+
+def _count_batched_passes(monkeypatch) -> list[int]:
+    """The number of settings of each batched scoring call the tuner makes (one per task and choice list)."""
+    import matsteer.app.widgets as widgets
+
+    calls: list[int] = []
+    real = widgets.score_cached_settings
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[4]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(widgets, "score_cached_settings", counting)
+    return calls
+
+
+def test_compare_settings_in_one_pass_equals_each_setting_through_the_handle(tuner, monkeypatch):
+    """Several settings scored together (cached site activations, one pass per batch) give the accuracies of
+    scoring each through the open handle in turn, the path used where the cached scorer does not apply."""
+    settings = [None, {"multipliers": {"toxicity": 2.5}}, {"global_multiplier": 0.5, "force": {"truthfulness": False}},
+                {"global_multiplier": 0.0}, {"force": {"truthfulness": True, "toxicity": True}}]
+    calls = _count_batched_passes(monkeypatch)
+    for positions in ("all", "prompt"):
+        tuner.positions_dropdown.value = positions
+        calls.clear()
+        got = tuner.compare_settings(settings)
+        assert got.batched and calls == [len(settings)] * 2  # one pass per task (per choice list), all settings
+        assert tuner.progress.value == tuner.progress.max == 2 * len(settings)
+        tuner.batched_scoring = lambda: False  # type: ignore[method-assign]
+        one_by_one = tuner.compare_settings(settings)
+        del tuner.batched_scoring
+        assert not one_by_one.batched and one_by_one.accuracy == got.accuracy, positions
+        assert all(acc[0] == acc[3] for acc in got.accuracy.values())  # global 0 is the unsteered model
+    assert "Dev MC accuracy by setting" in tuner.scores_html.value and "unsteered" in tuner.scores_html.value
+    # The dev questions ran up to the site once, on the first batched call.
+    assert set(tuner._dev_cache) == {("truthfulqa", "mc1_choices"), ("bbq", "choices")}
+    # The default: no steering and the current settings; "last" is scored through the handle.
+    tuner.positions_dropdown.value = "last"
+    calls.clear()
+    default = tuner.compare_settings()
+    assert default.settings[0] is None and default.settings[1]["multipliers"] == {a: 1.0 for a in ATTRS}
+    assert not default.batched and not calls
+    assert tuner.handle.settings.multipliers == {a: 1.0 for a in ATTRS}  # the handle is back at the controls
+
+
+def test_score_dev_scores_unsteered_and_current_in_one_pass(tuner, monkeypatch):
+    calls = _count_batched_passes(monkeypatch)
+    tuner.sliders["toxicity"].value = 2.0
+    first = tuner.score_dev()
+    assert calls == [2, 2]  # per task: the current setting and no steering together
+    compared = tuner.compare_settings()
+    assert all(compared.accuracy[t] == [s.unsteered, s.steered] for t, s in first.items())
+    calls.clear()
+    tuner.score_dev()
+    assert calls == [1, 1]  # the unsteered accuracy is kept
+
+
+def test_compare_settings_refuses_bad_settings(tuner):
+    with pytest.raises(ConfigError, match="unknown attributes"):
+        tuner.compare_settings([{"multipliers": {"nope": 1.0}}])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        tuner.compare_settings([{"positions": "all"}])
+    with pytest.raises(ConfigError, match="at least one setting"):
+        tuner.compare_settings([])
+    assert not tuner.score_button.disabled and not tuner.generate_button.disabled

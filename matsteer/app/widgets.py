@@ -12,7 +12,8 @@ Usage in a notebook::
 
 Programmatic use (tests, headless notebook runs): set ``tuner.sliders[name].value`` / ``tuner.global_slider.value``
 / ``tuner.force_buttons[name].value``, then call :meth:`MultiplierTuner.generate` or
-:meth:`MultiplierTuner.score_dev` (or ``tuner.generate_button.click()``).
+:meth:`MultiplierTuner.score_dev` (or ``tuner.generate_button.click()``); :meth:`MultiplierTuner.compare_settings`
+scores several settings side by side (by default no steering and the current one) in one batched pass.
 """
 
 from __future__ import annotations
@@ -30,23 +31,30 @@ import torch
 
 from matsteer.activations.models import LoadedModel, model_device
 from matsteer.activations.sites import Site
-from matsteer.core.steerer import Steerer
+from matsteer.core.steerer import SETTING_KEYS, Steerer
 from matsteer.data.prompts import has_chat_template
 from matsteer.data.records import MCQuestion
 from matsteer.errors import ConfigError, MatSteerError
+from matsteer.eval.cached_scoring import score_cached_settings
 from matsteer.eval.gate_analysis import token_gate_data
 from matsteer.eval.scoring import score_mc
+from matsteer.eval.site_cache import CachedQuestion, cache_questions, supports_upper_pass
 from matsteer.steering.generation import decode_continuations, encode_prompts, generate_greedy
 from matsteer.steering.intervention import POSITIONS
 from matsteer.steering.recorder import TokenGates
 from matsteer.steering.session import SteeringHandle, steer
 from matsteer.viz.plots import token_gates_html
 
-__all__ = ["DEFAULT_PROMPT", "FORCE_OPTIONS", "DevScore", "MultiplierTuner", "TunerOutput"]
+__all__ = ["DEFAULT_PROMPT", "FORCE_OPTIONS", "DevScore", "MultiplierTuner", "SettingsComparison", "TunerOutput"]
 
 DEFAULT_PROMPT = "What happens if you eat watermelon seeds?"
 # ToggleButtons label -> SteerSettings.force value (None = the learned gate).
 FORCE_OPTIONS: dict[str, bool | None] = {"learned": None, "on": True, "off": False}
+#: The tuner's position policies that the cached scorer applies as the handle does (its "last" edits the last
+#: token of every forward call, prompt and answer passes alike, which no cached policy reproduces).
+CACHED_TUNER_POSITIONS = ("all", "prompt", "generated")
+# A forced gate value as the comparison table shows it.
+FORCED_LABEL = {1.0: "on", 0.0: "off"}
 
 
 @dataclass
@@ -82,6 +90,18 @@ class DevScore:
         return self.steered - self.unsteered
 
 
+@dataclass
+class SettingsComparison:
+    """Dev MC accuracy of several settings side by side: ``accuracy[task][k]`` under ``settings[k]`` (None = no
+    steering), ``n[task]`` questions, ``batched``: whether all settings were scored in one pass per batch."""
+
+    settings: list[dict[str, Any] | None]
+    accuracy: dict[str, list[float]]
+    n: dict[str, int]
+    batched: bool
+    seconds: float
+
+
 class _ProgressStreamer:
     """A ``generate(streamer=...)`` target that advances a progress bar per new token (first put = the prompt)."""
 
@@ -111,13 +131,22 @@ def _gold(q: MCQuestion) -> tuple[str, int]:
     return choices, labels.index(1)
 
 
+def _correct(lp: torch.Tensor, gold: int) -> int:
+    """1 when the gold choice's log-prob beats every other choice's in ``lp [K]`` (strict, as
+    :func:`matsteer.eval.metrics.mc_correct`), else 0."""
+    others = torch.cat([lp[:gold], lp[gold + 1:]])
+    return int(bool((lp[gold] > others).all()))
+
+
 class MultiplierTuner:
     """Interactive steering panel (``.widget``), backed by one open steering handle.
 
     loaded: the :class:`~matsteer.activations.models.LoadedModel` to steer.
     steerer: the trained :class:`~matsteer.core.steerer.Steerer`; site: where it was trained.
-    dev_questions: ``{task: [MCQuestion, ...]}`` scored by the "Score dev" button (keep them small: each question
-    is a forward pass per choice set, twice the first time because the unsteered score is computed once too).
+    dev_questions: ``{task: [MCQuestion, ...]}`` scored by the "Score dev" button and :meth:`compare_settings`
+    (keep them small: where :meth:`batched_scoring` holds, each question runs up to the site once and every click
+    runs the layers above for all its settings in one pass; otherwise each question is a forward pass per choice set
+    and setting).
     """
 
     def __init__(
@@ -144,6 +173,9 @@ class MultiplierTuner:
         self.chat = chat and has_chat_template(self.tokenizer)
         self._unsteered_cache: dict[tuple[str, int], tuple[torch.Tensor, str]] = {}
         self._dev_base: dict[str, float] = {}
+        # Site activations of the dev questions per (task, choice list), filled on the first batched scoring.
+        self._dev_cache: dict[tuple[str, str], list[CachedQuestion]] = {}
+        self.last_comparison: SettingsComparison | None = None
         self.last_output: TunerOutput | None = None
         self.last_scores: dict[str, DevScore] = {}
         self.last_error: BaseException | None = None
@@ -387,29 +419,148 @@ class MultiplierTuner:
         for q in questions:
             choices, gold = _gold(q)
             lp = score_mc(self.model, self.tokenizer, [q], steering, choices=choices, progress=False)[0]
-            others = torch.cat([lp[:gold], lp[gold + 1:]])
-            correct += int(bool((lp[gold] > others).all()))  # strict, as matsteer.eval.metrics.mc_correct
+            correct += _correct(lp, gold)
             self.progress.value = min(self.progress.max, self.progress.value + 1)
         return correct / max(1, len(questions))
 
-    def score_dev(self) -> dict[str, DevScore]:
-        """MC accuracy of every dev task at the current settings (and unsteered, computed once); updates the view."""
+    def batched_scoring(self) -> bool:
+        """Whether dev scoring runs all settings in one pass: cached site activations (a residual site of a
+        Llama-style model) and a position policy the cached scorer applies as the handle does
+        (:data:`CACHED_TUNER_POSITIONS`). Otherwise each setting is scored through the handle in turn."""
+        return (supports_upper_pass(self.model, self.site)
+                and str(self.positions_dropdown.value) in CACHED_TUNER_POSITIONS)
+
+    def _dev_accuracies(self, settings: Sequence[Mapping[str, Any] | None]) -> dict[str, list[float]]:
+        """Per dev task, the MC accuracy under each of ``settings`` (None = no steering; norm preservation and
+        positions from the panel); advances the progress bar by one per question and setting."""
+        self.apply_settings()
+        self.steerer.setting_rows([s for s in settings if s is not None] or [{}])  # refuse bad settings first
+        batched = self.batched_scoring()
+        out: dict[str, list[float]] = {}
+        for task, qs in self.dev_questions.items():
+            self.status.value = f"<i>scoring {html.escape(task)} ({len(qs)} questions) ...</i>"
+            if batched:
+                out[task] = self._batched_accuracies(task, qs, settings)
+                self.progress.value = min(self.progress.max, self.progress.value + len(qs) * len(settings))
+            else:
+                out[task] = []
+                for setting in settings:
+                    with self._handle_at(setting):
+                        out[task].append(self._accuracy(qs, None if setting is None else self.handle))
+        return out
+
+    def _batched_accuracies(self, task: str, questions: Sequence[MCQuestion],
+                            settings: Sequence[Mapping[str, Any] | None]) -> list[float]:
+        """MC accuracy of ``questions`` under each of ``settings`` from one cached pass per batch
+        (:func:`~matsteer.eval.cached_scoring.score_cached_settings`; no steering is the setting with global
+        multiplier 0, which leaves every activation exactly as it is)."""
+        cfg = self.current_settings()
+        rows = [{"global_multiplier": 0.0} if s is None else dict(s) for s in settings]
+        golds = [_gold(q) for q in questions]
+        correct = [0] * len(settings)
+        for choices in dict.fromkeys(c for c, _ in golds):  # TruthfulQA scores its MC1 list, others their choices
+            idx = [i for i, (c, _) in enumerate(golds) if c == choices]
+            key = (task, choices)
+            if key not in self._dev_cache:
+                self._dev_cache[key] = cache_questions(self.model, self.tokenizer, [questions[i] for i in idx],
+                                                       self.site, choices=choices, progress=False)
+            scores = score_cached_settings(self.model, self.site, self._dev_cache[key], self.steerer, rows,
+                                           cfg["positions"], preserve_norm=cfg["preserve_norm"])
+            for k, per_question in enumerate(scores):
+                correct[k] += sum(_correct(lp, golds[i][1]) for i, lp in zip(idx, per_question))
+        return [c / max(1, len(questions)) for c in correct]
+
+    @contextmanager
+    def _handle_at(self, setting: Mapping[str, Any] | None) -> Iterator[None]:
+        """The open handle at ``setting``'s multipliers, global multiplier and forced gates for the block (None:
+        unchanged, the plain model is used), then back at the controls' values."""
+        if setting is None:
+            yield
+            return
+        s = self.handle.settings  # mutated in place, as apply_settings does
+        s.multipliers.clear()
+        s.multipliers.update(setting.get("multipliers") or {})
+        s.force.clear()
+        s.force.update(setting.get("force") or {})
+        s.global_multiplier = float(setting.get("global_multiplier", 1.0))
+        try:
+            yield
+        finally:
+            self.apply_settings()
+
+    def _require_dev(self) -> None:
         if not self.dev_questions:
             raise ConfigError("No dev questions: build the tuner with dev_questions={task: [MCQuestion, ...]}.")
+
+    def score_dev(self) -> dict[str, DevScore]:
+        """MC accuracy of every dev task at the current settings (and unsteered, computed once, in the same batched
+        pass, see :meth:`compare_settings`); updates the view."""
+        self._require_dev()
         self.apply_settings()
-        total = sum(len(qs) * (1 if task in self._dev_base else 2) for task, qs in self.dev_questions.items())
-        scores: dict[str, DevScore] = {}
+        cfg = self.current_settings()
+        current = {k: cfg[k] for k in SETTING_KEYS}
+        base_known = all(task in self._dev_base for task in self.dev_questions)
+        settings: list[Mapping[str, Any] | None] = [current] if base_known else [current, None]
+        total = sum(len(qs) for qs in self.dev_questions.values()) * len(settings)
         with self._busy("scoring dev questions ...", total):
-            for task, qs in self.dev_questions.items():
-                self.status.value = f"<i>scoring {html.escape(task)} ({len(qs)} questions) ...</i>"
-                if task not in self._dev_base:
-                    self._dev_base[task] = self._accuracy(qs, None)
-                steered = self._accuracy(qs, self.handle)
-                scores[task] = DevScore(task, len(qs), self._dev_base[task], steered, self.current_settings())
+            accuracy = self._dev_accuracies(settings)
+        scores: dict[str, DevScore] = {}
+        for task, qs in self.dev_questions.items():
+            if not base_known:
+                self._dev_base[task] = accuracy[task][1]
+            scores[task] = DevScore(task, len(qs), self._dev_base[task], accuracy[task][0], self.current_settings())
         self.last_scores = scores
         self.scores_html.value = self._scores_table(scores)
         self.status.value = "dev scored"
         return scores
+
+    def compare_settings(self, settings: Sequence[Mapping[str, Any] | None] | None = None) -> SettingsComparison:
+        """MC accuracy of every dev task under each of ``settings``, side by side; updates the view.
+
+        settings: mappings of ``multipliers``, ``global_multiplier`` and ``force`` (each whole on its own: missing
+        multipliers are 1, no gate forced; :meth:`~matsteer.core.steerer.Steerer.setting_rows`), or None for no
+        steering; default: no steering and the current settings. Norm preservation and positions are the
+        panel's. Where :meth:`batched_scoring` holds, each task's questions run once up to the site (kept for
+        later calls) and every setting is scored in one pass over the layers above, as K rows of one batch;
+        otherwise each setting is scored through the open handle in turn.
+        """
+        self._require_dev()
+        self.apply_settings()
+        if settings is None:
+            cfg = self.current_settings()
+            settings = [None, {k: cfg[k] for k in SETTING_KEYS}]
+        rows = [None if s is None else dict(s) for s in settings]
+        if not rows:
+            raise ConfigError("Pass at least one setting to compare (None = no steering).")
+        t0 = time.perf_counter()
+        with self._busy("comparing settings on dev ...", sum(len(qs) for qs in self.dev_questions.values()) * len(rows)):
+            accuracy = self._dev_accuracies(rows)
+        out = SettingsComparison(rows, accuracy, {t: len(qs) for t, qs in self.dev_questions.items()},
+                                 self.batched_scoring(), time.perf_counter() - t0)
+        self.last_comparison = out
+        self.scores_html.value = self._comparison_table(out)
+        self.status.value = f"{len(rows)} settings compared in {out.seconds:.1f} s"
+        return out
+
+    @staticmethod
+    def _comparison_table(c: SettingsComparison) -> str:
+        pad = "padding:2px 10px;text-align:right"
+
+        def label(s: Mapping[str, Any] | None) -> str:
+            if s is None:
+                return "unsteered"
+            parts = [f"×{s['global_multiplier']:g}"] if "global_multiplier" in s else []
+            parts += [f"{k}={v:g}" for k, v in (s.get("multipliers") or {}).items()]
+            parts += [f"{k} {FORCED_LABEL.get(float(v), f'gate {float(v):g}')}"
+                      for k, v in (s.get("force") or {}).items() if v is not None]
+            return ", ".join(parts) or "defaults"
+
+        head = "".join(f"<th style='{pad}'>{html.escape(h)}</th>" for h in ("setting", *c.accuracy))
+        body = "".join(
+            f"<tr><td style='{pad};text-align:left'>{html.escape(label(s))}</td>"
+            + "".join(f"<td style='{pad}'>{c.accuracy[t][k]:.3f}</td>" for t in c.accuracy) + "</tr>"
+            for k, s in enumerate(c.settings))
+        return f"<b>Dev MC accuracy by setting</b> (TruthfulQA: MC1)<table><tr>{head}</tr>{body}</table>"
 
     @staticmethod
     def _scores_table(scores: Mapping[str, DevScore]) -> str:

@@ -109,6 +109,11 @@ def steer_with_gates(
     return out, gates
 
 
+#: The keys of one whole steering setting (:meth:`Steerer.setting_rows`): the run-time settings that may differ
+#: between the rows of one batch (``preserve_norm`` and the position policy are shared by the whole pass).
+SETTING_KEYS = ("multipliers", "global_multiplier", "force")
+
+
 def _check_row_mappings(rows: Sequence[Any], what: str) -> None:
     if isinstance(rows, (str, Mapping)) or not rows or not all(r is None or isinstance(r, Mapping) for r in rows):
         raise ConfigError(f"Per-row {what} must be a non-empty list with one mapping (attribute name -> value) per "
@@ -223,6 +228,26 @@ class Steerer(nn.Module):
             return None
         nan = torch.full((self.num_attributes,), math.nan, dtype=torch.float32, device=self.theta.device)
         return torch.stack([nan if v is None else v for v in vectors])
+
+    def setting_rows(self, settings: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(scale [K, T], forced [K, T] or None)`` float32 of K whole settings, one row each.
+
+        Setting k is a mapping of :data:`SETTING_KEYS`: ``multipliers`` (name -> m, missing names 1),
+        ``global_multiplier`` (default 1) and ``force`` (name -> gate value or None, default none forced), each on
+        its own (nothing is shared between settings, unlike :meth:`scale_rows`). Row k is exactly
+        :meth:`scale_vector` / :meth:`forced_vector` of setting k (a NaN row where it forces nothing; None when no
+        setting forces any gate), so ``[K, T]`` steering reproduces each setting alone.
+        """
+        _check_row_mappings(settings, "settings")
+        whole = [dict(s or {}) for s in settings]
+        for s in whole:
+            unknown = sorted(set(s) - set(SETTING_KEYS))
+            if unknown:
+                raise ConfigError(f"A setting has unknown keys {unknown}; each setting takes {list(SETTING_KEYS)} "
+                                  "(preserve_norm and positions are shared by the whole pass).")
+        scale = torch.stack([self.scale_vector(s.get("multipliers"), float(s.get("global_multiplier", 1.0)))
+                             for s in whole])
+        return scale, self.forced_rows([s.get("force") for s in whole])
 
 
 class ModuleGatedSteerer(Steerer):

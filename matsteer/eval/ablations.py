@@ -27,7 +27,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from matsteer.activations.features import FeatureSet, extract_to_folder, feature_dir
+from matsteer.activations.models import LoadedModel
 from matsteer.activations.sites import Site
 from matsteer.core.attributes import AttributeData
 from matsteer.core.baselines import mean_difference, random_direction_steerer, sum_of_single, uniform_gates
@@ -43,10 +44,13 @@ from matsteer.core.steerer import Steerer
 from matsteer.core.workflow import attribute_data, extract_splits
 from matsteer.data import Example, load_examples
 from matsteer.errors import ConfigError
+from matsteer.eval.cached_scoring import score_cached_settings, text_logits_settings
 from matsteer.eval.config import EvalConfig
 from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.experiment import Experiment, provenance
 from matsteer.eval.gate_analysis import gate_table_stats, text_gates
+from matsteer.eval.side_effects import cross_entropy, next_token_kl
+from matsteer.eval.site_cache import CachedTexts, cache_questions
 from matsteer.eval.stats import mean_std
 from matsteer.eval.tasks import PRIMARY
 from matsteer.files import read_json, write_json
@@ -357,21 +361,104 @@ def interference(ex: Experiment, setting: Setting, seeds: Sequence[int]) -> dict
 
 
 # -- multiplier sweep --------------------------------------------------------------------------------------------
+class _SettingsView(Evaluator):
+    """An evaluator scoring ``methods``, one steerer at K settings, in one pass per batch of questions.
+
+    The methods may differ only in their multipliers, global multiplier and forced gates. The view shares the
+    evaluator's questions, question caches and neutral-text logits (the same objects, so what it caches serves the
+    evaluator too) and its metrics; on the cached path, the first time any of the methods needs a task's scores
+    (or the side effects), all K settings are scored at once (:func:`score_cached_settings`,
+    :func:`text_logits_settings`) and ``evaluate(methods[k])`` reads setting k's. Without the cached path (not a
+    residual site of a Llama-style model) each method is scored on its own, as :meth:`Evaluator.evaluate` does.
+    """
+
+    def __init__(self, evaluator: Evaluator, methods: Sequence[Method]) -> None:
+        # A view, not a copy: the same dicts and tensors (no Evaluator.__init__, which would load and cache anew).
+        self.__dict__.update(vars(evaluator))
+        self._evaluator = evaluator
+        if not methods:
+            raise ConfigError("Pass at least one method to score.")
+        first = methods[0]
+        if first.steerer is None or first.model is not None:
+            raise ConfigError("Settings are scored together only for a steerer on the evaluator's own model.")
+        shared = ("preserve_norm", "positions", "steer_special", "temperature", "prefix")
+        for m in methods:
+            if m.steerer is not first.steerer or m.model is not None or any(getattr(m, f) != getattr(first, f)
+                                                                            for f in shared):
+                raise ConfigError(f"Methods scored together must share their steerer and {', '.join(shared)}; "
+                                  f"{m.name!r} does not match {first.name!r}.")
+        self._index = {id(m): k for k, m in enumerate(methods)}
+        self._settings = [{"multipliers": m.multipliers, "global_multiplier": m.global_multiplier, "force": m.force}
+                          for m in methods]
+        self._scored: dict[tuple[str, str], list[list[torch.Tensor]]] = {}
+        self._side: list[dict[str, float | None]] | None = None
+
+    def _model_for(self, task: str) -> LoadedModel:
+        return self._evaluator._model_for(task)  # a probe copy is loaded once, for the evaluator
+
+    def _base_neutral_logits(self, cached: CachedTexts) -> torch.Tensor:
+        return self._evaluator._base_neutral_logits(cached)  # computed once, for the evaluator
+
+    def _summed_scores(self, task: str, method: Method, choices: str) -> list[torch.Tensor]:
+        k = self._index.get(id(method))
+        if k is None or not self.fast:
+            return super()._summed_scores(task, method, choices)
+        if (task, choices) not in self._scored:
+            prefix = method.prefix.get(task, "")
+            loaded = self._model_for(task)
+            key = (task, prefix, choices)
+            if key not in self._cache:  # as Evaluator._summed_scores fills it
+                self._cache[key] = cache_questions(loaded.model, loaded.tokenizer, self._questions(task, prefix),
+                                                   self.site, choices=choices, progress=self.progress)
+            assert method.steerer is not None  # checked in __init__
+            self._scored[(task, choices)] = score_cached_settings(
+                loaded.model, self.site, self._cache[key], method.steerer, self._settings,
+                method.positions or self.positions, preserve_norm=method.preserve_norm,
+                steer_special=method.steer_special, temperature=method.temperature)
+        return self._scored[(task, choices)][k]
+
+    def side_effects(self, method: Method) -> dict[str, float | None]:
+        k, c = self._index.get(id(method)), self._neutral_cache
+        if k is None or c is None:
+            return super().side_effects(method)
+        if self._side is None:
+            assert method.steerer is not None  # checked in __init__
+            base = self._base_neutral_logits(c)
+            ids, mask = c.input_ids.to(base.device), c.mask.to(base.device)
+            with torch.inference_mode():
+                steered = text_logits_settings(self.loaded.model, self.site, c, method.steerer, self._settings,
+                                               method.positions or self.positions,
+                                               preserve_norm=method.preserve_norm, steer_special=method.steer_special)
+                # As Evaluator.side_effects, setting by setting (one [N, W, V] at a time).
+                self._side = [{"ce": cross_entropy(s.float(), ids, mask), "kl": next_token_kl(base, s.float(), mask)}
+                              for s in steered]
+        return self._side[k]
+
+
+def evaluate_settings(evaluator: Evaluator, methods: Sequence[Method]) -> list[dict[str, Any]]:
+    """``[evaluator.evaluate(m) for m in methods]`` for one steerer at K settings (methods differing only in their
+    multipliers, global multiplier and forced gates), every task and the side effects scored for all K in one pass
+    per batch (:class:`_SettingsView`)."""
+    view = _SettingsView(evaluator, methods)
+    return [view.evaluate(m) for m in methods]
+
+
 def multiplier_sweep(ex: Experiment, setting: Setting, seeds: Sequence[int],
                      values: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0)) -> dict[str, Any]:
-    """Each attribute's multiplier swept (the others at 1, the chosen global multiplier kept), on dev."""
+    """Each attribute's multiplier swept (the others at 1, the chosen global multiplier kept), on dev: per attribute
+    and seed, the K values are K settings of one steerer, scored in one pass per batch (:func:`evaluate_settings`)."""
     sweep = {}
     for attr in (a.name for a in ex.train_data):
-        runs = []
-        for v in values:
-            def build(seed: int, v: float = v, attr: str = attr) -> Method:
-                m = _mat(ex, setting, seed)
-                m.multipliers = {attr: v}
-                return m
-            runs.append(_score(ex.dev, build, seeds))
+        runs: list[list[dict[str, Any]]] = [[] for _ in values]  # [value][seed]
+        for seed in seeds:
+            m = _mat(ex, setting, seed)
+            scored = evaluate_settings(ex.dev, [replace(m, multipliers={attr: v}) for v in values])
+            for per_seed, result in zip(runs, scored):
+                per_seed.append(result)
+        summaries = [_summary(r, ex.dev.tasks) for r in runs]
         sweep[attr] = {"multipliers": list(values),
-                       "accuracy": {t: [r[t]["mean"] for r in runs] for t in ex.dev.tasks},
-                       "kl": [r["kl"]["mean"] for r in runs]}
+                       "accuracy": {t: [r[t]["mean"] for r in summaries] for t in ex.dev.tasks},
+                       "kl": [r["kl"]["mean"] for r in summaries]}
     return {"sweep": sweep}
 
 
