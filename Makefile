@@ -71,6 +71,7 @@ test-fast: setup
 # Extraction and generation also run float32 beside the default dtype ("auto": bfloat16 on CPUs with native bf16).
 bench: setup
 	mkdir -p results/bench
+	$(BIN)/python benchmarks/bench_import.py --json results/bench/import.json
 	$(BIN)/python benchmarks/bench_extract.py --compare-dtypes --json results/bench/extract.json
 	$(BIN)/matsteer extract --dataset truthfulqa --split train --layer 14 --tokens answer
 	$(BIN)/matsteer extract --dataset toxigen --split train --layer 14 --tokens answer --limit 1200

@@ -139,7 +139,7 @@ def test_the_edit_is_loreft_and_every_path_computes_it_alike(lm):
     for i, m in enumerate(rows[:, 0].tolist()):
         assert torch.equal(per_row[i], s(h, scale=torch.tensor([m]))[0][i])
     assert torch.equal(s(h, forced=torch.tensor([0.0]))[0], h)
-    # The pyvene intervention class computes the same function with these tensors.
+    # The trained intervention module computes the same function with these tensors.
     interv = make_loreft(32, 2)
     with torch.no_grad():
         interv.learned_source.weight.copy_(t["weight"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,3 +256,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
                           f"use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
     return dev
+
+
+def special_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids of the tokenizer's special tokens (BOS, EOS, pad, chat markers...), sorted."""
+    return sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])})
+
+
+def protected_positions(ids: torch.Tensor, valid: torch.Tensor | None, special: Sequence[int] | torch.Tensor,
+                        first: bool = True) -> torch.Tensor:
+    """Positions ``[B, L]`` (bool) that steering leaves alone by default: special tokens and, with ``first``, the
+    first real token of each row (position 0 under right padding; the first unpadded one under left padding).
+
+    ids: ``[B, L]`` token ids; valid: ``[B, L]`` real-token mask (None: every position is real).
+    """
+    valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.bool()
+    special_t = torch.as_tensor(list(special) if not isinstance(special, torch.Tensor) else special,
+                                dtype=ids.dtype, device=ids.device)
+    out = torch.isin(ids, special_t) if special_t.numel() else torch.zeros_like(valid)
+    if first:
+        out = out | (valid & (valid.long().cumsum(1) == 1))
+    return out & valid

@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from matsteer.activations.models import DEFAULT_MODEL, DTYPE_CHOICES
-from matsteer.app.commands import (
-    cmd_ablate,
-    cmd_compare,
-    cmd_demo,
-    cmd_eval,
-    cmd_export_control_vector,
-    cmd_extract,
-    cmd_figures,
-    cmd_generate,
-    cmd_train,
-    cmd_winrates,
-)
 from matsteer.errors import MatSteerError
-from matsteer.eval.ablations import ABLATIONS
-from matsteer.eval.harness import add_harness_parser
 
+# The parser is built without importing the library (torch, pyvene, matplotlib take seconds), so `--help` is
+# instant: each command's implementation is imported when it runs, and these choices are copies of the library's
+# (tests/test_lazy_import.py checks each against its source).
 DATASETS = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "paradetox")
+DEFAULT_MODEL = "smollm2-135m-instruct"  # matsteer.activations.models.DEFAULT_MODEL
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")  # matsteer.activations.models.DTYPE_CHOICES
+ABLATIONS = ("components", "tokens", "data_efficiency", "num_attributes", "paradetox_gates", "layers",
+             "interference", "multiplier_sweep", "training_tokens")  # matsteer.eval.ablations.ABLATIONS
+POSITIONS = ("all", "prompt", "generated", "last")  # matsteer.steering.intervention.POSITIONS
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command's implementation by name (``args.func``), imported when the command runs."""
+
+    module: str
+    name: str
+
+    def __call__(self, args: argparse.Namespace) -> int | None:
+        func = getattr(importlib.import_module(self.module), self.name)
+        return func(args)
+
+
+def _command(name: str) -> Command:
+    return Command("matsteer.app.commands", name)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +70,31 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--multiplier", type=float, default=1.0, help="scale baked into the vector (default 1)")
     p.add_argument("--model-hint", dest="model_hint", default=None,
                    help="controlvector.model_hint (default: the steerer's model name; llama.cpp does not check it)")
-    p.set_defaults(func=cmd_export_control_vector)
+    p.set_defaults(func=_command("cmd_export_control_vector"))
+
+
+def _add_harness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``matsteer harness``: the arguments of :func:`matsteer.eval.harness.add_harness_parser` (tests check they agree)."""
+    p = sub.add_parser("harness", help="run lm-evaluation-harness tasks without and with a steerer (needs lm-eval)")
+    p.add_argument("--steerer", required=True, help="steerer folder (or Hugging Face Hub repo)")
+    p.add_argument("--model", default=None, help="model (default: the one the steerer was trained on)")
+    p.add_argument("--tasks", required=True, nargs="+", help="lm-eval task names, e.g. mmlu hellaswag ifeval")
+    p.add_argument("--include-path", "--include_path", dest="include_path", default=None,
+                   help="a folder of extra lm-eval task YAMLs (local tasks)")
+    p.add_argument("--multiplier", action="append", default=None, metavar="M | NAME=M",
+                   help="global multiplier, or NAME=M for one attribute; repeatable")
+    p.add_argument("--positions", default="prompt", choices=POSITIONS,
+                   help="tokens to steer: prompt (the context, as the paper; default), all, generated, last")
+    p.add_argument("--limit", type=float, default=None, help="items per task (a fraction if < 1)")
+    p.add_argument("--num-fewshot", "--num_fewshot", dest="num_fewshot", type=int, default=None)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", default="1", help="a number or auto")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: where the model loads)")
+    p.add_argument("--steer-special", dest="steer_special", action="store_true",
+                   help="also steer the first token and special tokens (left unsteered by default)")
+    p.add_argument("--allow-model-mismatch", dest="allow_model_mismatch", action="store_true")
+    p.add_argument("--out", default="results/harness", help="folder for harness.json and harness.md")
+    p.set_defaults(func=Command("matsteer.eval.harness", "cmd_harness"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N groups (questions) of the split")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
     p.add_argument("--max-length", dest="max_length", type=int, default=512, help="truncate texts to this many tokens")
-    p.set_defaults(func=cmd_extract)
+    p.set_defaults(func=_command("cmd_extract"))
 
     p = sub.add_parser("train", help="train a MAT-Steer steerer on feature folders (one per attribute)")
     p.add_argument("--features", nargs="+", required=True, help="training feature folders, one per attribute")
@@ -107,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-probe", action="store_true", help="skip the logistic-probe yardstick in the health report")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_command("cmd_train"))
 
     p = sub.add_parser("generate", help="print unsteered and steered generations for prompts")
     _add_model_args(p)
@@ -119,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=48)
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--allow-model-mismatch", action="store_true", help="steer a model other than the one trained on")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=_command("cmd_generate"))
 
     p = sub.add_parser("figures", help="regenerate figures from a saved steerer and/or saved results")
     p.add_argument("--steerer", default=None)
     p.add_argument("--features", nargs="+", default=None, help="the feature folders the steerer was trained on")
     p.add_argument("--results", default=None, help="folder with eval.json and/or ablations/*.json")
     p.add_argument("--out", default="figures")
-    p.set_defaults(func=cmd_figures)
+    p.set_defaults(func=_command("cmd_figures"))
 
     p = sub.add_parser("compare", help="the paper's method comparison: all methods tuned on dev, 3 seeds on test")
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
@@ -157,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "temperature temperature_len")
     _add_dtype_arg(p)
     _add_source_args(p)
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=_command("cmd_compare"))
 
     p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")
     _add_model_args(p)
@@ -176,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--allow-model-mismatch", action="store_true")
     _add_source_args(p)
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=_command("cmd_eval"))
 
     p = sub.add_parser("ablate", help="ablations and analyses: " + ", ".join(ABLATIONS))
     p.add_argument("names", nargs="+", choices=ABLATIONS)
@@ -186,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="+", default=None, help="layers for the layer sweep")
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
     p.add_argument("--out", default="results/ablations")
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=_command("cmd_ablate"))
 
     p = sub.add_parser("winrates", help="generation win rates of MAT-Steer on HH-RLHF harmless prompts, judged")
     p.add_argument("--from-eval", dest="from_eval", default="results/eval.json",
@@ -202,14 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-key-env", dest="judge_key_env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key ('' for none)")
     p.add_argument("--out", default="results")
-    p.set_defaults(func=cmd_winrates)
+    p.set_defaults(func=_command("cmd_winrates"))
 
     p = sub.add_parser("demo", help="the main job on the embedded default model (make demo)")
     p.add_argument("--full", action="store_true", help="whole training/dev splits instead of the quick subsets")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=_command("cmd_demo"))
 
     _add_export_parser(sub)
-    add_harness_parser(sub)
+    _add_harness_parser(sub)
     return parser
 
 

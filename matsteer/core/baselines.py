@@ -58,10 +58,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from matsteer.activations.features import FeatureSet
@@ -495,6 +491,12 @@ def fit_mlp_probe(
     fitted with class-balanced sample weights on at most ``max_rows`` rows per side (a subset seeded with ``seed``);
     class 1 is ``open``, so ``predict_proba(x)[:, 1]`` is the gate. Deterministic for a seed.
     """
+    # scikit-learn takes a second to import and only this baseline needs it (as probes.fit_logistic_gate does).
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     a1, a0 = probe_rows(open_rows, shut_rows, max_rows, seed)
     x = torch.cat([a1, a0]).numpy()
     y = torch.cat([torch.ones(a1.shape[0]), torch.zeros(a0.shape[0])]).numpy()

@@ -8,9 +8,9 @@ completion) examples as the LoRA SFT row (:func:`matsteer.core.finetune.sft_exam
 with ``R ∈ R^{r×d}`` of orthonormal rows (torch's orthogonal parametrization), ``W ∈ R^{r×d}``, ``b ∈ R^r`` and
 rank ``r`` (default 4, as pyreft's examples). The model's weights stay frozen; only R, W and b are trained.
 
-The intervention is :class:`LoreftIntervention`, a pyvene ``TrainableIntervention`` built on pyvene's
-``LowRankRotateLayer``. pyvene 0.1.8 does not ship a LoReFT class: pyreft (which does) is not a dependency, so the
-class is written out here with pyreft's formula, parameter layout and state-dict names (``rotate_layer`` ``[d, r]``
+The intervention is :class:`LoreftIntervention`, a torch module: pyvene 0.1.8 does not ship a LoReFT class, and
+pyreft (which does) is not a dependency (it pins torchvision, wandb and an old seaborn), so the class is written out
+here with pyreft's formula, parameter layout and state-dict names (``rotate_layer`` ``[d, r]``
 = Rᵀ, ``weight`` ``[r, d]``, ``bias`` ``[r]``); unlike pyreft's, its ``W`` and ``b`` are float32 (pyreft's default
 is bfloat16).
 
@@ -34,7 +34,6 @@ and the batches from a seeded generator.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,12 +44,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from matsteer.activations.models import LoadedModel, model_device, pad_token_id, resolve_device
+from matsteer.activations.models import (
+    LoadedModel,
+    model_device,
+    pad_token_id,
+    protected_positions,
+    resolve_device,
+    special_token_ids,
+)
 from matsteer.activations.sites import Site
 from matsteer.core.finetune import SFTExample
 from matsteer.core.steerer import Steerer, force_gates
 from matsteer.errors import ConfigError, DataError, TrainingError
-from matsteer.eval.scoring import protected_positions, special_token_ids
 
 #: Which tokens the intervention edits in training: the prompt's (the paper's "query"), or its last one only.
 REFT_POSITIONS: tuple[str, ...] = ("prompt", "last")
@@ -135,49 +140,41 @@ def loreft_delta(h: torch.Tensor, rotate: torch.Tensor, weight: torch.Tensor, bi
     return (nn.functional.linear(h, weight, bias) - h @ rotate) @ rotate.T
 
 
-@functools.cache
-def loreft_intervention_class() -> type[nn.Module]:
-    """:class:`LoreftIntervention`, built on pyvene's classes on first use (importing pyvene takes seconds)."""
-    from matsteer.steering._pyvene import import_pyvene
+class _RotateLayer(nn.Module):
+    """``x @ weight`` with ``weight`` ``[d, r]`` (Rᵀ), orthogonally initialised (pyvene's ``LowRankRotateLayer``)."""
 
-    pv = import_pyvene()
-    from pyvene.models.layers import LowRankRotateLayer
+    def __init__(self, d: int, rank: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(nn.init.orthogonal_(torch.empty(d, rank)))
 
-    sourceless: Any = pv.SourcelessIntervention
-    trainable: Any = pv.TrainableIntervention
-    distributed: Any = pv.DistributedRepresentationIntervention
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
 
-    class LoreftIntervention(sourceless, trainable, distributed):
-        """pyvene intervention ``LoReFT(h) = h + Rᵀ(W h + b − R h)``, computed in float32 (input dtype back).
 
-        ``rotate_layer``: pyvene's ``LowRankRotateLayer`` ``[d, r]`` under torch's orthogonal parametrization
-        (``rotate_layer.weight`` has orthonormal columns: Rᵀ); ``learned_source``: ``nn.Linear(d, r)`` (W, b).
-        """
+class LoreftIntervention(nn.Module):
+    """``LoReFT(h) = h + Rᵀ(W h + b − R h)`` on ``h [..., d]``, computed in float32 (the input dtype back).
 
-        def __init__(self, embed_dim: int, low_rank_dimension: int, **kwargs: Any) -> None:
-            super().__init__(embed_dim=embed_dim, low_rank_dimension=low_rank_dimension, keep_last_dim=True,
-                             **kwargs)
-            rotate = LowRankRotateLayer(int(embed_dim), int(low_rank_dimension), init_orth=True)
-            self.rotate_layer: Any = nn.utils.parametrizations.orthogonal(rotate)
-            self.learned_source = nn.Linear(int(embed_dim), int(low_rank_dimension))
+    ``rotate_layer``: the ``[d, r]`` rotation (Rᵀ) under torch's orthogonal parametrization, so its columns stay
+    orthonormal while it trains; ``learned_source``: ``nn.Linear(d, r)`` (W, b). pyreft's layout and names.
+    """
 
-        def forward(self, base: torch.Tensor, source: Any = None, subspaces: Any = None) -> torch.Tensor:
-            x = base.float()
-            out = x + loreft_delta(x, self.rotate_layer.weight, self.learned_source.weight,
-                                   self.learned_source.bias)
-            return out.to(base.dtype)
+    def __init__(self, embed_dim: int, low_rank_dimension: int) -> None:
+        super().__init__()
+        self.rotate_layer: Any = nn.utils.parametrizations.orthogonal(_RotateLayer(embed_dim, low_rank_dimension))
+        self.learned_source = nn.Linear(embed_dim, low_rank_dimension)
 
-        def materialised(self) -> dict[str, torch.Tensor]:
-            """``{"rotate_layer" [d, r], "weight" [r, d], "bias" [r]}``: R (materialised from its
-            parametrization), W and b, detached float32 CPU copies (pyreft's state-dict names)."""
-            with torch.no_grad():
-                return {"rotate_layer": self.rotate_layer.weight.detach().float().cpu().clone(),
-                        "weight": self.learned_source.weight.detach().float().cpu().clone(),
-                        "bias": self.learned_source.bias.detach().float().cpu().clone()}
+    def forward(self, base: torch.Tensor) -> torch.Tensor:
+        x = base.float()
+        out = x + loreft_delta(x, self.rotate_layer.weight, self.learned_source.weight, self.learned_source.bias)
+        return out.to(base.dtype)
 
-    LoreftIntervention.__module__ = __name__
-    LoreftIntervention.__qualname__ = "LoreftIntervention"
-    return LoreftIntervention
+    def materialised(self) -> dict[str, torch.Tensor]:
+        """``{"rotate_layer" [d, r], "weight" [r, d], "bias" [r]}``: R (materialised from its parametrization), W
+        and b, detached float32 CPU copies (pyreft's state-dict names)."""
+        with torch.no_grad():
+            return {"rotate_layer": self.rotate_layer.weight.detach().float().cpu().clone(),
+                    "weight": self.learned_source.weight.detach().float().cpu().clone(),
+                    "bias": self.learned_source.bias.detach().float().cpu().clone()}
 
 
 def make_loreft(d: int, rank: int, seed: int = 0) -> nn.Module:
@@ -185,10 +182,9 @@ def make_loreft(d: int, rank: int, seed: int = 0) -> nn.Module:
     as ``nn.Linear``'s default) without touching the global RNG's state."""
     if rank > d:
         raise ConfigError(f"LoReFT's rank ({rank}) must be at most the hidden size ({d}); pass a smaller rank.")
-    cls = loreft_intervention_class()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(embed_dim=d, low_rank_dimension=rank)
+        return LoreftIntervention(d, rank)
 
 
 REFT_TENSORS: tuple[str, ...] = ("rotate_layer", "weight", "bias")

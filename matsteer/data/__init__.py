@@ -21,43 +21,69 @@ data set), ``splits``, ``selection`` (split groups and ``limit``), ``helpsteer``
 
 from __future__ import annotations
 
-from matsteer.data.helpsteer import load_helpsteer
-from matsteer.data.loaders import (
-    label_counts,
-    load_examples,
-    load_mc_questions,
-    load_truthfulqa_generation,
-    toxigen_preference_pairs,
-)
-from matsteer.data.readers import default_data_dir
-from matsteer.data.records import Example, GenQuestion, MCQuestion
-from matsteer.data.registry import (
-    ANSWER_TEMPLATE,
-    ATTRIBUTE_OF,
-    ATTRIBUTES_OF,
-    BBQ_CATEGORIES,
-    BBQ_MISSING_CATEGORIES,
-    DATASETS,
-    DIALOGUE_TEMPLATE,
-    HELPSTEER_ATTRIBUTES,
-    HUB_IDS,
-    POSITIVE_SIDE,
-    QA_TEMPLATE,
-    SHIPPED_DATASETS,
-    SOURCE_FILES,
-    SPLIT_FORMAT,
-    SPLIT_FRACTIONS,
-    SPLITS,
-    TOXIGEN_GROUP_NAMES,
-    TOXIGEN_MC_QUESTION,
-    TOXIGEN_PREF,
-    TOXIGEN_PREF_PROMPT,
-    TOXIGEN_THRESHOLD,
-    TRUTHFULQA_CSV,
-    DataWarning,
-    fill_template,
-)
-from matsteer.data.splits import get_split, make_splits
+from typing import TYPE_CHECKING
+
+from matsteer._lazy import lazy_attributes
+
+# Where each public name is defined; it is imported from there on first use (matsteer/_lazy.py).
+_EXPORTS = {
+    "matsteer.data.helpsteer": ("load_helpsteer",),
+    "matsteer.data.loaders": (
+        "label_counts", "load_examples", "load_mc_questions", "load_truthfulqa_generation",
+        "toxigen_preference_pairs",
+    ),
+    "matsteer.data.readers": ("default_data_dir",),
+    "matsteer.data.records": ("Example", "GenQuestion", "MCQuestion"),
+    "matsteer.data.registry": (
+        "ANSWER_TEMPLATE", "ATTRIBUTE_OF", "ATTRIBUTES_OF", "BBQ_CATEGORIES", "BBQ_MISSING_CATEGORIES",
+        "DATASETS", "DIALOGUE_TEMPLATE", "HELPSTEER_ATTRIBUTES", "HUB_IDS", "POSITIVE_SIDE", "QA_TEMPLATE",
+        "SHIPPED_DATASETS", "SOURCE_FILES", "SPLIT_FORMAT", "SPLIT_FRACTIONS", "SPLITS", "TOXIGEN_GROUP_NAMES",
+        "TOXIGEN_MC_QUESTION", "TOXIGEN_PREF", "TOXIGEN_PREF_PROMPT", "TOXIGEN_THRESHOLD", "TRUTHFULQA_CSV",
+        "DataWarning", "fill_template",
+    ),
+    "matsteer.data.splits": ("get_split", "make_splits"),
+}
+
+if TYPE_CHECKING:
+    from matsteer.data.helpsteer import load_helpsteer
+    from matsteer.data.loaders import (
+        label_counts,
+        load_examples,
+        load_mc_questions,
+        load_truthfulqa_generation,
+        toxigen_preference_pairs,
+    )
+    from matsteer.data.readers import default_data_dir
+    from matsteer.data.records import Example, GenQuestion, MCQuestion
+    from matsteer.data.registry import (
+        ANSWER_TEMPLATE,
+        ATTRIBUTE_OF,
+        ATTRIBUTES_OF,
+        BBQ_CATEGORIES,
+        BBQ_MISSING_CATEGORIES,
+        DATASETS,
+        DIALOGUE_TEMPLATE,
+        HELPSTEER_ATTRIBUTES,
+        HUB_IDS,
+        POSITIVE_SIDE,
+        QA_TEMPLATE,
+        SHIPPED_DATASETS,
+        SOURCE_FILES,
+        SPLIT_FORMAT,
+        SPLIT_FRACTIONS,
+        SPLITS,
+        TOXIGEN_GROUP_NAMES,
+        TOXIGEN_MC_QUESTION,
+        TOXIGEN_PREF,
+        TOXIGEN_PREF_PROMPT,
+        TOXIGEN_THRESHOLD,
+        TRUTHFULQA_CSV,
+        DataWarning,
+        fill_template,
+    )
+    from matsteer.data.splits import get_split, make_splits
+else:
+    __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 __all__ = [
     "ANSWER_TEMPLATE",

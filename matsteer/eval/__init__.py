@@ -8,3 +8,12 @@ sources, constant answers), ``scoring`` (multiple choice through the model or a 
 set-up), ``report`` (``eval.md``), ``comparison`` (``run_evaluation``), ``ablations``, ``gate_analysis``; the
 judges (``judges``, ``judge_prompts``, ``openai_judge``, ``local_judge``), ``pairwise`` and ``winrates``.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from matsteer._lazy import lazy_attributes
+
+if not TYPE_CHECKING:  # no names of its own: submodules as attributes (matsteer.core.steerer), imported on first use
+    __getattr__, __dir__ = lazy_attributes(__name__, {})

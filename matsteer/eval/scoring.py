@@ -25,34 +25,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from matsteer.activations.extraction import _cache_kwarg
-from matsteer.activations.models import Tokenizer, model_device, pad_token_id
+from matsteer.activations.models import (  # noqa: F401  (re-exported: the scorers import them from here)
+    Tokenizer,
+    model_device,
+    pad_token_id,
+    protected_positions,
+    special_token_ids,
+)
 from matsteer.data import MCQuestion, fill_template
 from matsteer.errors import ConfigError
 from matsteer.steering.call_context import CallContext
 
 #: A steering handle (:func:`matsteer.steering.intervention.steer`) or any callable run in place of the model.
 Steering = Callable[..., Any]
-
-
-def special_token_ids(tokenizer: Tokenizer) -> list[int]:
-    """The ids of the tokenizer's special tokens (BOS, EOS, pad, chat markers...), sorted."""
-    return sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])})
-
-
-def protected_positions(ids: torch.Tensor, valid: torch.Tensor | None, special: Sequence[int] | torch.Tensor,
-                        first: bool = True) -> torch.Tensor:
-    """Positions ``[B, L]`` (bool) that steering leaves alone by default: special tokens and, with ``first``, the
-    first real token of each row (position 0 under right padding; the first unpadded one under left padding).
-
-    ids: ``[B, L]`` token ids; valid: ``[B, L]`` real-token mask (None: every position is real).
-    """
-    valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid.bool()
-    special_t = torch.as_tensor(list(special) if not isinstance(special, torch.Tensor) else special,
-                                dtype=ids.dtype, device=ids.device)
-    out = torch.isin(ids, special_t) if special_t.numel() else torch.zeros_like(valid)
-    if first:
-        out = out | (valid & (valid.long().cumsum(1) == 1))
-    return out & valid
 
 
 @functools.cache
