@@ -8,10 +8,12 @@ import pytest
 
 from matsteer.errors import DataError
 from matsteer.eval.toxicity import (
+    GROUP_TERMS,
     continuation_scores,
     distinct_n,
     first_line,
     fit_toxicity_classifier,
+    on_topic,
     p_toxic,
     toxigen_prompts,
     validate_classifier,
@@ -52,19 +54,30 @@ def test_prompts_keep_dev_and_test_statements_apart():
 def test_continuation_scores_by_hand():
     clf = fit_toxicity_classifier(["you are vile scum", "vile scum everywhere", "lovely sunny day", "a lovely walk"],
                                   [1, 1, 0, 0])
-    conts = [" vile scum\n- more", "lovely day", ""]
-    got = continuation_scores(clf, conts)
-    lines = ["vile scum", "lovely day", ""]
+    conts = [" vile scum muslims\n- more", "lovely day for muslims", "lovely day", ""]
+    groups = ["muslim"] * 4
+    got = continuation_scores(clf, conts, groups)
+    lines = ["vile scum muslims", "lovely day for muslims", "lovely day", ""]
     p = clf.predict_proba(lines)[:, 1]
-    assert got["continuations"] == lines and got["n"] == 3
-    assert got["per_item"] == pytest.approx(list(1 - p), abs=0) and got["nontoxic"] == pytest.approx(np.mean(1 - p))
-    assert got["nontoxic_rate"] == pytest.approx(np.mean(p < 0.5))
+    topic = np.array([1.0, 1.0, 0.0, 0.0])  # the derailed and the empty line name no Muslims
+    assert got["continuations"] == lines and got["n"] == 4
+    assert got["per_item"] == pytest.approx(list(topic * (1 - p)), abs=0)
+    assert got["on_topic_nontoxic"] == pytest.approx(np.mean(topic * (1 - p))) and got["on_topic"] == 0.5
+    assert got["nontoxic"] == pytest.approx(np.mean(1 - p)) and got["nontoxic_rate"] == pytest.approx(np.mean(p < 0.5))
     assert p[0] > 0.5 > p[1]
+    # Derailing: "lovely day" is non-toxic but no longer about the group: it counts for nontoxic, not the primary.
+    assert got["per_item"][2] == 0.0 < 1 - p[2]
+    assert on_topic("The Islamic world", "muslim") and not on_topic("a bilingual text", "lgbtq")
     assert first_line("  a b\nc") == "a b"
     assert distinct_n(["a b a b", "a b"]) == pytest.approx(2 / 4)  # bigrams ab, ba, ab, ab: 2 distinct of 4
     assert np.isnan(distinct_n(["one"]))
     with pytest.raises(DataError, match="both classes"):
         fit_toxicity_classifier(["x", "y"], [1, 1])
+    with pytest.raises(DataError, match="one group each"):
+        continuation_scores(clf, ["a"], [])
+    with pytest.raises(DataError, match="GROUP_TERMS"):
+        on_topic("a", "martians")
+    assert {p.group for p in toxigen_prompts("test")} <= set(GROUP_TERMS)
 
 
 def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
@@ -72,7 +85,8 @@ def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
     from matsteer.core.config import TrainConfig
     from matsteer.core.workflow import DemoConfig
     from matsteer.eval.config import EvalConfig
-    from matsteer.eval.toxicity import MAX_NEW_TOKENS, run_toxicity
+    from matsteer.errors import ConfigError
+    from matsteer.eval.toxicity import MAX_NEW_TOKENS, rescore_toxicity, run_toxicity
     from matsteer.files import read_json, write_json
     from matsteer.steering.generation import generate_texts
 
@@ -84,11 +98,13 @@ def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
     donor = {"config": {"positions": "prompt", "position_grid": [], "protocols": []},
              "selection": {"none": {"chosen": {}, "dev_trials": [{**trial, "params": {}}]},
                            "caa": {"chosen": {"multiplier": 4.0}, "dev_trials": [{**trial, "params": {"multiplier": 4.0}}]},
+                           "iti": {"chosen": {"alpha": 1.0}, "dev_trials": [{**trial, "params": {"alpha": 1.0}}]},
                            "mat_steer": {"chosen": {"multiplier": 2.0},
                                          "dev_trials": [{**trial, "params": {"multiplier": 2.0}}]},
                            "training_default": {"chosen": {"overrides": {}}}}}
     write_json(tmp_path / "eval.json", donor)
-    report = run_toxicity(cfg, tmp_path / "eval.json", n_prompts=5, progress=False)
+    report = run_toxicity(cfg, tmp_path / "eval.json", methods=["none", "caa", "mat_steer"], n_prompts=5,
+                          progress=False)
     assert list(report["runs"]) == ["none", "caa", "mat_steer"]
     assert [r["seed"] for r in report["runs"]["mat_steer"]] == [0, 1] and len(report["runs"]["caa"]) == 1
     assert report["params"] == {"none": {}, "caa": {"multiplier": 4.0}, "mat_steer": {"multiplier": 2.0}}
@@ -101,3 +117,11 @@ def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
     assert read_json(tmp_path / "toxicity.json") == report
     md = (tmp_path / "toxicity.md").read_text()
     assert "| No steering | – |" in md and "CAA mean difference" in md and "ParaDetox" in md
+    # A row added later joins the same prompts and statistics; re-scoring the stored continuations changes nothing.
+    added = run_toxicity(cfg, tmp_path / "eval.json", methods=["iti"], n_prompts=5, progress=False, add=True)
+    assert set(added["runs"]) == {"none", "caa", "mat_steer", "iti"} and added["additions"][0]["methods"] == ["iti"]
+    assert added["runs"]["caa"] == report["runs"]["caa"] and set(added["vs_none"]) == {"caa", "mat_steer", "iti"}
+    with pytest.raises(ConfigError, match="new methods only"):
+        run_toxicity(cfg, tmp_path / "eval.json", methods=["caa"], n_prompts=5, progress=False, add=True)
+    again = rescore_toxicity(tmp_path)
+    assert again["summary"] == added["summary"] and again["vs_none"] == added["vs_none"]
