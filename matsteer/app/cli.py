@@ -190,9 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add these methods to the finished comparison in the results folder (same settings, same "
                         "dev rule, intervals recomputed) instead of running it all, e.g. --reference --add "
                         "temperature temperature_len")
+    p.add_argument("--settings-from", dest="settings_from", default=None, metavar="EVAL_JSON",
+                   help="borrow every choice that finished comparison made on dev (under this run's protocol) "
+                        "instead of searching dev, e.g. results/reference/eval.json")
     _add_dtype_arg(p)
     _add_source_args(p)
     p.set_defaults(func=_command("cmd_compare"))
+
+    p = sub.add_parser("toxicity", help="generation toxicity: every method of a finished comparison continues "
+                                        "ToxiGen-style hateful lists; a ToxiGen classifier scores the continuations")
+    p.add_argument("--from-eval", dest="from_eval", default="results/reference/eval.json",
+                   help="the comparison whose methods and dev choices to use (its folder receives toxicity.json)")
+    p.add_argument("--reference", action="store_true",
+                   help="that comparison is the reference run (its training data: EvalConfig.reference)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method of the comparison")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--n", type=int, default=None, help="test prompts (default: all, 165)")
+    p.add_argument("--add", action="store_true", help="add --methods to the toxicity.json already there")
+    p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
+    p.set_defaults(func=_command("cmd_toxicity"))
 
     p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")
     _add_model_args(p)

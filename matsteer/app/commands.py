@@ -31,6 +31,7 @@ from matsteer.eval.gate_analysis import gate_sets, steered_sets
 from matsteer.eval.harness import parse_multipliers
 from matsteer.eval.openai_judge import OpenAICompatibleJudge
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, parse_sources
+from matsteer.eval.toxicity import run_toxicity
 from matsteer.eval.winrates import WinRateConfig, run_win_rates
 from matsteer.files import read_json, sha256_file, write_json
 from matsteer.steering.generation import compare_generations
@@ -220,6 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg.norm_grid = tuple(v == "on" for v in args.norm_grid)
     if args.grid_extensions is not None:
         cfg.grid_extensions = args.grid_extensions
+    cfg.settings_from = args.settings_from
     cfg.validate()
     report = add_methods(cfg.out_dir, args.add, cfg) if args.add else run_evaluation(cfg)
     print((cfg.out_dir / "eval.md").read_text(encoding="utf-8"))
@@ -295,6 +297,18 @@ def cmd_winrates(args: argparse.Namespace) -> int:
     run_win_rates(cfg, args.from_eval, wcfg, judge=judge, out_dir=Path(args.out))
     print((Path(args.out) / "winrates.md").read_text(encoding="utf-8"))
     print(f"wrote {Path(args.out) / 'winrates.json'} and winrates.md")
+    return 0
+
+
+def cmd_toxicity(args: argparse.Namespace) -> int:
+    """The generation toxicity measure for a finished comparison's methods (matsteer.eval.toxicity)."""
+    cfg = EvalConfig.reference() if args.reference else EvalConfig()
+    if args.seeds:
+        cfg.seeds = tuple(args.seeds)
+    out = Path(args.out) if args.out else Path(args.from_eval).parent
+    run_toxicity(cfg, args.from_eval, methods=args.methods, n_prompts=args.n, out_dir=out, add=args.add)
+    print((out / "toxicity.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'toxicity.json'} and toxicity.md")
     return 0
 
 
