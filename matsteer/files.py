@@ -211,3 +211,47 @@ def atomic_folder(path: str | Path, keep_existing: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
         if backup is not None and backup.exists():
             shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_folder_manifest(path: str | Path, *, kind: str, format_version: int, what: str, writer: str,
+                         is_whole: Callable[[Path], bool]) -> dict[str, Any]:
+    """The ``manifest.json`` of a saved folder (a steerer's, an adapter's...) (an interrupted save recovered first), checked for its ``kind`` and
+    a ``format_version`` this matsteer reads (:class:`ArtifactError` naming the fix). what: the folder's name in
+    messages ("LoRA adapter"); writer: the function that writes such folders."""
+    path = Path(path)
+    recover_interrupted_folder(path, is_whole)
+    if not path.is_dir():
+        raise ArtifactError(f"{what} folder not found: {path}. Check the path, or train and save it again.")
+    manifest = read_json(path / "manifest.json", f"{what} manifest")
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        raise ArtifactError(f"{path / 'manifest.json'} is not a matsteer {what} manifest (kind {kind!r}); pass a folder "
+                            f"written by {writer}.")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > format_version:
+        raise ArtifactError(f"{path} has {what} format_version {version!r}, newer than this matsteer's "
+                            f"({format_version}). Upgrade matsteer to load it.")
+    return manifest
+
+
+def check_trained_on(path: str | Path, manifest: dict[str, Any], name: str, weight_hash: str,
+                     allow_mismatch: bool = False) -> None:
+    """Refuse (:class:`ArtifactError`) a saved folder whose manifest's ``base_model`` is not the model
+    ``name`` / ``weight_hash`` it is about to be used with, unless ``allow_mismatch``."""
+    base = manifest.get("base_model") or {}
+    if base.get("weight_hash") != weight_hash and not allow_mismatch:
+        raise ArtifactError(f"{path} was trained on {base.get('name')!r} (weight hash "
+                            f"{str(base.get('weight_hash'))[:12]}...), not on {name!r} ({weight_hash[:12]}...). "
+                            "Load the model it was trained on, or pass allow_model_mismatch=True.")
+
+
+def read_manifest_tensors(path: str | Path, manifest: dict[str, Any], filename: str, what: str,
+                          fix: str) -> dict[str, Any]:
+    """The safetensors file ``filename`` of a saved folder, checked against the sha256 its manifest records
+    (:class:`ArtifactError` ending in ``fix`` when the file was modified)."""
+    weights = Path(path) / filename
+    expected = (manifest.get("tensors") or {}).get("sha256")
+    if weights.is_file() and expected is not None and sha256_file(weights) != expected:
+        raise ArtifactError(f"{weights} does not match the sha256 in {Path(path) / 'manifest.json'}: the file was "
+                            f"modified or is corrupted. {fix}")
+    tensors, _ = read_tensors(weights, what)
+    return tensors

@@ -3,13 +3,14 @@ greedy generation, steered (every positions policy) and not; unsteered vs steere
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from matsteer.app import cli
 
 pytest.importorskip("lm_eval")
 
@@ -26,7 +27,6 @@ from matsteer.errors import ConfigError  # noqa: E402
 from matsteer.eval import harness  # noqa: E402
 from matsteer.eval.harness import (  # noqa: E402
     HARNESS_MODEL,
-    add_harness_parser,
     cmd_harness,
     edit_mask,
     harness_model_class,
@@ -222,8 +222,7 @@ def test_loglikelihood_rolling_equals_scorer(tiny_dir, loaded, steerer_dir):
 
 
 def test_cmd_harness_writes_both_runs_and_differences(tiny_dir, steerer_dir, tmp_path):
-    parser = argparse.ArgumentParser()
-    add_harness_parser(parser.add_subparsers(dest="command"))
+    parser = cli.build_parser()
     out = tmp_path / "harness"
     args = parser.parse_args(["harness", "--model", str(tiny_dir), "--steerer", str(steerer_dir), "--tasks",
                               "matsteer_mc", "matsteer_gen", "--include-path", str(FIXTURES), "--multiplier", "8",
@@ -240,7 +239,7 @@ def test_cmd_harness_writes_both_runs_and_differences(tiny_dir, steerer_dir, tmp
     table = (out / "harness.md").read_text()
     assert "| matsteer_mc | acc,none | 5 |" in table and "| matsteer_gen | exact_match,none | 5 |" in table
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
-    assert cmd_harness is args.func
+    assert (args.func.module, args.func.name) == ("matsteer.eval.harness", cmd_harness.__name__)
 
 
 def test_module_entry_point_runs_lm_eval_cli(tiny_dir, loaded, steerer_dir, tmp_path, monkeypatch):

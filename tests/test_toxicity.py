@@ -84,8 +84,8 @@ def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
     from matsteer.activations.models import load_model
     from matsteer.core.config import TrainConfig
     from matsteer.core.workflow import DemoConfig
-    from matsteer.eval.config import EvalConfig
     from matsteer.errors import ConfigError
+    from matsteer.eval.config import EvalConfig
     from matsteer.eval.toxicity import MAX_NEW_TOKENS, rescore_toxicity, run_toxicity
     from matsteer.files import read_json, write_json
     from matsteer.steering.generation import generate_texts

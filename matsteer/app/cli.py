@@ -74,7 +74,7 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _add_harness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``matsteer harness``: the arguments of :func:`matsteer.eval.harness.add_harness_parser` (tests check they agree)."""
+    """``matsteer harness``: lm-eval tasks without and with a steerer (:func:`matsteer.eval.harness.cmd_harness`)."""
     p = sub.add_parser("harness", help="run lm-evaluation-harness tasks without and with a steerer (needs lm-eval)")
     p.add_argument("--steerer", required=True, help="steerer folder (or Hugging Face Hub repo)")
     p.add_argument("--model", default=None, help="model (default: the one the steerer was trained on)")

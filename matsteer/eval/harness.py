@@ -588,31 +588,6 @@ def parse_multipliers(items: Sequence[str] | None) -> tuple[float, dict[str, flo
     return global_m, per
 
 
-def add_harness_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``harness`` subcommand (lm-eval tasks, unsteered vs steered) to a subparsers object; returns it."""
-    p = sub.add_parser("harness", help="run lm-evaluation-harness tasks without and with a steerer (needs lm-eval)")
-    p.add_argument("--steerer", required=True, help="steerer folder (or Hugging Face Hub repo)")
-    p.add_argument("--model", default=None, help="model (default: the one the steerer was trained on)")
-    p.add_argument("--tasks", required=True, nargs="+", help="lm-eval task names, e.g. mmlu hellaswag ifeval")
-    p.add_argument("--include-path", "--include_path", dest="include_path", default=None,
-                   help="a folder of extra lm-eval task YAMLs (local tasks)")
-    p.add_argument("--multiplier", action="append", default=None, metavar="M | NAME=M",
-                   help="global multiplier, or NAME=M for one attribute; repeatable")
-    p.add_argument("--positions", default="prompt", choices=POSITIONS,
-                   help="tokens to steer: prompt (the context, as the paper; default), all, generated, last")
-    p.add_argument("--limit", type=float, default=None, help="items per task (a fraction if < 1)")
-    p.add_argument("--num-fewshot", "--num_fewshot", dest="num_fewshot", type=int, default=None)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", default="1", help="a number or auto")
-    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda (default: where the model loads)")
-    p.add_argument("--steer-special", dest="steer_special", action="store_true",
-                   help="also steer the first token and special tokens (left unsteered by default)")
-    p.add_argument("--allow-model-mismatch", dest="allow_model_mismatch", action="store_true")
-    p.add_argument("--out", default="results/harness", help="folder for harness.json and harness.md")
-    p.set_defaults(func=cmd_harness)
-    return p
-
-
 def cmd_harness(args: argparse.Namespace) -> int:
     """``matsteer harness``: :func:`run_harness` with the parsed arguments; prints the Markdown table."""
     global_m, per = parse_multipliers(args.multiplier)
@@ -652,7 +627,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "HARNESS_MODEL", "HarnessResult", "HarnessSteering", "add_harness_parser", "cmd_harness", "edit_mask",
+    "HARNESS_MODEL", "HarnessResult", "HarnessSteering", "cmd_harness", "edit_mask",
     "harness_markdown", "harness_model_class", "main", "metric_differences", "register", "run_harness",
     "steering_from_model_args", "write_harness",
 ]

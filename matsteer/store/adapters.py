@@ -20,8 +20,9 @@ from matsteer.core.finetune import FinetuneConfig, FinetuneResult, merged_copy, 
 from matsteer.errors import ArtifactError, ConfigError
 from matsteer.files import (
     atomic_folder,
-    read_json,
-    read_tensors,
+    check_trained_on,
+    read_folder_manifest,
+    read_manifest_tensors,
     recover_interrupted_folder,
     sha256_file,
     write_json,
@@ -81,19 +82,8 @@ def save_adapter(result: FinetuneResult, path: str | Path) -> Path:
 
 def read_adapter_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of an adapter folder, checked for its kind and format version (:class:`ArtifactError`)."""
-    path = Path(path)
-    recover_interrupted_folder(path, _is_whole)
-    if not path.is_dir():
-        raise ArtifactError(f"Adapter folder not found: {path}. Check the path, or re-train and save the adapter.")
-    manifest = read_json(path / MANIFEST, "adapter manifest")
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise ArtifactError(f"{path / MANIFEST} is not a matsteer LoRA adapter manifest (kind {KIND!r}); "
-                            "pass a folder written by save_adapter.")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(f"{path} has adapter format_version {version!r}, newer than this matsteer's "
-                            f"({FORMAT_VERSION}). Upgrade matsteer to load it.")
-    return manifest
+    return read_folder_manifest(path, kind=KIND, format_version=FORMAT_VERSION, what="LoRA adapter",
+                                writer="save_adapter", is_whole=_is_whole)
 
 
 def load_adapter(
@@ -110,18 +100,8 @@ def load_adapter(
     """
     path = Path(path)
     manifest = read_adapter_manifest(path)
-    base = manifest.get("base_model") or {}
-    if base.get("weight_hash") != loaded.weight_hash and not allow_model_mismatch:
-        raise ArtifactError(f"{path} was trained on {base.get('name')!r} (weight hash "
-                            f"{str(base.get('weight_hash'))[:12]}...), not on {loaded.name!r} "
-                            f"({loaded.weight_hash[:12]}...). Load the model it was trained on, or pass "
-                            "allow_model_mismatch=True.")
-    weights = path / WEIGHTS
-    expected = (manifest.get("tensors") or {}).get("sha256")
-    if weights.is_file() and expected is not None and sha256_file(weights) != expected:
-        raise ArtifactError(f"{weights} does not match the sha256 in {path / MANIFEST}: the file was modified or "
-                            "is corrupted. Save the adapter again.")
-    adapter, _ = read_tensors(weights, "adapter weights")
+    check_trained_on(path, manifest, loaded.name, loaded.weight_hash, allow_model_mismatch)
+    adapter = read_manifest_tensors(path, manifest, WEIGHTS, "adapter weights", "Save the adapter again.")
     try:
         config = FinetuneConfig.from_dict(manifest["config"])
         config.validate()

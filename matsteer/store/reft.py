@@ -20,8 +20,9 @@ from matsteer.core.reft import ReftConfig, ReftResult, ReftSteerer, check_reft_t
 from matsteer.errors import ArtifactError, ConfigError
 from matsteer.files import (
     atomic_folder,
-    read_json,
-    read_tensors,
+    check_trained_on,
+    read_folder_manifest,
+    read_manifest_tensors,
     recover_interrupted_folder,
     sha256_file,
     write_json,
@@ -74,19 +75,8 @@ def save_reft(result: ReftResult, path: str | Path) -> Path:
 
 def read_reft_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of a LoReFT folder, checked for its kind and format version (:class:`ArtifactError`)."""
-    path = Path(path)
-    recover_interrupted_folder(path, _is_whole)
-    if not path.is_dir():
-        raise ArtifactError(f"LoReFT folder not found: {path}. Check the path, or train and save it again.")
-    manifest = read_json(path / MANIFEST, "LoReFT manifest")
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise ArtifactError(f"{path / MANIFEST} is not a matsteer LoReFT manifest (kind {KIND!r}); pass a folder "
-                            "written by save_reft.")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(f"{path} has LoReFT format_version {version!r}, newer than this matsteer's "
-                            f"({FORMAT_VERSION}). Upgrade matsteer to load it.")
-    return manifest
+    return read_folder_manifest(path, kind=KIND, format_version=FORMAT_VERSION, what="LoReFT", writer="save_reft",
+                                is_whole=_is_whole)
 
 
 def load_reft(
@@ -104,18 +94,9 @@ def load_reft(
     """
     path = Path(path)
     manifest = read_reft_manifest(path)
-    base = manifest.get("base_model") or {}
-    if loaded is not None and base.get("weight_hash") != loaded.weight_hash and not allow_model_mismatch:
-        raise ArtifactError(f"{path} was trained on {base.get('name')!r} (weight hash "
-                            f"{str(base.get('weight_hash'))[:12]}...), not on {loaded.name!r} "
-                            f"({loaded.weight_hash[:12]}...). Load the model it was trained on, or pass "
-                            "allow_model_mismatch=True.")
-    weights = path / TENSORS
-    expected = (manifest.get("tensors") or {}).get("sha256")
-    if weights.is_file() and expected is not None and sha256_file(weights) != expected:
-        raise ArtifactError(f"{weights} does not match the sha256 in {path / MANIFEST}: the file was modified or "
-                            "is corrupted. Save the intervention again.")
-    tensors, _ = read_tensors(weights, "LoReFT tensors")
+    if loaded is not None:
+        check_trained_on(path, manifest, loaded.name, loaded.weight_hash, allow_model_mismatch)
+    tensors = read_manifest_tensors(path, manifest, TENSORS, "LoReFT tensors", "Save the intervention again.")
     try:
         config = ReftConfig.from_dict(manifest["config"])
         config.validate()
