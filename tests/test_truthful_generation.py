@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_tokenizer, tiny_model_for
 
-from matsteer.activations.models import LoadedModel
+from matsteer.activations.models import LoadedModel, load_model
 from matsteer.activations.sites import Site
 from matsteer.core.steerer import Steerer
 from matsteer.data import load_mc_questions, load_truthfulqa_generation
@@ -225,3 +225,34 @@ def test_generation_input_checks(tiny_llama, tokenizer, questions):
         truthfulqa_generation(tiny_llama, tokenizer, questions, steering=3)
     with pytest.raises(ConfigError, match="must yield a handle"):
         truthfulqa_generation(tiny_llama, tokenizer, questions, lambda: contextlib.nullcontext(3), max_new_tokens=1)
+
+
+def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.workflow import DemoConfig
+    from matsteer.eval.config import EvalConfig
+    from matsteer.eval.truthful_generation import run_truthfulqa_generation
+    from matsteer.files import read_json, write_json
+
+    limits = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 6, "bbq": 6}
+    demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(limits), dev_limits=dict(limits),
+                      train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
+    cfg = EvalConfig(demo=demo, seeds=(0,), dev_limits=dict(limits), test_limits=dict(limits), n_boot=50)
+    trial = {"dev_mean": 0.5, "dev_kl": 0.1}
+    donor = {"config": {"positions": "prompt", "position_grid": [], "protocols": []},
+             "selection": {"none": {"chosen": {}, "dev_trials": [{**trial, "params": {}}]},
+                           "temperature": {"chosen": {"temperature": 2.0},
+                                           "dev_trials": [{**trial, "params": {"temperature": 2.0}}]},
+                           "caa": {"chosen": {"multiplier": 4.0}, "dev_trials": [{**trial, "params": {"multiplier": 4.0}}]},
+                           "training_default": {"chosen": {"overrides": {}}}}}
+    write_json(tmp_path / "eval.json", donor)
+    report = run_truthfulqa_generation(cfg, tmp_path / "eval.json", n_questions=3, progress=False,
+                                       max_new_tokens=4)
+    assert list(report["runs"]) == ["none", "caa"]  # the temperature row answers as no steering: not generated
+    none = report["runs"]["none"][0]
+    lm = load_model(str(tiny_dir), progress=False)
+    plain = truthfulqa_generation(lm.model, lm.tokenizer, load_truthfulqa_generation("test", limit=3), max_new_tokens=4)
+    assert none["answers"] == plain.answers and none["per_item"] == plain.per_item
+    assert set(report["vs_none"]) == {"caa"} and len(report["clusters"]) == 3
+    assert read_json(tmp_path / "truthfulqa_generation.json") == report
+    assert "| No steering | – |" in (tmp_path / "truthfulqa_generation.md").read_text()

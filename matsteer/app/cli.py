@@ -210,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
     p.set_defaults(func=_command("cmd_toxicity"))
 
+    p = sub.add_parser("truthfulqa-generation", help="TruthfulQA open-ended answers (the paper's Fig. 5) by every "
+                                                     "method of a finished comparison: BLEU and ROUGE-L accuracy")
+    p.add_argument("--from-eval", dest="from_eval", default="results/reference/eval.json",
+                   help="the comparison whose methods and dev choices to use (its folder receives the report)")
+    p.add_argument("--reference", action="store_true",
+                   help="that comparison is the reference run (its training data: EvalConfig.reference)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method of the comparison")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--n", type=int, default=None, help="test questions (default: all, 408)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=50)
+    p.add_argument("--add", action="store_true", help="add --methods to the report already there")
+    p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
+    p.set_defaults(func=_command("cmd_truthfulqa_generation"))
+
     p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")
     _add_model_args(p)
     p.set_defaults(model=None)

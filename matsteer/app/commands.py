@@ -32,6 +32,7 @@ from matsteer.eval.harness import parse_multipliers
 from matsteer.eval.openai_judge import OpenAICompatibleJudge
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, parse_sources
 from matsteer.eval.toxicity import run_toxicity
+from matsteer.eval.truthful_generation import run_truthfulqa_generation
 from matsteer.eval.winrates import WinRateConfig, run_win_rates
 from matsteer.files import read_json, sha256_file, write_json
 from matsteer.steering.generation import compare_generations
@@ -309,6 +310,19 @@ def cmd_toxicity(args: argparse.Namespace) -> int:
     run_toxicity(cfg, args.from_eval, methods=args.methods, n_prompts=args.n, out_dir=out, add=args.add)
     print((out / "toxicity.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'toxicity.json'} and toxicity.md")
+    return 0
+
+
+def cmd_truthfulqa_generation(args: argparse.Namespace) -> int:
+    """TruthfulQA generation (BLEU / ROUGE-L accuracy) for a finished comparison's methods."""
+    cfg = EvalConfig.reference() if args.reference else EvalConfig()
+    if args.seeds:
+        cfg.seeds = tuple(args.seeds)
+    out = Path(args.out) if args.out else Path(args.from_eval).parent
+    run_truthfulqa_generation(cfg, args.from_eval, methods=args.methods, n_questions=args.n, out_dir=out,
+                              add=args.add, max_new_tokens=args.max_new_tokens)
+    print((out / "truthfulqa_generation.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'truthfulqa_generation.json'} and truthfulqa_generation.md")
     return 0
 
 

@@ -48,12 +48,18 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from matsteer.data import load_examples
 from matsteer.data.readers import default_data_dir
 from matsteer.errors import ConfigError, DataError
-from matsteer.eval.config import METHOD_LABELS, METHODS, SEEDED, EvalConfig
+from matsteer.eval.config import METHOD_LABELS, EvalConfig
+from matsteer.eval.evaluator import Method
 from matsteer.eval.experiment import Experiment, provenance
+from matsteer.eval.generation_runs import (
+    add_run_statistics,
+    chosen_methods,
+    score_methods,
+    table_order,
+    with_addition,
+)
 from matsteer.eval.method_generation import generation_plan, plan_continuations
 from matsteer.eval.report import write_report
-from matsteer.eval.selection import borrowed_choices
-from matsteer.eval.stats import cluster_bootstrap, mean_std
 from matsteer.files import read_json
 
 #: The classifier's settings, chosen on the ToxiGen dev split's AUC (module docstring).
@@ -246,84 +252,56 @@ SAME_AS_NONE = frozenset({"temperature", "temperature_len", "icl"})
 MAX_NEW_TOKENS = 32
 
 
-def method_continuations(ex: Experiment, name: str, params: Mapping[str, Any], seed: int,
-                         overrides: Mapping[str, Any] | None, prompts: Sequence[ToxicPrompt],
-                         batch_size: int = 16, progress: bool = False) -> list[str]:
-    """Greedy continuations ``[len(prompts)]`` of ``prompts`` (no chat template) by method ``name`` of the
-    :class:`~matsteer.eval.experiment.Experiment` ``ex`` at ``params`` (its steerer, position policy and forced
-    gates; a fine-tuned copy generates itself)."""
-    method = ex.method(name, dict(params), seed, dict(overrides or {}))
+def method_continuations(ex: Experiment, method: Method, prompts: Sequence[ToxicPrompt], batch_size: int = 16,
+                         progress: bool = False) -> list[str]:
+    """Greedy continuations ``[len(prompts)]`` of ``prompts`` (no chat template) by ``method`` (its steerer,
+    position policy and forced gates; a fine-tuned copy generates itself) of the
+    :class:`~matsteer.eval.experiment.Experiment` ``ex``."""
     plan = generation_plan(ex.loaded.model, ex.loaded.tokenizer, method, ex.site, None, ex.cfg.positions, "",
                            method.steer_special, task="toxigen_gen")
     return plan_continuations(plan, [p.text for p in prompts], False, MAX_NEW_TOKENS, batch_size, progress,
-                              f"toxicity: {name} (seed {seed})")
+                              f"toxicity: {method.name}")
+
+
+#: The toxicity report's metrics (:func:`continuation_scores`), summarised over seeds.
+TOXICITY_METRICS = ("on_topic_nontoxic", "nontoxic", "on_topic", "nontoxic_rate", "distinct_2", "mean_words")
 
 
 def run_toxicity(cfg: EvalConfig, eval_json: str | Path, methods: Sequence[str] | None = None,
                  n_prompts: int | None = None, out_dir: str | Path | None = None, progress: bool = True,
                  on_step: Callable[[str], None] | None = None, add: bool = False) -> dict[str, Any]:
     """The generation toxicity measure for the methods of a finished comparison (``eval_json``), each at the
-    setting that comparison chose on dev (:func:`~matsteer.eval.selection.borrowed_choices` under
-    ``cfg.positions``), seeded methods over ``cfg.seeds``: per method and seed the continuations and their scores
-    (:func:`continuation_scores`), mean ± std over seeds, and each method minus no steering with a cluster
-    bootstrap over the prompts' target groups (seeds paired). Writes ``toxicity.json`` and ``toxicity.md`` to
-    ``out_dir`` (default: beside ``eval_json``). methods: default every method of the comparison but
-    :data:`SAME_AS_NONE`. add: add ``methods`` to the ``toxicity.json`` already in ``out_dir`` (the same prompts
-    and settings file; no steering need not be among them; each addition's provenance is kept in ``additions``)."""
+    setting that comparison chose on dev under ``cfg.positions`` (:mod:`matsteer.eval.generation_runs`), seeded
+    methods over ``cfg.seeds``: per method and seed the continuations and their scores (:func:`continuation_scores`),
+    mean ± std over seeds, and each method minus no steering with a cluster bootstrap over the prompts' target
+    groups (seeds paired). Writes ``toxicity.json`` and ``toxicity.md`` to ``out_dir`` (default: beside
+    ``eval_json``). methods: default every method of the comparison but :data:`SAME_AS_NONE`. add: add ``methods``
+    to the ``toxicity.json`` already in ``out_dir`` (the same prompts and comparison file; each addition's
+    provenance is kept in ``additions``)."""
     step = on_step or (lambda message: None)
-    report_in = read_json(Path(eval_json), "comparison results")
-    chosen = borrowed_choices(report_in, cfg.positions)
-    names = [m for m in (methods or [m for m in METHODS if m in chosen and m not in SAME_AS_NONE])]
     out = Path(out_dir or Path(eval_json).parent)
     base = read_json(out / "toxicity.json", "toxicity results") if add else None
-    missing = [m for m in names if m not in chosen]
-    if missing or ("none" not in names and base is None):
-        raise ConfigError(f"{eval_json} has no dev choice for {missing or ['none']}; the toxicity run scores methods "
-                          "the comparison chose for, no steering among them.")
+    picked = chosen_methods(cfg, eval_json, methods, SAME_AS_NONE, base, "toxicity")
+    prompts = toxigen_prompts("test", n_prompts)
+    if base is not None and [asdict(p) for p in prompts] != base["prompts"]:
+        raise ConfigError(f"Cannot add to {out / 'toxicity.json'}: its prompts differ; pass the n_prompts it used.")
     step("toxicity: fitting and validating the classifier")
     clf = fit_toxicity_classifier()
     validation = validate_classifier(clf)
-    prompts = toxigen_prompts("test", n_prompts)
-    if base is not None and ([asdict(p) for p in prompts] != base["prompts"] or set(names) & set(base["runs"])
-                             or base["config"]["eval_json"] != str(eval_json)):
-        raise ConfigError(f"Cannot add {names} to {out / 'toxicity.json'}: give new methods only, the same prompts "
-                          "(n_prompts) and the same comparison file it was run from.")
-    overrides = chosen["training_default"]["overrides"]
     ex = Experiment(cfg, progress)
     groups = [p.group for p in prompts]
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for name in names:
-        for seed in (cfg.seeds if name in SEEDED else cfg.seeds[:1]):
-            step(f"toxicity: {name} (seed {seed})")
-            raw = method_continuations(ex, name, chosen[name]["chosen"], seed, overrides, prompts, progress=progress)
-            runs.setdefault(name, []).append({"seed": seed, **continuation_scores(clf, raw, groups)})
-    report = {"config": {"eval_json": str(eval_json), "positions": cfg.positions, "seeds": list(cfg.seeds),
-                         "max_new_tokens": MAX_NEW_TOKENS, "prompt_statements": PROMPT_STATEMENTS,
-                         "classifier": {"C": CLASSIFIER_C, "ngrams": list(CLASSIFIER_NGRAMS),
-                                        "threshold": TOXIC_THRESHOLD}, "n_boot": cfg.n_boot},
-              "classifier_validation": asdict(validation), "params": {n: chosen[n]["chosen"] for n in runs},
-              "prompts": [asdict(p) for p in prompts], "runs": runs, "provenance": provenance(ex, datasets=["toxigen"])}
-    if base is not None:
-        base["runs"].update(runs)
-        base["params"].update(report["params"])
-        base.setdefault("additions", []).append({"methods": list(runs), "seeds": list(cfg.seeds),
-                                                 "provenance": report["provenance"]})
-        report = base
-    _add_statistics(report)
+    runs = score_methods(ex, picked, lambda m: continuation_scores(
+        clf, method_continuations(ex, m, prompts, progress=progress), groups), step, "toxicity")
+    report = with_addition(base, {
+        "config": {"eval_json": picked.eval_json, "positions": cfg.positions, "seeds": list(cfg.seeds),
+                   "max_new_tokens": MAX_NEW_TOKENS, "prompt_statements": PROMPT_STATEMENTS,
+                   "classifier": {"C": CLASSIFIER_C, "ngrams": list(CLASSIFIER_NGRAMS), "threshold": TOXIC_THRESHOLD},
+                   "n_boot": cfg.n_boot},
+        "classifier_validation": asdict(validation), "params": {n: picked.params[n] for n in runs},
+        "prompts": [asdict(p) for p in prompts], "runs": runs, "provenance": provenance(ex, datasets=["toxigen"])})
+    add_run_statistics(report, TOXICITY_METRICS, groups)
     write_report(report, out, "toxicity", toxicity_table)
     return report
-
-
-def _add_statistics(report: dict[str, Any]) -> None:
-    """Into a toxicity report with ``runs``: per method the mean ± std over seeds of every metric, and the cluster
-    bootstrap of its per-prompt primary minus no steering's (seeds paired, clusters the prompts' groups)."""
-    groups = [p["group"] for p in report["prompts"]]
-    runs = report["runs"]
-    metrics = ("on_topic_nontoxic", "nontoxic", "on_topic", "nontoxic_rate", "distinct_2", "mean_words")
-    report["summary"] = {n: {k: asdict(mean_std([r[k] for r in rs])) for k in metrics} for n, rs in runs.items()}
-    report["vs_none"] = {n: asdict(cluster_bootstrap([r["per_item"] for r in rs], [r["per_item"] for r in runs["none"]],
-                                                     groups, report["config"]["n_boot"]))
-                         for n, rs in runs.items() if n != "none"}
 
 
 def rescore_toxicity(results_dir: str | Path) -> dict[str, Any]:
@@ -337,7 +315,7 @@ def rescore_toxicity(results_dir: str | Path) -> dict[str, Any]:
     groups = [p["group"] for p in report["prompts"]]
     report["runs"] = {n: [{"seed": r["seed"], **continuation_scores(clf, r["continuations"], groups)} for r in rs]
                       for n, rs in report["runs"].items()}
-    _add_statistics(report)
+    add_run_statistics(report, TOXICITY_METRICS, groups)
     write_report(report, Path(results_dir), "toxicity", toxicity_table)
     return report
 
@@ -350,7 +328,7 @@ def toxicity_table(report: Mapping[str, Any]) -> str:
              "non-toxicity, mean 1 − P(toxic) | on-topic share | distinct bigrams | words |",
              "|---|---|---|---|---|---|---|---|"]
     summary = report["summary"]
-    for name, s in [(n, summary[n]) for n in (*METHODS, *sorted(set(summary) - set(METHODS))) if n in summary]:
+    for name, s in [(n, summary[n]) for n in table_order(list(summary))]:
         d = report["vs_none"].get(name)
         diff = "reference" if d is None else f"{100 * d['mean_diff']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
         setting = ", ".join(f"{k} {val}" for k, val in report["params"][name].items()) or "–"

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import sacrebleu
@@ -47,13 +48,25 @@ from torch import nn
 
 from matsteer.activations.models import Tokenizer
 from matsteer.activations.sites import Site
+from matsteer.data.loaders import load_truthfulqa_generation
 from matsteer.data.prompts import has_chat_template
 from matsteer.data.records import GenQuestion, MCQuestion
 from matsteer.data.registry import QA_TEMPLATE, fill_template
 from matsteer.errors import ConfigError
+from matsteer.eval.config import METHOD_LABELS, EvalConfig
+from matsteer.eval.experiment import Experiment, provenance
+from matsteer.eval.generation_runs import (
+    add_run_statistics,
+    chosen_methods,
+    score_methods,
+    table_order,
+    with_addition,
+)
 from matsteer.eval.method_generation import generation_plan, plan_continuations
 from matsteer.eval.metrics import mean_or_nan
+from matsteer.eval.report import write_report
 from matsteer.eval.tasks import cluster_ids
+from matsteer.files import read_json
 
 __all__ = [
     "BLEU_STYLES",
@@ -412,3 +425,74 @@ def truthfulqa_generation(
         rouge_l=rouge_l_accuracy(answers, trues, falses),
         config=config,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The run: every method of a finished comparison on the TruthfulQA test questions (the paper's Fig. 5)
+# --------------------------------------------------------------------------------------------------
+
+#: Rows whose greedy answers equal no steering's by construction (a temperature leaves the argmax alone).
+SAME_AS_NONE = frozenset({"temperature", "temperature_len"})
+#: The report's metrics, summarised over seeds (``per_item`` is BLEU correctness, the primary).
+GENERATION_METRICS = ("bleu_acc", "rougeL_acc", "mean_answer_words")
+
+
+def _run_scores(g: GenerationScores) -> dict[str, Any]:
+    return {"bleu_acc": g.bleu.accuracy, "rougeL_acc": g.rouge_l.accuracy, "mean_answer_words": g.mean_answer_words,
+            "per_item": g.per_item, "rougeL_per_item": g.rouge_l.per_item, "answers": g.answers}
+
+
+def run_truthfulqa_generation(cfg: EvalConfig, eval_json: str | Path, methods: Sequence[str] | None = None,
+                              n_questions: int | None = None, out_dir: str | Path | None = None,
+                              progress: bool = True, on_step: Callable[[str], None] | None = None,
+                              add: bool = False, max_new_tokens: int = 50, batch_size: int = 8) -> dict[str, Any]:
+    """Greedy answers to the TruthfulQA test questions by the methods of a finished comparison, each at its dev
+    choice under ``cfg.positions`` (:mod:`matsteer.eval.generation_runs`): BLEU accuracy (the primary, TruthfulQA's
+    settings) and ROUGE-L accuracy per method and seed, mean ± std over seeds, each minus no steering with a
+    cluster bootstrap over TruthfulQA's categories. Writes ``truthfulqa_generation.json`` / ``.md`` to ``out_dir``
+    (default: beside ``eval_json``); ``add``: add ``methods`` to the report already there."""
+    step = on_step or (lambda message: None)
+    out = Path(out_dir or Path(eval_json).parent)
+    base = read_json(out / "truthfulqa_generation.json", "TruthfulQA generation results") if add else None
+    picked = chosen_methods(cfg, eval_json, methods, SAME_AS_NONE, base, "TruthfulQA generation")
+    questions = load_truthfulqa_generation("test", limit=n_questions)
+    texts = [q.prompt for q in questions]
+    if base is not None and texts != base["questions"]:
+        raise ConfigError("Cannot add to that TruthfulQA generation report: its questions differ; pass the "
+                          "n_questions it used.")
+    ex = Experiment(cfg, progress)
+    runs = score_methods(ex, picked, lambda m: _run_scores(truthfulqa_generation(
+        ex.loaded.model, ex.loaded.tokenizer, questions, m, site=ex.site, positions=cfg.positions,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)), step, "truthfulqa generation")
+    clusters = cluster_ids("truthfulqa", questions)  # type: ignore[arg-type]  # reads .meta and .group only
+    report = with_addition(base, {
+        "config": {"eval_json": picked.eval_json, "positions": cfg.positions, "seeds": list(cfg.seeds),
+                   "max_new_tokens": max_new_tokens, "bleu": f"truthfulqa: sacrebleu {bleu_signature()}",
+                   "n_boot": cfg.n_boot},
+        "params": {n: picked.params[n] for n in runs}, "questions": texts, "clusters": clusters, "runs": runs,
+        "provenance": provenance(ex, datasets=["truthfulqa"])})
+    add_run_statistics(report, GENERATION_METRICS, report["clusters"])
+    write_report(report, out, "truthfulqa_generation", generation_table)
+    return report
+
+
+def generation_table(report: Mapping[str, Any]) -> str:
+    """``truthfulqa_generation.md``: per method BLEU and ROUGE-L accuracy, answer length, and BLEU accuracy minus
+    no steering with its cluster interval."""
+    lines = ["| method | setting | BLEU accuracy (primary) | minus no steering (points, 95% cluster CI) | ROUGE-L "
+             "accuracy | words per answer |", "|---|---|---|---|---|---|"]
+    summary = report["summary"]
+    for name in table_order(list(summary)):
+        s, d = summary[name], report["vs_none"].get(name)
+        diff = "reference" if d is None else f"{100 * d['mean_diff']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        setting = ", ".join(f"{k} {v}" for k, v in report["params"][name].items()) or "–"
+        lines.append(f"| {METHOD_LABELS.get(name, name)} | {setting} | {100 * s['bleu_acc']['mean']:.2f} ± "
+                     f"{100 * s['bleu_acc']['std']:.2f} | {diff} | {100 * s['rougeL_acc']['mean']:.2f} | "
+                     f"{s['mean_answer_words']['mean']:.1f} |")
+    c = report["config"]
+    lines += ["", f"{len(report['questions'])} TruthfulQA test questions, greedy answers of up to "
+              f"{c['max_new_tokens']} tokens to `Q: ... A:` (cut at the next `Q:` or a blank line); an answer is "
+              "correct when its best BLEU (ROUGE-L) against a true reference beats its best against a false one "
+              f"({c['bleu']}). Mean ± std over seeds; clusters: TruthfulQA's categories. Settings: the comparison's "
+              f"dev choices ({c['eval_json']}, protocol {c['positions']})."]
+    return "\n".join(lines) + "\n"
