@@ -112,7 +112,7 @@ def add_methods(results_dir: str | Path, names: Sequence[str], cfg: EvalConfig, 
     add_statistics(report, ex.test.tasks, ex.test.probes, cfg.n_boot)
     record = {"methods": list(names), "provenance": provenance(ex), "cpu_model": cpu_model(),
               "cpu_native_bf16": cpu_has_native_bf16(), "torch_threads": torch.get_num_threads(),
-              "none_rescored": check, "timings": ex.timings}
+              "none_rescored": check, "timings": ex.timings, "dev_primary": dict(PRIMARY)}
     report.setdefault("additions", []).append(record)
     write_report(report, Path(results_dir))
     return report
