@@ -251,8 +251,10 @@ def test_run_scores_each_method_at_the_comparisons_choice(tiny_dir, tmp_path):
     assert list(report["runs"]) == ["none", "caa"]  # the temperature row answers as no steering: not generated
     none = report["runs"]["none"][0]
     lm = load_model(str(tiny_dir), progress=False)
-    plain = truthfulqa_generation(lm.model, lm.tokenizer, load_truthfulqa_generation("test", limit=3), max_new_tokens=4)
+    plain = truthfulqa_generation(lm.model, lm.tokenizer, load_truthfulqa_generation("test", limit=3), max_new_tokens=4,
+                                  prompt_format="chat")
     assert none["answers"] == plain.answers and none["per_item"] == plain.per_item
     assert set(report["vs_none"]) == {"caa"} and len(report["clusters"]) == 3
     assert read_json(tmp_path / "truthfulqa_generation.json") == report
     assert "| No steering | – |" in (tmp_path / "truthfulqa_generation.md").read_text()
+    assert report["config"]["prompt_format"] == "chat"

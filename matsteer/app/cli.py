@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--n", type=int, default=None, help="test questions (default: all, 408)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=50)
+    p.add_argument("--prompt-format", dest="prompt_format", default="chat", choices=("chat", "qa"),
+                   help="chat: the question in the chat template (default); qa: 'Q: ... A:', the MC scorer's text")
     p.add_argument("--add", action="store_true", help="add --methods to the report already there")
     p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
     p.set_defaults(func=_command("cmd_truthfulqa_generation"))

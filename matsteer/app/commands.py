@@ -320,7 +320,7 @@ def cmd_truthfulqa_generation(args: argparse.Namespace) -> int:
         cfg.seeds = tuple(args.seeds)
     out = Path(args.out) if args.out else Path(args.from_eval).parent
     run_truthfulqa_generation(cfg, args.from_eval, methods=args.methods, n_questions=args.n, out_dir=out,
-                              add=args.add, max_new_tokens=args.max_new_tokens)
+                              add=args.add, max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
     print((out / "truthfulqa_generation.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'truthfulqa_generation.json'} and truthfulqa_generation.md")
     return 0

@@ -445,29 +445,35 @@ def _run_scores(g: GenerationScores) -> dict[str, Any]:
 def run_truthfulqa_generation(cfg: EvalConfig, eval_json: str | Path, methods: Sequence[str] | None = None,
                               n_questions: int | None = None, out_dir: str | Path | None = None,
                               progress: bool = True, on_step: Callable[[str], None] | None = None,
-                              add: bool = False, max_new_tokens: int = 50, batch_size: int = 8) -> dict[str, Any]:
+                              add: bool = False, max_new_tokens: int = 50, batch_size: int = 8,
+                              prompt_format: PromptFormat = "chat") -> dict[str, Any]:
     """Greedy answers to the TruthfulQA test questions by the methods of a finished comparison, each at its dev
     choice under ``cfg.positions`` (:mod:`matsteer.eval.generation_runs`): BLEU accuracy (the primary, TruthfulQA's
     settings) and ROUGE-L accuracy per method and seed, mean ± std over seeds, each minus no steering with a
     cluster bootstrap over TruthfulQA's categories. Writes ``truthfulqa_generation.json`` / ``.md`` to ``out_dir``
-    (default: beside ``eval_json``); ``add``: add ``methods`` to the report already there."""
+    (default: beside ``eval_json``); ``add``: add ``methods`` to the report already there. prompt_format:
+    ``chat`` by default, since through the bare ``"Q: ... A:"`` format the default instruct model mostly writes
+    ``"A:"`` or a list of letters (169 and 33 of the 408 unsteered test answers) and BLEU accuracy then scores
+    degenerate text; ``qa`` is the MC scorer's format."""
     step = on_step or (lambda message: None)
     out = Path(out_dir or Path(eval_json).parent)
     base = read_json(out / "truthfulqa_generation.json", "TruthfulQA generation results") if add else None
     picked = chosen_methods(cfg, eval_json, methods, SAME_AS_NONE, base, "TruthfulQA generation")
     questions = load_truthfulqa_generation("test", limit=n_questions)
     texts = [q.prompt for q in questions]
-    if base is not None and texts != base["questions"]:
+    if base is not None and (texts != base["questions"] or base["config"].get("prompt_format") != prompt_format):
         raise ConfigError("Cannot add to that TruthfulQA generation report: its questions differ; pass the "
-                          "n_questions it used.")
+                          "n_questions and the prompt format it used.")
     ex = Experiment(cfg, progress)
     runs = score_methods(ex, picked, lambda m: _run_scores(truthfulqa_generation(
         ex.loaded.model, ex.loaded.tokenizer, questions, m, site=ex.site, positions=cfg.positions,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)), step, "truthfulqa generation")
+        prompt_format=prompt_format, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)), step,
+        "truthfulqa generation")
     clusters = cluster_ids("truthfulqa", questions)  # type: ignore[arg-type]  # reads .meta and .group only
     report = with_addition(base, {
         "config": {"eval_json": picked.eval_json, "positions": cfg.positions, "seeds": list(cfg.seeds),
-                   "max_new_tokens": max_new_tokens, "bleu": f"truthfulqa: sacrebleu {bleu_signature()}",
+                   "max_new_tokens": max_new_tokens, "prompt_format": prompt_format,
+                   "bleu": f"truthfulqa: sacrebleu {bleu_signature()}",
                    "n_boot": cfg.n_boot},
         "params": {n: picked.params[n] for n in runs}, "questions": texts, "clusters": clusters, "runs": runs,
         "provenance": provenance(ex, datasets=["truthfulqa"])})
@@ -490,8 +496,10 @@ def generation_table(report: Mapping[str, Any]) -> str:
                      f"{100 * s['bleu_acc']['std']:.2f} | {diff} | {100 * s['rougeL_acc']['mean']:.2f} | "
                      f"{s['mean_answer_words']['mean']:.1f} |")
     c = report["config"]
+    how = ("the bare question in the chat template" if c.get("prompt_format") == "chat" else
+           "`Q: ... A:` (cut at the next `Q:` or a blank line)")
     lines += ["", f"{len(report['questions'])} TruthfulQA test questions, greedy answers of up to "
-              f"{c['max_new_tokens']} tokens to `Q: ... A:` (cut at the next `Q:` or a blank line); an answer is "
+              f"{c['max_new_tokens']} tokens to {how}; an answer is "
               "correct when its best BLEU (ROUGE-L) against a true reference beats its best against a false one "
               f"({c['bleu']}). Mean ± std over seeds; clusters: TruthfulQA's categories. Settings: the comparison's "
               f"dev choices ({c['eval_json']}, protocol {c['positions']})."]
