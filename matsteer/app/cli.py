@@ -73,6 +73,22 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=_command("cmd_export_control_vector"))
 
 
+def _add_generation_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str,
+                               items: str, total: int) -> argparse.ArgumentParser:
+    """A generation measure run for a finished comparison's methods (matsteer.eval.generation_runs)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--from-eval", dest="from_eval", default="results/reference/eval.json",
+                   help="the comparison whose methods and dev choices to use (its folder receives the report)")
+    p.add_argument("--reference", action="store_true",
+                   help="that comparison is the reference run (its training data: EvalConfig.reference)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method of the comparison")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--n", type=int, default=None, help=f"test {items} (default: all, {total})")
+    p.add_argument("--add", action="store_true", help="add --methods to the report already there")
+    p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
+    return p
+
+
 def _add_harness_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``matsteer harness``: lm-eval tasks without and with a steerer (:func:`matsteer.eval.harness.cmd_harness`)."""
     p = sub.add_parser("harness", help="run lm-evaluation-harness tasks without and with a steerer (needs lm-eval)")
@@ -197,33 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p)
     p.set_defaults(func=_command("cmd_compare"))
 
-    p = sub.add_parser("toxicity", help="generation toxicity: every method of a finished comparison continues "
-                                        "ToxiGen-style hateful lists; a ToxiGen classifier scores the continuations")
-    p.add_argument("--from-eval", dest="from_eval", default="results/reference/eval.json",
-                   help="the comparison whose methods and dev choices to use (its folder receives toxicity.json)")
-    p.add_argument("--reference", action="store_true",
-                   help="that comparison is the reference run (its training data: EvalConfig.reference)")
-    p.add_argument("--methods", nargs="+", default=None, help="default: every method of the comparison")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--n", type=int, default=None, help="test prompts (default: all, 165)")
-    p.add_argument("--add", action="store_true", help="add --methods to the toxicity.json already there")
-    p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
+    p = _add_generation_run_parser(sub, "toxicity", "generation toxicity: every method of a finished comparison "
+                                   "continues ToxiGen-style hateful lists; a ToxiGen classifier scores them", "prompts",
+                                   165)
     p.set_defaults(func=_command("cmd_toxicity"))
 
-    p = sub.add_parser("truthfulqa-generation", help="TruthfulQA open-ended answers (the paper's Fig. 5) by every "
-                                                     "method of a finished comparison: BLEU and ROUGE-L accuracy")
-    p.add_argument("--from-eval", dest="from_eval", default="results/reference/eval.json",
-                   help="the comparison whose methods and dev choices to use (its folder receives the report)")
-    p.add_argument("--reference", action="store_true",
-                   help="that comparison is the reference run (its training data: EvalConfig.reference)")
-    p.add_argument("--methods", nargs="+", default=None, help="default: every method of the comparison")
-    p.add_argument("--seeds", type=int, nargs="+", default=None)
-    p.add_argument("--n", type=int, default=None, help="test questions (default: all, 408)")
+    p = _add_generation_run_parser(sub, "truthfulqa-generation", "TruthfulQA open-ended answers (the paper's Fig. 5) "
+                                   "by every method of a finished comparison: BLEU and ROUGE-L accuracy", "questions",
+                                   408)
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=50)
     p.add_argument("--prompt-format", dest="prompt_format", default="chat", choices=("chat", "qa"),
                    help="chat: the question in the chat template (default); qa: 'Q: ... A:', the MC scorer's text")
-    p.add_argument("--add", action="store_true", help="add --methods to the report already there")
-    p.add_argument("--out", default=None, help="results folder (default: the comparison's)")
     p.set_defaults(func=_command("cmd_truthfulqa_generation"))
 
     p = sub.add_parser("eval", help="score a saved steerer on QA tasks (optionally against no steering)")

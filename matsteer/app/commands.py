@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,29 +301,28 @@ def cmd_winrates(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_toxicity(args: argparse.Namespace) -> int:
-    """The generation toxicity measure for a finished comparison's methods (matsteer.eval.toxicity)."""
+def _generation_run(args: argparse.Namespace, run: Callable[..., Any], name: str, **options: Any) -> int:
+    """A generation measure for a finished comparison's methods (matsteer.eval.generation_runs): ``run`` writes
+    ``{name}.json`` / ``.md`` beside the comparison (or to ``--out``)."""
     cfg = EvalConfig.reference() if args.reference else EvalConfig()
     if args.seeds:
         cfg.seeds = tuple(args.seeds)
     out = Path(args.out) if args.out else Path(args.from_eval).parent
-    run_toxicity(cfg, args.from_eval, methods=args.methods, n_prompts=args.n, out_dir=out, add=args.add)
-    print((out / "toxicity.md").read_text(encoding="utf-8"))
-    print(f"wrote {out / 'toxicity.json'} and toxicity.md")
+    run(cfg, args.from_eval, methods=args.methods, out_dir=out, add=args.add, **options)
+    print((out / f"{name}.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / f'{name}.json'} and {name}.md")
     return 0
+
+
+def cmd_toxicity(args: argparse.Namespace) -> int:
+    """The generation toxicity measure for a finished comparison's methods (matsteer.eval.toxicity)."""
+    return _generation_run(args, run_toxicity, "toxicity", n_prompts=args.n)
 
 
 def cmd_truthfulqa_generation(args: argparse.Namespace) -> int:
     """TruthfulQA generation (BLEU / ROUGE-L accuracy) for a finished comparison's methods."""
-    cfg = EvalConfig.reference() if args.reference else EvalConfig()
-    if args.seeds:
-        cfg.seeds = tuple(args.seeds)
-    out = Path(args.out) if args.out else Path(args.from_eval).parent
-    run_truthfulqa_generation(cfg, args.from_eval, methods=args.methods, n_questions=args.n, out_dir=out,
-                              add=args.add, max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
-    print((out / "truthfulqa_generation.md").read_text(encoding="utf-8"))
-    print(f"wrote {out / 'truthfulqa_generation.json'} and truthfulqa_generation.md")
-    return 0
+    return _generation_run(args, run_truthfulqa_generation, "truthfulqa_generation", n_questions=args.n,
+                           max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
 
 
 def cmd_export_control_vector(args: argparse.Namespace) -> int:
