@@ -144,3 +144,35 @@ def test_controls_added_to_a_finished_comparison_on_its_footing(tiny_dir, tmp_pa
     cfg.test_limits, cfg.seeds = dict(limits), (0, 5)
     with pytest.raises(ConfigError, match="seeds"):
         add_methods(cfg.out_dir, ["random"], cfg, progress=False)
+
+
+def test_a_one_seed_row_extended_with_seeds_equals_the_row_scored_on_all_of_them(tiny_dir, tmp_path):
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.workflow import DemoConfig
+    from matsteer.eval.comparison import run_evaluation
+    from matsteer.eval.extend import add_methods
+
+    limits = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 6, "bbq": 6}
+
+    def config(out: str, methods: tuple[str, ...]) -> EvalConfig:
+        demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(limits), dev_limits=dict(limits),
+                          train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
+        return EvalConfig(demo=demo, seeds=(0, 1), dev_limits=dict(limits), test_limits=dict(limits),
+                          multipliers=(1.0,), training_candidates=({},), methods=methods, grid_extensions=0,
+                          out_dir=tmp_path / out, n_boot=50)
+
+    whole = run_evaluation(config("whole", ("none", "random", "mat_steer")), progress=False)
+    cfg = config("grown", ("none", "mat_steer"))
+    run_evaluation(cfg, progress=False)
+    cfg.seeds = (0,)
+    add_methods(cfg.out_dir, ["random"], cfg, progress=False)
+    cfg.seeds = (1,)
+    grown = add_methods(cfg.out_dir, ["random"], cfg, progress=False)
+    assert grown["methods"]["random"] == whole["methods"]["random"]
+    assert grown["selection"]["random"] == whole["selection"]["random"]
+    assert grown["additions"][-1]["extended"] == ["random"]
+    # A seed it has, a row of several seeds and a method that does not depend on the seed are refused.
+    with pytest.raises(ConfigError, match="seeds \\[0, 1\\]"):
+        add_methods(cfg.out_dir, ["random"], cfg, progress=False)
+    with pytest.raises(ConfigError, match="does not depend on the seed"):
+        add_methods(cfg.out_dir, ["none"], cfg, progress=False)

@@ -84,23 +84,29 @@ def agreement(new: Sequence[float], old: Sequence[float]) -> dict[str, float]:
 
 def add_methods(results_dir: str | Path, names: Sequence[str], cfg: EvalConfig, progress: bool = True,
                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Add ``names`` (methods of :data:`METHODS` not yet in it) to the comparison in ``results_dir``, run with
-    ``cfg``; rewrite its ``eval.json`` and ``eval.md``. Returns the updated report. ``cfg.seeds`` may be fewer
-    than the comparison's (a costly method scored on its first seeds only; each row records its seeds)."""
+    """Add ``names`` (methods of :data:`METHODS`) to the comparison in ``results_dir``, run with ``cfg``; rewrite
+    its ``eval.json`` and ``eval.md``. Returns the updated report. ``cfg.seeds`` may be fewer than the
+    comparison's (a costly method scored on its first seeds only; each row records its seeds). A seeded method
+    already there, scored on one seed, is extended instead: scored on ``cfg.seeds`` (none of them its own) at the
+    setting it chose on dev, as :func:`matsteer.eval.comparison.run_evaluation` keeps a first-seed choice for the
+    other seeds; its selection is left as it was."""
     step = on_step or ignore_step
     path = Path(results_dir) / "eval.json"
     report = read_json(path, "comparison results")
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ConfigError(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
-    present = [n for n in names if n in report["methods"]]
-    if present:
-        raise ConfigError(f"{present} are in {path} already. Fix: re-run the whole comparison to replace them.")
+    extended = [n for n in names if n in report["methods"]]
+    for name in extended:
+        _check_new_seeds(report["methods"][name], name, cfg.seeds, path)
     check_same_footing(cfg, report["config"])
     step("comparison: set-up for the added methods (model, dev and test questions)")
     ex = Experiment(cfg, progress, on_step)
     overrides = report["selection"]["training_default"]["chosen"]["overrides"]
     for name in names:
+        if name in extended:
+            report["methods"][name] = _with_seeds(report["methods"][name], ex, name, overrides, step)
+            continue
         chosen, trials = ex.tune(name, cfg.seeds[0], overrides)
         report["selection"][name] = {"chosen": chosen, "dev_trials": trials}
         report["methods"][name] = method_entry(ex, name, chosen, overrides, step)
@@ -110,12 +116,58 @@ def add_methods(results_dir: str | Path, names: Sequence[str], cfg: EvalConfig, 
              for t in ex.test.all_tasks}
     add_question_facts(report, ex.test.questions)
     add_statistics(report, ex.test.tasks, ex.test.probes, cfg.n_boot)
-    record = {"methods": list(names), "provenance": provenance(ex), "cpu_model": cpu_model(),
+    record = {"methods": list(names), "seeds": list(cfg.seeds), "extended": extended, "provenance": provenance(ex), "cpu_model": cpu_model(),
               "cpu_native_bf16": cpu_has_native_bf16(), "torch_threads": torch.get_num_threads(),
               "none_rescored": check, "timings": ex.timings, "dev_primary": dict(PRIMARY)}
     report.setdefault("additions", []).append(record)
     write_report(report, Path(results_dir))
     return report
+
+
+def _check_new_seeds(entry: Mapping[str, Any], name: str, seeds: Sequence[int], path: Path) -> None:
+    """Raise :class:`ConfigError` unless ``name``'s row can take ``seeds``: seeded, scored on one seed (a row of
+    several keeps only its metrics' mean ± std, not each seed's value), and none of ``seeds`` its own."""
+    if not entry.get("seeded"):
+        raise ConfigError(f"{name} is in {path} already and does not depend on the seed. Fix: re-run the whole "
+                          "comparison to replace it.")
+    if len(entry["seeds"]) != 1:
+        raise ConfigError(f"{name} in {path} has seeds {entry['seeds']}; only a row scored on one seed can be "
+                          "extended (a row of several keeps each metric's mean and std, not each seed's value). Fix: "
+                          "re-run the whole comparison.")
+    if any("correct" in v for v in entry["test"].values() if isinstance(v, Mapping)):
+        raise ConfigError(f"{name} in {path} was re-scored without its stored answers; its seed cannot be summarised "
+                          "with new ones. Fix: re-run the whole comparison.")
+    if set(seeds) & set(entry["seeds"]):
+        raise ConfigError(f"{name} in {path} has seed {entry['seeds'][0]} already. Fix: --seeds with new seeds only, "
+                          "e.g. --seeds 1 2.")
+
+
+def _seed_run(test: Mapping[str, Any]) -> dict[str, Any]:
+    """The one seed's run back from a one-seed row's summarised ``test`` (:func:`_summarise`'s inverse there: each
+    metric's mean is that seed's value)."""
+    def value(v: Any) -> Any:
+        return v["mean"] if isinstance(v, Mapping) and set(v) == {"mean", "std", "n"} else v
+
+    run: dict[str, Any] = {}
+    for task, entry in test.items():
+        if task == "mean":
+            run[task] = value(entry)
+        elif task == "side_effects":
+            run[task] = {k: value(v) for k, v in entry.items()}
+        else:
+            run[task] = {k: v[0] if k in ("per_item", "answers", "condition_counts") else value(v)
+                         for k, v in entry.items()}
+    return run
+
+
+def _with_seeds(entry: dict[str, Any], ex: Experiment, name: str, overrides: dict[str, Any],
+                step: Callable[[str], None]) -> dict[str, Any]:
+    """``entry`` (one seed) with ``ex.cfg.seeds`` scored on test at its chosen ``params`` and summarised with it."""
+    runs = [_seed_run(entry["test"])]
+    for i, seed in enumerate(ex.cfg.seeds, 1):
+        step(f"comparison: test: {name}, added seed {seed} ({i}/{len(ex.cfg.seeds)})")
+        runs.append(ex.test_result(ex.method(name, entry["params"], seed, overrides)))
+    return {**entry, "seeds": [*entry["seeds"], *ex.cfg.seeds], "test": _summarise(runs)}
 
 
 def _test_questions(report: Mapping[str, Any]) -> dict[str, list[MCQuestion]]:
