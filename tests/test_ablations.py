@@ -17,7 +17,8 @@ from matsteer.eval.config import EvalConfig
 
 LIMITS = {"truthfulqa": 4, "toxigen": 6, "bbq": 6}
 OPTIONS = {"data_efficiency": {"fractions": [0.5, 1.0]}, "num_attributes": {"limit": 6, "test_limit": 3},
-           "paradetox_gates": {"n": 4}, "layers": {"candidates": [1, 2]}, "multiplier_sweep": {"values": [0.0, 2.0]}}
+           "paradetox_gates": {"n": 4}, "layers": {"candidates": [1, 2]}, "multiplier_sweep": {"values": [0.0, 2.0]},
+           "targeting": {"multipliers": [0.5, 2.0], "n_prompts": 4, "paradetox_n": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,20 @@ def test_every_ablation_writes_a_figure_ready_result(results):
     # The answer-token rows use the comparison's own features and setting: the same steerer as "Full".
     assert rows["Answer tokens, gated"] == comp["Full"]
     assert any((folder.parent.parent / "features").rglob("*-train-L1-residual-all"))  # extracted for the paper rows
+    tgt = out["targeting"]["result"]
+    assert set(tgt["frontier"]) == set(tgt["chosen"]) == set(A.TARGETING_VARIANTS)
+    for name, curve in tgt["frontier"].items():
+        assert [p["multiplier"] for p in curve] == [0.5, 2.0] and all(p["dev_kl"] >= 0 for p in curve)
+        pick = next(p for p in curve if p["multiplier"] == tgt["chosen"][name])
+        # Within the budget (today's default at the comparison's multiplier, 1 here), else the least KL.
+        assert pick["dev_kl"] <= tgt["kl_budget"] or pick["dev_kl"] == min(p["dev_kl"] for p in curve)
+    # The targeted presets trained with the experiment's background (train_steerer refuses them without), and
+    # their gates differ from the default's.
+    assert tgt["frontier"]["targeted"] != tgt["frontier"]["default"]
+    assert tgt["targeting"]["targeted"]["mean"] != tgt["targeting"]["default"]["mean"]
+    assert set(tgt["generation"]) == {"none", *A.TARGETING_VARIANTS}
+    assert all(g["n"] == 4 and 0.0 <= g["distinct_2"] <= 1.0 for g in tgt["generation"].values())
+    assert tgt["rows"]["none"] == comp["Base"]
     # The CLI prints every result: the no-steering rows' KL as n/a.
     lines = A.describe(out["components"]).splitlines()
     assert lines[0].split()[0] == "Base" and "KL n/a" in lines[0] and "KL n/a" not in lines[-1]

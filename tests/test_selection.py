@@ -9,7 +9,14 @@ import pytest
 from matsteer.errors import ConfigError
 from matsteer.eval.config import EvalConfig
 from matsteer.eval.experiment import Experiment
-from matsteer.eval.selection import at_edge, borrowed_choices, edge_extension, scale_key, select_trial
+from matsteer.eval.selection import (
+    at_edge,
+    borrowed_choices,
+    edge_extension,
+    finalists,
+    scale_key,
+    select_trial,
+)
 
 
 def _t(m: float, mean: float, kl: float | None = 0.1, **extra) -> dict:
@@ -43,7 +50,7 @@ def _experiment(peak: float, kl_per_unit: float, cfg: EvalConfig) -> Experiment:
     ex = Experiment.__new__(Experiment)
     ex.cfg, ex.on_step = cfg, lambda message: None
 
-    def trial(name, params, seed, overrides):
+    def trial(name, params, seed, overrides, subset=False):
         m = params["multiplier"]
         return {"params": params, "dev_mean": -(math.log2(m) - math.log2(peak)) ** 2, "dev_kl": m * kl_per_unit}
 
@@ -67,11 +74,63 @@ def test_the_budget_bounds_the_grid_instead_of_its_edge():
     assert [t["params"]["multiplier"] for t in trials] == [1.0, 2.0, 4.0, 8.0]
 
 
+def test_finalists_by_hand():
+    trials = [_t(1, 0.40, kl=0.1), _t(2, 0.50, kl=0.2), _t(4, 0.45, kl=0.9), _t(8, 0.48, kl=0.3)]
+    assert finalists(trials, 2) == [1, 3]  # the two best dev means, in grid order
+    assert finalists(trials, 2, kl_budget=0.25) == [0, 1]  # m = 4 and 8 are over the budget
+    assert finalists(trials, 1, kl_budget=0.05) == [0]  # none within it: the least KL
+    assert finalists(trials, 10) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="keep"):
+        finalists(trials, 0)
+
+
+def _halving(peak: float, subset_peak: float, cfg: EvalConfig) -> tuple[Experiment, list[tuple[float, bool]]]:
+    """An experiment whose whole dev set peaks at ``peak`` and whose dev subset, a noisy sample of it, peaks at
+    ``subset_peak``; every scored (multiplier, subset) is logged."""
+    ex = _experiment(peak, 0.0, cfg)
+    ex.subset_trials = {}
+    calls: list[tuple[float, bool]] = []
+
+    def trial(name, params, seed, overrides, subset=False):
+        m = params["multiplier"]
+        calls.append((m, subset))
+        top = subset_peak if subset else peak
+        return {"params": params, "dev_mean": -(math.log2(m) - math.log2(top)) ** 2, "dev_kl": 0.0}
+
+    ex._trial = trial  # type: ignore[method-assign]
+    return ex, calls
+
+
+def test_halving_with_every_setting_kept_equals_the_grid_search():
+    grid = EvalConfig(multipliers=(0.5, 1.0, 2.0, 4.0), grid_extensions=0)
+    halving = EvalConfig(multipliers=(0.5, 1.0, 2.0, 4.0), grid_extensions=0, search="halving", halving_keep=4)
+    assert _halving(2.0, 1.0, halving)[0].tune("caa", 0) == _experiment(2.0, 0.0, grid).tune("caa", 0)
+
+
+def test_halving_rescores_only_the_finalists_and_chooses_on_the_whole_dev_set():
+    cfg = EvalConfig(multipliers=(0.5, 1.0, 2.0, 4.0, 8.0), grid_extensions=0, search="halving", halving_keep=2)
+    ex, calls = _halving(4.0, 2.5, cfg)  # the subset ranks 2 above 4, the whole dev set 4 above 2
+    chosen, trials = ex.tune("caa", 0)
+    assert chosen == {"multiplier": 4.0}
+    assert [t["params"]["multiplier"] for t in trials] == [2.0, 4.0]  # the subset's two best, re-scored
+    assert [m for m, subset in calls if not subset] == [2.0, 4.0]
+    assert [t["params"]["multiplier"] for t in ex.first_stage("caa", 0)] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    # The subset's grid still grows past its edge before the finalists are picked.
+    cfg = EvalConfig(multipliers=(0.5, 1.0), grid_extensions=3, search="halving", halving_keep=1)
+    ex, calls = _halving(4.0, 4.0, cfg)
+    assert ex.tune("caa", 0)[0] == {"multiplier": 4.0}
+    assert [m for m, subset in calls if subset] == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
 def test_selection_settings_are_checked():
     with pytest.raises(ConfigError, match="kl_budget"):
         EvalConfig(kl_budget=0.0).validate()
     with pytest.raises(ConfigError, match="grid_factor"):
         EvalConfig(grid_factor=1.0).validate()
+    with pytest.raises(ConfigError, match="search"):
+        EvalConfig(search="random").validate()
+    with pytest.raises(ConfigError, match="halving_fraction"):
+        EvalConfig(search="halving", halving_fraction=1.0).validate()
 
 
 def _record(trials: list[dict]) -> dict:
@@ -128,3 +187,29 @@ def test_the_committed_reference_lends_its_prompt_protocol_choices():
         # The best dev mean among the reference's own prompt-protocol trials of that method.
         best = max(t["dev_mean"] for t in record["dev_trials"] if t["params"].get("positions", "prompt") == "prompt")
         assert next(t for t in got[name]["dev_trials"] if t["params"] == chosen)["dev_mean"] == best
+
+
+def test_halving_in_a_comparison_records_both_stages(tiny_dir, tmp_path):
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.workflow import DemoConfig
+    from matsteer.eval.comparison import run_evaluation
+
+    limits = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 4, "bbq": 6}
+
+    def run(search: str, out: str) -> dict:
+        demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(limits), dev_limits=dict(limits),
+                          train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
+        cfg = EvalConfig(demo=demo, seeds=(0,), dev_limits=dict(limits), test_limits=dict(limits),
+                         multipliers=(0.5, 1.0, 2.0), training_candidates=({},), methods=("none", "caa", "mat_steer"),
+                         grid_extensions=0, search=search, halving_fraction=0.5, halving_keep=1,
+                         out_dir=tmp_path / out, n_boot=20)
+        return run_evaluation(cfg, progress=False)
+
+    grid, halving = run("grid", "grid")["selection"], run("halving", "halving")["selection"]
+    for name in ("caa", "mat_steer"):
+        first, final = halving[name]["subset_trials"], halving[name]["dev_trials"]
+        assert [t["params"] for t in first] == [t["params"] for t in grid[name]["dev_trials"]]
+        # One finalist, re-scored on the whole dev set exactly as the grid search scored it.
+        assert len(final) == 1 and final[0] in grid[name]["dev_trials"]
+        assert halving[name]["chosen"] == final[0]["params"]
+    assert "subset_trials" not in grid["caa"]

@@ -18,6 +18,7 @@ layers             layer sweep on dev (MAT-Steer and CAA at each layer)         
 interference       steer one attribute (others forced off), score every task     ``plot_ablation``
 multiplier_sweep   one attribute's multiplier swept on dev, accuracy and KL      ``plot_multiplier_sweep``
 training_tokens    features of the answer tokens vs all tokens of x‖y (paper)     ``plot_ablation``
+targeting          gate variants: dev mean-vs-KL frontier, test at one budget     ``plot_targeting_frontier``
 =================  ==========================================================  ===================================
 """
 
@@ -48,15 +49,22 @@ from matsteer.eval.cached_scoring import score_cached_settings, text_logits_sett
 from matsteer.eval.config import EvalConfig
 from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.experiment import Experiment, provenance
-from matsteer.eval.gate_analysis import gate_table_stats, text_gates
+from matsteer.eval.gate_analysis import gate_table_stats, targeting_report, text_gates
+from matsteer.eval.selection import borrowed_choices, select_trial
 from matsteer.eval.side_effects import cross_entropy, next_token_kl
 from matsteer.eval.site_cache import CachedTexts, cache_questions
 from matsteer.eval.stats import mean_std
 from matsteer.eval.tasks import PRIMARY
+from matsteer.eval.toxicity import (
+    continuation_scores,
+    fit_toxicity_classifier,
+    method_continuations,
+    toxigen_prompts,
+)
 from matsteer.files import read_json, write_json
 
 ABLATIONS = ("components", "tokens", "data_efficiency", "num_attributes", "paradetox_gates", "layers",
-             "interference", "multiplier_sweep", "training_tokens")
+             "interference", "multiplier_sweep", "training_tokens", "targeting")
 
 
 @dataclass
@@ -71,16 +79,24 @@ class Setting:
     caa_positions: str | None = None
 
 
-def chosen_setting(eval_json: str | Path | None) -> Setting:
-    """The setting the main comparison chose on dev, read from its ``eval.json``; defaults when absent."""
+def chosen_setting(eval_json: str | Path | None, protocol: str | None = None) -> Setting:
+    """The setting the main comparison chose on dev, read from its ``eval.json``; defaults when absent.
+    ``protocol`` (a position policy): the choice under that protocol alone
+    (:func:`~matsteer.eval.selection.borrowed_choices`), e.g. ``"prompt"``, the paper's."""
     if eval_json is None or not Path(eval_json).is_file():
         return Setting()
     report = read_json(Path(eval_json))
     try:
-        sel = report["selection"]
+        if protocol is None:
+            sel = report["selection"]
+            overrides = sel["training_default"]["chosen"]["overrides"]
+        else:
+            sel = borrowed_choices(report, protocol)
+            overrides = sel["training_default"]["overrides"]
         mat, caa = sel["mat_steer"]["chosen"], sel.get("caa", {}).get("chosen", {})
-        return Setting(dict(sel["training_default"]["chosen"]["overrides"]), float(mat["multiplier"]),
-                       float(caa.get("multiplier", 1.0)), str(eval_json), mat.get("positions"), caa.get("positions"))
+        source = str(eval_json) + (f" ({protocol} protocol)" if protocol else "")
+        return Setting(dict(overrides), float(mat["multiplier"]), float(caa.get("multiplier", 1.0)), source,
+                       mat.get("positions", protocol), caa.get("positions", protocol))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{eval_json} has no MAT-Steer selection ({exc}); rerun `matsteer compare` or pass "
                           "--from-eval none.") from exc
@@ -462,26 +478,87 @@ def multiplier_sweep(ex: Experiment, setting: Setting, seeds: Sequence[int],
     return {"sweep": sweep}
 
 
+# -- gates that target --------------------------------------------------------------------------------------------
+#: The gate variants :func:`targeting` compares (training overrides over the comparison's; docs/training.md,
+#: "Gates that target"): today's default, the background gate term, and that with the bias calibration.
+TARGETING_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {}, "targeted": dict(PRESETS["targeted"]), "targeted-calibrated": dict(PRESETS["targeted-calibrated"])}
+
+
+def frontier(ex: Experiment, method: Method, multipliers: Sequence[float]) -> list[dict[str, Any]]:
+    """``method`` at each global multiplier on dev (one pass per batch for all of them): per multiplier the dev
+    mean over the tasks' primaries and the mean next-token KL on neutral text (``dev_mean`` / ``dev_kl``, as the
+    comparison's dev trials, so :func:`~matsteer.eval.selection.select_trial` reads them)."""
+    scored = evaluate_settings(ex.dev, [replace(method, global_multiplier=m) for m in multipliers])
+    return [{"multiplier": m, "dev_mean": sum(r[t][PRIMARY[t]] for t in ex.dev.tasks) / len(ex.dev.tasks),
+             "dev_kl": r["side_effects"]["kl"], "dev": {t: r[t][PRIMARY[t]] for t in ex.dev.tasks}}
+            for m, r in zip(multipliers, scored)]
+
+
+def targeting(ex: Experiment, setting: Setting, seeds: Sequence[int],
+              multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), kl_budget: float | None = None,
+              n_prompts: int = 40, paradetox_n: int = 100) -> dict[str, Any]:
+    """What gates that target buy (:data:`TARGETING_VARIANTS`), each trained per seed at the comparison's setting:
+
+    - ``frontier``: dev mean and neutral-text KL at every multiplier (seed 0), the dev-mean-vs-KL curve;
+    - ``rows``: test scores (seeds) at the multiplier each variant chooses on dev within one KL budget, by
+      default the KL today's default has at the comparison's own multiplier (its side effect today), so every
+      variant is held to the same side effect;
+    - ``targeting``: where each gate opens on held-out tokens (seed 0; :func:`~matsteer.eval.gate_analysis.
+      targeting_report`: own negatives / positives, neutral text, dev chat-template tokens, ParaDetox dev);
+    - ``generation``: greedy continuations of ``n_prompts`` ToxiGen-style *dev* prompts at the chosen multiplier
+      (seed 0, no steering beside): on-topic non-toxicity and distinct bigrams (repetition)
+      (:func:`~matsteer.eval.toxicity.continuation_scores`).
+    """
+    seed0 = seeds[0]
+    variants = {name: {**setting.overrides, **extra} for name, extra in TARGETING_VARIANTS.items()}
+
+    def build(overrides: dict[str, Any], multiplier: float = setting.multiplier) -> Callable[[int], Method]:
+        return partial(_mat, ex, replace(setting, overrides=overrides, multiplier=multiplier))
+
+    curves = {name: frontier(ex, build(ov)(seed0), multipliers) for name, ov in variants.items()}
+    if kl_budget is None:
+        today = [p for p in curves["default"] if p["multiplier"] == setting.multiplier]
+        kl_budget = (today or frontier(ex, build(variants["default"])(seed0), [setting.multiplier]))[0]["dev_kl"]
+    chosen = {name: curve[select_trial(curve, kl_budget)]["multiplier"] for name, curve in curves.items()}
+    rows = {"none": _score(ex.test, _no_steering, seeds[:1])}
+    for name, ov in variants.items():
+        rows[name] = _score(ex.test, build(ov, chosen[name]), seeds)
+    prompts = sorted({e.prompt for ds in ex.cfg.demo.datasets for e in load_examples(ds, "dev", limit=10, seed=seed0)})
+    gates = {name: targeting_report(ex.loaded, _steerer_of(build(ov)(seed0)), ex.site, ex.dev_data, prompts=prompts,
+                                    paradetox_n=paradetox_n, seed=seed0).to_dict() for name, ov in variants.items()}
+    clf, toxic = fit_toxicity_classifier(), toxigen_prompts("dev", n_prompts)
+    generated = {"none": _no_steering(seed0), **{name: build(ov, chosen[name])(seed0) for name, ov in variants.items()}}
+    generation = {name: continuation_scores(clf, method_continuations(ex, m, toxic), [p.group for p in toxic])
+                  for name, m in generated.items()}
+    return {"frontier": curves, "kl_budget": kl_budget, "chosen": chosen, "rows": rows, "baseline": "none",
+            "none_dev": _score(ex.dev, _no_steering, seeds[:1])["mean"]["mean"],
+            "targeting": gates, "generation": generation, "variants": variants}
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "components": components, "tokens": tokens, "data_efficiency": data_efficiency,
     "num_attributes": num_attributes, "paradetox_gates": paradetox_gates, "layers": layers,
     "interference": interference, "multiplier_sweep": multiplier_sweep, "training_tokens": training_tokens,
+    "targeting": targeting,
 }
 
 
 def run_ablations(names: Sequence[str], cfg: EvalConfig | None = None, *, seeds: Sequence[int] = (0,),
                   eval_json: str | Path | None = "results/eval.json", out_dir: str | Path = "results/ablations",
-                  options: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+                  options: dict[str, dict[str, Any]] | None = None, progress: bool = True,
+                  protocol: str | None = None) -> dict[str, dict[str, Any]]:
     """Run the named ablations on one shared :class:`Experiment`; write ``<name>.json`` (and wall times in
     ``<name>-timings.json``) under ``out_dir``. ``options`` passes keyword arguments to one ablation, e.g.
-    ``{"layers": {"candidates": [10, 14]}}``. Returns ``{name: result}``."""
+    ``{"layers": {"candidates": [10, 14]}}``; ``protocol``: start from ``eval_json``'s choice under that protocol
+    (:func:`chosen_setting`). Returns ``{name: result}``."""
     unknown = sorted(set(names) - set(RUNNERS))
     if unknown or not names:
         raise ConfigError(f"Unknown ablations {unknown or '(none given)'}; choose from {', '.join(ABLATIONS)}.")
     if not seeds:
         raise ConfigError("Pass at least one seed.")
     cfg = cfg or EvalConfig()
-    setting = chosen_setting(eval_json)
+    setting = chosen_setting(eval_json, protocol)
     ex = Experiment(cfg, progress)
     out = {}
     for name in names:

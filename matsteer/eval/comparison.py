@@ -72,7 +72,8 @@ def select_training_default(ex: Experiment, borrowed: Mapping[str, Any] | None =
         params, grid = ex.tune("mat_steer", seed, cand)
         pick = next(g for g in grid if g["params"] == params)
         trials.append({"overrides": cand, "dev_mean": pick["dev_mean"], "params": params, "grid": grid,
-                       "within_budget": within_budget(pick, ex.cfg.kl_budget)})
+                       "within_budget": within_budget(pick, ex.cfg.kl_budget),
+                       **_first_stage(ex, "mat_steer", seed, cand)})
     best = max(range(len(trials)), key=lambda i: (trials[i]["within_budget"], trials[i]["dev_mean"], -i))
     return {"trials": trials, "chosen": trials[best]}
 
@@ -457,8 +458,16 @@ def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any], record: dict[st
             chosen[name], trials = selection["chosen"]["params"], selection["chosen"]["grid"]
         else:
             chosen[name], trials = ex.tune(name, ex.cfg.seeds[0], overrides)
-        record[name] = {"chosen": chosen[name], "dev_trials": trials}
+        record[name] = {"chosen": chosen[name], "dev_trials": trials,
+                        **_first_stage(ex, name, ex.cfg.seeds[0], overrides)}
     return chosen
+
+
+def _first_stage(ex: Experiment, name: str, seed: int, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"subset_trials": [...]}``, the halving search's first stage of a method (on the dev subset; its
+    ``dev_trials`` are the finalists re-scored on the whole dev set), or ``{}`` for a grid search."""
+    first = ex.first_stage(name, seed, overrides)
+    return {} if first is None else {"subset_trials": first}
 
 
 def method_entry(ex: Experiment, name: str, params: dict[str, Any], overrides: dict[str, Any] | None,

@@ -113,6 +113,13 @@ class EvalConfig:
     #: grid_factor, at most grid_extensions times.
     grid_extensions: int = 2
     grid_factor: float = 2.0
+    #: How dev is searched: "grid" scores every setting on the whole dev set; "halving" (successive halving, one
+    #: round) scores every setting, edge extensions included, on a seeded ``halving_fraction`` of each dev task
+    #: and re-scores only the ``halving_keep`` best (within the KL budget) on the whole dev set, where the choice
+    #: is made. The neutral-text KL is the same text in both stages.
+    search: str = "grid"
+    halving_fraction: float = 0.25
+    halving_keep: int = 2
     training_candidates: tuple[dict[str, Any], ...] = (
         {"lambda_pos": 0.9, "lambda_sparse": 0.9}, {"lambda_pos": 0.1, "lambda_sparse": 0.1})
     methods: tuple[str, ...] = METHODS
@@ -186,6 +193,11 @@ class EvalConfig:
             raise ConfigError(f"Temperatures must be positive, got {self.temperatures}.")
         if self.kl_budget is not None and not self.kl_budget > 0:
             raise ConfigError(f"kl_budget must be positive (nats) or None, got {self.kl_budget}.")
+        if self.search not in ("grid", "halving"):
+            raise ConfigError(f"search must be 'grid' or 'halving', got {self.search!r}.")
+        if not 0 < self.halving_fraction < 1 or self.halving_keep < 1:
+            raise ConfigError(f"halving_fraction must be in (0, 1) and halving_keep >= 1, got {self.halving_fraction} "
+                              f"and {self.halving_keep}.")
         if self.grid_extensions < 0 or not self.grid_factor > 1:
             raise ConfigError(f"grid_extensions must be >= 0 and grid_factor > 1, got {self.grid_extensions} and "
                               f"{self.grid_factor}.")

@@ -63,10 +63,15 @@ from matsteer.eval.config import (
     EvalConfig,
 )
 from matsteer.eval.evaluator import Evaluator, Method
-from matsteer.eval.selection import edge_extension, select_trial
+from matsteer.eval.gate_analysis import background_activations
+from matsteer.eval.selection import edge_extension, finalists, select_trial
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, TASKS, few_shot_prefix
 from matsteer.files import sha256_file
 from matsteer.store.provenance import collect, git_commit
+
+#: Training questions per data set whose chat-template tokens join the background (the gates of the ``targeted``
+#: presets are trained shut on them and on :data:`~matsteer.eval.gate_analysis.BACKGROUND_TEXTS`).
+BACKGROUND_PROMPTS = 30
 
 
 def _key(*parts: Any) -> str:
@@ -144,7 +149,10 @@ class Experiment:
         self._finetuned: dict[str, FinetuneResult] = {}
         self._reft: dict[str, ReftResult] = {}
         self._digests = TensorDigests()
+        self._background: dict[str, torch.Tensor] = {}
         self._dev_results: dict[str, dict[str, Any]] = {}
+        #: The halving search's first-stage trials (on :attr:`dev_subset`), by method, seed and overrides.
+        self.subset_trials: dict[str, list[dict[str, Any]]] = {}
 
     @contextlib.contextmanager
     def protocol(self, name: str | None) -> Iterator[None]:
@@ -208,10 +216,28 @@ class Experiment:
         data = list(data or self.train_data)
         key = steerer_key(seed, overrides, site or self.site, data_fingerprint(data, self._digests))
         if key not in self._trained:
+            cfg = self.train_config(seed, overrides)
+            needs = cfg.lambda_background > 0 or cfg.calibrate_fpr is not None
+            background = self.background(site or self.site) if needs else None
             t0 = time.perf_counter()
-            self._trained[key] = train_steerer(data, self.train_config(seed, overrides), progress=False)
+            self._trained[key] = train_steerer(data, cfg, progress=False, background=background)
             self._timed("train_s", t0)
         return self._trained[key]
+
+    def background(self, site: Site | None = None) -> torch.Tensor:
+        """Background rows ``[N, d]`` at ``site`` (default: the experiment's) for the training presets whose gates
+        must stay shut on them (``targeted``, ``targeted-calibrated``): every token of
+        :data:`~matsteer.eval.gate_analysis.BACKGROUND_TEXTS` and the chat-template tokens of
+        :data:`BACKGROUND_PROMPTS` training questions per data set (never dev or test ones), memoised per site."""
+        site = site or self.site
+        key = json.dumps(site.to_dict(), sort_keys=True)
+        if key not in self._background:
+            t0 = time.perf_counter()
+            prompts = sorted({e.prompt for ds in self.cfg.demo.datasets
+                              for e in load_examples(ds, "train", limit=BACKGROUND_PROMPTS, seed=FIXED_SEED)})
+            self._background[key] = background_activations(self.loaded, site, prompts)
+            self._timed("extract_s", t0)
+        return self._background[key]
 
     def health(self, seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Training health (:mod:`matsteer.core.health`) of the joint MAT-Steer of ``seed`` on the dev activations."""
@@ -371,13 +397,23 @@ class Experiment:
         values = [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
         return [{**v, "preserve_norm": n} for n in self.cfg.norm_grid for v in values] or values
 
+    @functools.cached_property
+    def dev_subset(self) -> Evaluator:
+        """The first stage of the halving search (``cfg.search``): ``cfg.halving_fraction`` of each dev task's
+        questions (at least one; BBQ's stratified as the loaders stratify every subset), the same neutral text."""
+        limits = {t: max(1, math.ceil(len(qs) * self.cfg.halving_fraction)) for t, qs in self.dev.questions.items()}
+        return Evaluator(self.loaded, self.site, "dev", limits, positions=self.cfg.positions, progress=self.progress,
+                         sources=self.cfg.sources)
+
     def dev_result(self, name: str, params: dict[str, Any], seed: int,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The dev scores of a method at ``params``, memoised (seed and overrides count only for seeded methods)."""
-        key = _key(name, params, seed if name in SEEDED else None, overrides if name in SEEDED else None)
+                   overrides: dict[str, Any] | None = None, subset: bool = False) -> dict[str, Any]:
+        """The dev scores of a method at ``params`` (``subset``: on :attr:`dev_subset`), memoised (seed and
+        overrides count only for seeded methods)."""
+        key = _key(name, params, seed if name in SEEDED else None, overrides if name in SEEDED else None, subset)
         if key not in self._dev_results:
             t0 = time.perf_counter()
-            self._dev_results[key] = self.dev.evaluate(self.method(name, params, seed, overrides))
+            evaluator = self.dev_subset if subset else self.dev
+            self._dev_results[key] = evaluator.evaluate(self.method(name, params, seed, overrides))
             self._timed("dev_eval_s", t0)
         return self._dev_results[key]
 
@@ -389,18 +425,37 @@ class Experiment:
         strength's grid, the grid grows past it by ``cfg.grid_factor``, at most ``cfg.grid_extensions`` times."""
         extra = f" with training setting {overrides}" if name == "mat_steer" and overrides else ""
         self.on_step(f"comparison: dev: tuning {name}{extra}")
-        trials = [self._trial(name, params, seed, overrides) for params in self.grid(name)]
+        halving = self.cfg.search == "halving"
+        trials = self._extended_grid(name, seed, overrides, subset=halving)
+        if halving:
+            # Successive halving: the whole grid on the dev subset, the finalists again on the whole dev set.
+            self.subset_trials[_key(name, seed, overrides)] = trials
+            trials = [self._trial(name, trials[i]["params"], seed, overrides)
+                      for i in finalists(trials, self.cfg.halving_keep, self.cfg.kl_budget)]
+        return trials[select_trial(trials, self.cfg.kl_budget)]["params"], trials
+
+    def first_stage(self, name: str, seed: int, overrides: dict[str, Any] | None = None
+                    ) -> list[dict[str, Any]] | None:
+        """The trials :meth:`tune` scored on :attr:`dev_subset` before re-scoring its finalists (None: not searched
+        by halving)."""
+        return self.subset_trials.get(_key(name, seed, overrides))
+
+    def _extended_grid(self, name: str, seed: int, overrides: dict[str, Any] | None, subset: bool
+                       ) -> list[dict[str, Any]]:
+        """Every setting of the method's grid as a dev trial, the grid grown past an edge while the choice sits
+        there (``cfg.grid_extensions`` times at most, by ``cfg.grid_factor``)."""
+        trials = [self._trial(name, params, seed, overrides, subset) for params in self.grid(name)]
         for _ in range(self.cfg.grid_extensions):
             nxt = edge_extension(trials, select_trial(trials, self.cfg.kl_budget), self.cfg.grid_factor)
             if nxt is None or any(t["params"] == nxt for t in trials):
                 break
-            trials.append(self._trial(name, nxt, seed, overrides))
-        return trials[select_trial(trials, self.cfg.kl_budget)]["params"], trials
+            trials.append(self._trial(name, nxt, seed, overrides, subset))
+        return trials
 
-    def _trial(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None
-               ) -> dict[str, Any]:
+    def _trial(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None,
+               subset: bool = False) -> dict[str, Any]:
         """One dev trial: the setting, its dev mean, neutral-text KL and each task's primary score."""
-        res = self.dev_result(name, params, seed, overrides)
+        res = self.dev_result(name, params, seed, overrides, subset)
         return {"params": params, "dev_mean": res["mean"], "dev_kl": res["side_effects"]["kl"],
                 **{t: res[t][PRIMARY[t]] for t in self.dev.tasks}}
 

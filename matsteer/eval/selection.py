@@ -40,6 +40,20 @@ def select_trial(trials: Sequence[Mapping[str, Any]], kl_budget: float | None = 
     return min(range(len(trials)), key=lambda i: (trials[i]["dev_kl"], i))
 
 
+def finalists(trials: Sequence[Mapping[str, Any]], keep: int, kl_budget: float | None = None) -> list[int]:
+    """The indices of the ``keep`` trials a successive-halving search re-scores on the whole dev set: those within
+    the KL budget first, then by dev mean (ties: the earlier), in grid order. With no trial within the budget,
+    the ``keep`` of least KL (what :func:`select_trial` would fall back to)."""
+    if keep < 1:
+        raise ValueError(f"finalists needs keep >= 1, got {keep}.")
+    ok = [i for i, t in enumerate(trials) if within_budget(t, kl_budget)]
+    if ok:
+        ranked = sorted(ok, key=lambda i: (-trials[i]["dev_mean"], i))
+    else:
+        ranked = sorted(range(len(trials)), key=lambda i: (trials[i]["dev_kl"], i))
+    return sorted(ranked[:keep])
+
+
 def _others(params: Mapping[str, Any], key: str) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, v) for k, v in params.items() if k != key))
 

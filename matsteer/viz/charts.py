@@ -180,3 +180,38 @@ def plot_num_attributes(
         ax.set_title(title)
         ax.legend(title="vs." if chance is not None else None)
     return fig
+
+
+def plot_targeting_frontier(curves: Mapping[str, list[Mapping[str, Any]]], *, kl_budget: float | None = None,
+                            chosen: Mapping[str, float] | None = None, none: float | None = None) -> Figure:
+    """Dev mean against neutral-text KL, one curve per gate variant, a point per multiplier (labelled).
+
+    curves: ``{variant: [{"multiplier", "dev_mean", "dev_kl"}]}`` (:func:`matsteer.eval.ablations.frontier`, means
+    as fractions; drawn as %). ``kl_budget``: a dotted vertical line; ``chosen``: each variant's chosen multiplier,
+    ringed; ``none``: no steering's dev mean, a dotted horizontal line.
+    """
+    if not curves:
+        raise ConfigError("plot_targeting_frontier needs at least one curve.")
+    colors = sns.color_palette("deep", len(curves))
+    with style():
+        fig, axes = new_figure(width=5.4, height=3.8)
+        ax = axes[0, 0]
+        for color, (name, pts) in zip(colors, curves.items()):
+            kl = np.array([p["dev_kl"] for p in pts], dtype=float)
+            y = np.array([p["dev_mean"] for p in pts], dtype=float) * 100
+            ax.plot(kl, y, marker="o", color=color, label=name)
+            for p, xk, yk in zip(pts, kl, y):
+                ax.annotate(f"{p['multiplier']:g}", (xk, yk), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                            color=color)
+                if chosen is not None and chosen.get(name) == p["multiplier"]:
+                    ax.plot([xk], [yk], marker="o", markersize=11, markerfacecolor="none", color=color)
+        if kl_budget is not None:
+            ax.axvline(kl_budget, color="0.5", linestyle=":", linewidth=1, label=f"KL budget {kl_budget:.3g}")
+        if none is not None:
+            ax.axhline(none * 100, color="0.3", linestyle="--", linewidth=0.8, label="no steering")
+        ax.set_xscale("symlog", linthresh=1e-2)
+        ax.set_xlabel("mean next-token KL on neutral text (nats)")
+        ax.set_ylabel("dev mean of the task primaries (%)")
+        ax.set_title("Gate variants: dev mean vs side effect (labels: multiplier)")
+        ax.legend(fontsize=8)
+    return fig

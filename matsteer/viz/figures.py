@@ -17,6 +17,7 @@ from matsteer.viz.charts import (
     plot_data_efficiency,
     plot_multiplier_sweep,
     plot_num_attributes,
+    plot_targeting_frontier,
 )
 from matsteer.viz.tables import method_table_from_report, plot_gate_table, plot_method_table
 
@@ -67,6 +68,9 @@ def figures_from_ablation(name: str, saved: Mapping[str, Any]) -> Figure:
         return plot_gate_table(r["table"], title=f"ParaDetox gates (intervened: toxicity gate ≥ {r['threshold']})")
     if name == "multiplier_sweep":
         return plot_multiplier_sweep(r["sweep"])
+    if name == "targeting":
+        return plot_targeting_frontier(r["frontier"], kl_budget=r["kl_budget"], chosen=r["chosen"],
+                                       none=r.get("none_dev"))
     raise ConfigError(f"No figure for ablation {name!r}.")
 
 
