@@ -12,7 +12,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 FEATDIR := features/smollm2-135m-instruct
 FEATS := $(foreach d,truthfulqa toxigen bbq,$(FEATDIR)/$(d)-train-L14-residual-answer)
 
-.PHONY: setup demo lab reference figures ablations winrates test test-fast bench lint clean
+.PHONY: setup demo lab reference figures ablations winrates paper paper-results test test-fast bench lint clean
 
 setup: $(STAMP) $(KERNEL)
 
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 $(KERNEL): $(STAMP)
 	$(BIN)/python -m matsteer.app.notebooks --install-kernel
 
-# The five notebooks, headless, at the demo's sizes: executed copies in build/notebooks, figures in figures/,
+# The six notebooks, headless, at the demo's sizes: executed copies in build/notebooks, figures in figures/,
 # the steerer and the evaluation tables (eval.json, eval.md) in results/. It prints a line per notebook and per
 # step with the time left (from the last run's build/notebooks/timings.json), then a summary.
 demo: setup
@@ -60,6 +60,20 @@ ablations: setup
 # Generation win rates on HH-RLHF harmless prompts (results/winrates.*), judged by the default model (a weak judge).
 winrates: setup
 	$(BIN)/matsteer winrates
+
+# The paper's tables and figures beside ours (figures/paper/paper.md and PNGs), from the committed results in
+# results/reference/ (eval.json, truthfulqa_generation.json, toxicity.json); no model runs. Seconds.
+paper: setup
+	$(BIN)/matsteer paper --results results/reference --out figures/paper
+
+# Re-run what `make paper` reads: the reference comparison (58 min on 2 cores, docs/evaluation.md), its TruthfulQA
+# generation and generation toxicity for every method, then the ablations (at the setting `make demo` chose,
+# results/eval.json; they write results/ablations/, which paper.md lists but does not yet read). Hours on 2 cores.
+paper-results: reference
+	$(BIN)/matsteer truthfulqa-generation --reference
+	$(BIN)/matsteer toxicity --reference
+	$(MAKE) ablations
+	$(MAKE) paper
 
 test: setup
 	$(BIN)/python -m pytest -q

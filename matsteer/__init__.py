@@ -50,6 +50,10 @@ _EXPORTS = {
     ),
     "matsteer.store.hub": ("from_pretrained", "save_pretrained"),
     "matsteer.viz.figures": ("figures_from_report",),
+    "matsteer.viz.paper": (
+        "PAPER", "comparison_markdown", "load_paper_results", "paper_comparisons", "pending_items", "pending_markdown",
+        "plot_comparison", "sources_markdown", "write_paper",
+    ),
     "matsteer.viz.plots": (
         "plot_gate_distributions", "plot_orthogonality", "plot_pca", "plot_token_gates", "plot_training_curves",
     ),
@@ -114,6 +118,17 @@ if TYPE_CHECKING:
     )
     from matsteer.store.hub import from_pretrained, save_pretrained
     from matsteer.viz.figures import figures_from_report
+    from matsteer.viz.paper import (
+        PAPER,
+        comparison_markdown,
+        load_paper_results,
+        paper_comparisons,
+        pending_items,
+        pending_markdown,
+        plot_comparison,
+        sources_markdown,
+        write_paper,
+    )
     from matsteer.viz.plots import (
         plot_gate_distributions,
         plot_orthogonality,
@@ -130,6 +145,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "PAPER",
     "ActivationRows",
     "ArtifactError",
     "AttributeData",
@@ -156,6 +172,7 @@ __all__ = [
     "attribute_data",
     "check_compatible",
     "compare_generations",
+    "comparison_markdown",
     "create_mat_pyvene_config",
     "extract_activations",
     "extract_splits",
@@ -175,11 +192,16 @@ __all__ = [
     "load_history",
     "load_mc_questions",
     "load_model",
+    "load_paper_results",
     "load_steerer",
     "loss_table",
     "markdown_report",
     "median_sigma",
     "neutral_activations",
+    "paper_comparisons",
+    "pending_items",
+    "pending_markdown",
+    "plot_comparison",
     "plot_gate_distributions",
     "plot_gate_table",
     "plot_orthogonality",
@@ -194,6 +216,7 @@ __all__ = [
     "save_pretrained",
     "save_steerer",
     "save_training_result",
+    "sources_markdown",
     "steer",
     "steered_sets",
     "targeting_report",
@@ -203,4 +226,5 @@ __all__ = [
     "train_steerer",
     "training_health",
     "workbench",
+    "write_paper",
 ]

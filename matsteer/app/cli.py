@@ -179,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="figures")
     p.set_defaults(func=_command("cmd_figures"))
 
+    p = sub.add_parser("paper", help="the paper's tables and figures beside ours, from saved results (no model): "
+                                     "paper.md and PNGs")
+    p.add_argument("--results", default="results/reference",
+                   help="folder with eval.json, truthfulqa_generation.json and/or toxicity.json")
+    p.add_argument("--out", default="figures/paper", help="folder for paper.md and the figures")
+    p.set_defaults(func=_command("cmd_paper"))
+
     p = sub.add_parser("compare", help="the paper's method comparison: all methods tuned on dev, 3 seeds on test")
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
     p.add_argument("--reference", action="store_true",

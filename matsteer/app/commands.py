@@ -46,6 +46,7 @@ from matsteer.store.artifacts import (
 from matsteer.store.export import export_steerer_folder
 from matsteer.store.provenance import collect
 from matsteer.viz.figures import figures_from_ablation, figures_from_report
+from matsteer.viz.paper import write_paper
 from matsteer.viz.plots import plot_gate_distributions, plot_orthogonality, plot_pca, plot_training_curves
 from matsteer.viz.style import save_figure
 
@@ -167,6 +168,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for name, fig in figures.items():
         save_figure(fig, name, args.out)
         print(f"{args.out}/{name}.png")
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    """The paper's tables and figures beside ours from saved results (no model passes): paper.md and PNGs."""
+    for path in write_paper(args.results, args.out):
+        print(path)
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Running the five notebooks headless: parameters checked and injected, nbclient execution, progress, failures.
+"""Running the six notebooks headless: parameters checked and injected, nbclient execution, progress, failures.
 
 :func:`run_notebook` checks parameter values against a notebook's ``parameters`` cell, injects them right after it
 (:mod:`matsteer.app.parameters`), executes the notebook with nbclient and writes the executed copy to
-``build/notebooks/``. :func:`run_all` runs the five in order, sharing the feature, steerer, figure and result
+``build/notebooks/``. :func:`run_all` runs the six in order, sharing the feature, steerer, figure and result
 folders so that later notebooks reuse what earlier ones wrote.
 
 Headless runs talk (``talk=True``, as ``make demo`` does): a line when each notebook starts and ends and when each
@@ -43,6 +43,7 @@ NOTEBOOKS: tuple[str, ...] = (
     "03_visualize_gates_and_vectors.ipynb",
     "04_evaluate.ipynb",
     "05_tune_multipliers.ipynb",
+    "06_paper_figures.ipynb",
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -252,7 +253,7 @@ def run_all(
     talk: bool = False,
     out: TextIO | None = None,
 ) -> list[NotebookRun]:
-    """Run the five notebooks in order with ``quick`` and shared ``parameters`` (each gets the ones it declares).
+    """Run the six notebooks in order with ``quick`` and shared ``parameters`` (each gets the ones it declares).
 
     only: notebook name prefixes to run (e.g. ``["01", "02"]``). talk: print progress lines (to ``out``, default
     stdout; see :class:`ProgressPrinter`). Each finished notebook's wall and cell times are kept in

@@ -17,9 +17,11 @@ TIMINGS_FILE = "timings.json"
 #: Estimates (wall seconds, 2-core machine, README) used until a run has been timed here.
 DEFAULT_SECONDS: dict[str, dict[str, float]] = {
     "quick": {"01_extract_activations": 22, "02_train_steering": 9, "03_visualize_gates_and_vectors": 21,
-              "04_evaluate": 120, "05_tune_multipliers": 23},
+              "04_evaluate": 120, "05_tune_multipliers": 23,
+              "06_paper_figures": 12},
     "full": {"01_extract_activations": 144, "02_train_steering": 22, "03_visualize_gates_and_vectors": 26,
-             "04_evaluate": 1054, "05_tune_multipliers": 59},
+             "04_evaluate": 1054, "05_tune_multipliers": 59,
+             "06_paper_figures": 12},
 }
 
 
