@@ -35,6 +35,12 @@ def test_extract_train_generate(tmp_path, tiny_dir, capsys):
     assert manifest["training"]["config"]["gate_loss"] == "supervised"  # the default preset
     assert [a["name"] for a in manifest["attributes"]] == ["truthfulness", "bias"]
     assert manifest["training"]["config"]["seed"] == 3 and manifest["training"]["config"]["sigma"] == "median"
+    # The targeted preset reads its background with the features' own model; without it training would refuse.
+    targeted = tmp_path / "steerer-targeted"
+    assert main(["train", "--features", *feats, "--out", str(targeted), "--epochs", "2", "--batch_size", "8",
+                 "--sigma", "median", "--seed", "3", "--preset", "targeted"]) == 0
+    assert json.loads((targeted / "manifest.json").read_text())["training"]["config"]["lambda_background"] == 1.0
+    assert ((targeted / "steerer.safetensors").read_bytes() != (steerer / "steerer.safetensors").read_bytes())
     assert main(["generate", "--steerer", str(steerer), "--model", str(tiny_dir), "--prompt", "what is the sun ?",
                  "--multiplier", "2", "--multiplier", "truthfulness=0", "--max-new-tokens", "3", "--raw"]) == 0
     out = capsys.readouterr().out

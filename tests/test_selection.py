@@ -213,3 +213,36 @@ def test_halving_in_a_comparison_records_both_stages(tiny_dir, tmp_path):
         assert len(final) == 1 and final[0] in grid[name]["dev_trials"]
         assert halving[name]["chosen"] == final[0]["params"]
     assert "subset_trials" not in grid["caa"]
+
+
+def test_each_steering_method_chooses_its_layer_on_dev_and_is_tested_there(tiny_dir, tmp_path):
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.workflow import DemoConfig
+    from matsteer.eval.comparison import run_evaluation
+
+    limits = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 4, "bbq": 6}
+
+    def run(out: str, layer: int, layers: tuple[int, ...] = ()) -> dict:
+        demo = DemoConfig(model=str(tiny_dir), layer=layer, limits=dict(limits), dev_limits=dict(limits),
+                          train=TrainConfig(epochs=2, sigma="median"), features_dir=tmp_path / "features")
+        cfg = EvalConfig(demo=demo, seeds=(0,), dev_limits=dict(limits), test_limits=dict(limits),
+                         multipliers=(0.5, 2.0), training_candidates=({},), methods=("none", "icl", "caa", "mat_steer"),
+                         grid_extensions=0, layers=layers, out_dir=tmp_path / out, n_boot=20)
+        return run_evaluation(cfg, progress=False)
+
+    chosen = run("layers", 3, (1, 2))  # the own layer (3) is not a candidate: every method runs at another
+    at = {layer: run(f"at{layer}", layer) for layer in (1, 2)}
+    for name in ("caa", "mat_steer"):
+        sel = chosen["selection"][name]
+        layer = sel["layer"]
+        assert set(sel["best_by_layer"]) == {"1", "2"}
+        best = {int(n): t["dev_mean"] for n, t in sel["best_by_layer"].items()}
+        assert best[layer] == max(best.values())
+        # Tuned and tested at its layer exactly as a comparison run at that layer alone.
+        assert chosen["methods"][name]["layer"] == layer
+        assert sel["dev_trials"] == at[layer]["selection"][name]["dev_trials"]
+        assert chosen["methods"][name]["test"] == at[layer]["methods"][name]["test"]
+    # Methods that edit no site activations have no layer.
+    assert "layer" not in chosen["methods"]["icl"] and "layer" not in chosen["selection"]["none"]
+    with pytest.raises(ConfigError, match="layers"):
+        EvalConfig(layers=(10, 10)).validate()

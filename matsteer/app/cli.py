@@ -17,7 +17,7 @@ DATASETS = ("truthfulqa", "toxigen", "bbq", "hh_rlhf", "paradetox")
 DEFAULT_MODEL = "smollm2-135m-instruct"  # matsteer.activations.models.DEFAULT_MODEL
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")  # matsteer.activations.models.DTYPE_CHOICES
 ABLATIONS = ("components", "tokens", "data_efficiency", "num_attributes", "paradetox_gates", "layers",
-             "interference", "multiplier_sweep", "training_tokens")  # matsteer.eval.ablations.ABLATIONS
+             "interference", "multiplier_sweep", "training_tokens", "targeting")  # matsteer.eval.ablations.ABLATIONS
 POSITIONS = ("all", "prompt", "generated", "last")  # matsteer.steering.intervention.POSITIONS
 
 
@@ -135,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", nargs="+", required=True, help="training feature folders, one per attribute")
     p.add_argument("--dev-features", "--dev_features", dest="dev_features", nargs="+", default=None)
     p.add_argument("--out", required=True, help="steerer folder to write")
-    p.add_argument("--preset", default="default", choices=("default", "paper", "reference"),
-                   help="default: the workbench's training (docs/training.md); paper / reference: their exact settings")
+    p.add_argument("--preset", default="default",
+                   choices=("default", "targeted", "targeted-calibrated", "paper", "reference"),
+                   help="default: the workbench's training (docs/training.md); targeted(-calibrated): gates also "
+                        "trained shut on background text (loads the features' model to read it); paper / "
+                        "reference: their exact settings")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None,
                    help="total batch (the reference's flag): 2 x 16 x attributes; sets --batch-per-side")
@@ -207,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="norm preservation as a dev grid dimension of every steering method, e.g. --norm-grid on off")
     p.add_argument("--grid-extensions", type=int, default=None,
                    help="how many times a grid grows past its edge while the choice sits there (default 2)")
+    p.add_argument("--search", default=None, choices=("grid", "halving"),
+                   help="dev search: every setting on the whole dev set (grid, default), or every setting on a dev "
+                        "subset and the best --halving-keep again on the whole dev set (halving)")
+    p.add_argument("--halving-fraction", dest="halving_fraction", type=float, default=None,
+                   help="the share of each dev task's questions in the halving search's first stage (default 0.25)")
+    p.add_argument("--halving-keep", dest="halving_keep", type=int, default=None,
+                   help="settings the halving search re-scores on the whole dev set (default 2)")
     p.add_argument("--temperatures", type=float, nargs="+", default=None,
                    help="the temperature controls' dev grid (default 1 1.5 2 3 4 6 8 12 16)")
     p.add_argument("--add", nargs="+", default=None, metavar="METHOD",
@@ -259,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval.json whose dev-chosen MAT-Steer setting to use, or none for the defaults")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="layers for the layer sweep")
     p.add_argument("--full", action="store_true", help="whole training and test splits (slow)")
+    p.add_argument("--protocol", default=None, choices=("prompt", "all", "generated"),
+                   help="start from the --from-eval comparison's choice under this protocol alone (e.g. prompt, the "
+                        "paper's: steer the query)")
     p.add_argument("--out", default="results/ablations")
     p.set_defaults(func=_command("cmd_ablate"))
 

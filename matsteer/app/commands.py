@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from matsteer.activations.features import extract_to_folder, feature_dir, load_features
@@ -27,7 +28,7 @@ from matsteer.eval.config import EvalConfig
 from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.experiment import source_hashes
 from matsteer.eval.extend import add_methods
-from matsteer.eval.gate_analysis import gate_sets, steered_sets
+from matsteer.eval.gate_analysis import gate_sets, steered_sets, training_background
 from matsteer.eval.harness import parse_multipliers
 from matsteer.eval.openai_judge import OpenAICompatibleJudge
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, parse_sources
@@ -88,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.standardize:
         overrides["standardize"] = True
     config = TrainConfig.preset(args.preset, **overrides)
-    result, origin, info = train_from_features(args.features, config, args.dev_features, probe=not args.no_probe)
+    result, origin, info = train_from_features(args.features, config, args.dev_features, probe=not args.no_probe,
+                                               background=_training_background(args.features, config))
     out = save_training_result(args.out, result, site=Site.from_dict(origin["site"]), model_name=origin["model"]["name"],
                                model_hash=origin["model"]["weight_hash"], data_info=info)
     final = result.history.final("train") or {}
@@ -102,6 +104,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print("\n(no --dev-features: no training-health report; pass them to check the gates and vectors)")
     return 0
+
+
+def _training_background(features: Sequence[str], config: TrainConfig) -> torch.Tensor | None:
+    """The background rows a preset with the background gate term or the bias calibration needs (None for the
+    others): the features' own model, at their site, run on :func:`~matsteer.eval.gate_analysis.
+    training_background`'s texts for the features' data sets."""
+    if config.lambda_background == 0 and config.calibrate_fpr is None:
+        return None
+    manifests = [read_json(Path(f) / "manifest.json", "feature manifest") for f in features]
+    first = manifests[0]
+    loaded = load_model(first["model"]["name"], dtype=first["dtype"].removeprefix("torch."))
+    if loaded.weight_hash != first["model"]["weight_hash"]:
+        raise ConfigError(f"{features[0]} was extracted from other weights than {first['model']['name']!r} has now; "
+                          "extract the features again.")
+    datasets = sorted({m["dataset"] for m in manifests})
+    return training_background(loaded, Site.from_dict(first["site"]), datasets)
 
 
 @dataclass
@@ -228,8 +246,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg.kl_budget = args.kl_budget
     if args.norm_grid:
         cfg.norm_grid = tuple(v == "on" for v in args.norm_grid)
-    if args.grid_extensions is not None:
-        cfg.grid_extensions = args.grid_extensions
+    for name in ("grid_extensions", "search", "halving_fraction", "halving_keep"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     cfg.settings_from = args.settings_from
     cfg.validate()
     report = add_methods(cfg.out_dir, args.add, cfg) if args.add else run_evaluation(cfg)
@@ -286,7 +305,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg = EvalConfig.full() if args.full else EvalConfig()
     eval_json = None if args.from_eval == "none" else args.from_eval
     options = {"layers": {"candidates": args.layers}} if args.layers else {}
-    out = run_ablations(args.names, cfg, seeds=args.seeds, eval_json=eval_json, out_dir=args.out, options=options)
+    out = run_ablations(args.names, cfg, seeds=args.seeds, eval_json=eval_json, out_dir=args.out, options=options,
+                        protocol=args.protocol)
     for name, res in out.items():
         print(f"{name} (setting from {res['setting']['source']}):\n{describe(res)}")
     print(f"wrote {', '.join(f'{args.out}/{n}.json' for n in out)}")

@@ -34,6 +34,7 @@ from matsteer.eval.config import (
     BASELINE_POOL,
     CONSTANT_LABEL,
     CONTROLS,
+    LAYERED,
     MAT_VARIANTS,
     METHOD_LABELS,
     PROTOCOL_FREE,
@@ -42,7 +43,7 @@ from matsteer.eval.config import (
 )
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
 from matsteer.eval.report import write_report
-from matsteer.eval.selection import borrowed_choices, within_budget
+from matsteer.eval.selection import borrowed_choices, select_trial, within_budget
 from matsteer.eval.stats import (
     ClusterCI,
     cluster_bootstrap,
@@ -404,7 +405,8 @@ def run_evaluation(cfg: EvalConfig | None = None, progress: bool = True,
     report["provenance"] = provenance(ex)
     write_report(report, cfg.out_dir)
     write_json(Path(cfg.out_dir) / "eval-timings.json",
-               {**ex.timings, "total_s": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()})
+               {**ex.total_timings(), "total_s": time.perf_counter() - t_start,
+                "torch_threads": torch.get_num_threads()})
     return report
 
 
@@ -416,18 +418,25 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
     cfg = ex.cfg
     borrowed = (borrowed_choices(read_json(Path(cfg.settings_from), "comparison results"),
                                  ex.protocol_name or cfg.positions) if cfg.settings_from else None)
-    selection = select_training_default(ex, borrowed)
+    layers: dict[str, dict[str, Any]] = {}
+    if cfg.layers and "mat_steer" in cfg.methods:  # MAT-Steer's layer first: its training setting is chosen there
+        layers["mat_steer"] = choose_layer(ex, "mat_steer", dict(cfg.training_candidates[0]))
+    selection = select_training_default(_at(ex, layers, "mat_steer"), borrowed)
     overrides = selection["chosen"]["overrides"]
+    if cfg.layers:
+        layers.update({n: choose_layer(ex, n, overrides) for n in cfg.methods if n in LAYERED and n not in layers})
     report: dict[str, Any] = {"protocol": ex.protocol_name, "selection": {"training_default": selection},
                               "methods": {}}
     reuse = [n for n in cfg.methods if primary is not None and n in PROTOCOL_FREE]
-    chosen = _choose_on_dev(ex, selection, report["selection"], skip=reuse, borrowed=borrowed)
+    chosen = _choose_on_dev(ex, selection, report["selection"], skip=reuse, borrowed=borrowed, layers=layers)
     for name in cfg.methods:
         if primary is not None and name in reuse:
             report["methods"][name] = primary["methods"][name]
             report["selection"][name] = primary["selection"][name]
         else:
-            report["methods"][name] = method_entry(ex, name, chosen[name], overrides, step)
+            report["methods"][name] = method_entry(_at(ex, layers, name), name, chosen[name], overrides, step)
+            if name in layers:
+                report["methods"][name]["layer"] = layers[name]["layer"]
     report["reference"] = {"constant": {"label": CONSTANT_LABEL, "test": _summarise([ex.test.constant()])},
                            "unsteered_ce": ex.test.unsteered_ce()}
     tasks, probes = ex.test.tasks, ex.test.probes
@@ -440,12 +449,38 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
     return report
 
 
+def choose_layer(ex: Experiment, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The layer of ``cfg.layers`` where ``name`` does best on dev with the first seed: at each layer its grid
+    (edge extensions included; on the dev subset under the halving search, else the whole dev set) and the trial
+    :func:`~matsteer.eval.selection.select_trial` picks there; the layer whose pick is within the KL budget and
+    has the best dev mean (ties: the earlier layer). Returns ``{"layer", "best_by_layer": {layer: trial}}``."""
+    cfg, seed = ex.cfg, ex.cfg.seeds[0]
+    ex.on_step(f"comparison: dev: the layer of {name} ({', '.join(map(str, cfg.layers))})")
+    best = {}
+    for layer in cfg.layers:
+        trials = ex.at_layer(layer).grid_trials(name, seed, overrides, subset=cfg.search == "halving")
+        best[layer] = trials[select_trial(trials, cfg.kl_budget)]
+    pick = max(cfg.layers, key=lambda n: (within_budget(best[n], cfg.kl_budget), best[n]["dev_mean"],
+                                          -cfg.layers.index(n)))
+    return {"layer": pick, "best_by_layer": {str(n): t for n, t in best.items()}}
+
+
+def _at(ex: Experiment, layers: Mapping[str, Mapping[str, Any]], name: str) -> Experiment:
+    """The experiment at the layer ``name`` chose (:func:`choose_layer`); ``ex`` itself when no layer was chosen."""
+    if name not in layers:
+        return ex
+    return ex.at_layer(int(layers[name]["layer"]))
+
+
 def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any], record: dict[str, Any],
-                   skip: Sequence[str] = (), borrowed: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+                   skip: Sequence[str] = (), borrowed: Mapping[str, Any] | None = None,
+                   layers: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Every method's run-time hyperparameter (but ``skip``'s), chosen on dev with the first seed (MAT-Steer's came
     with its training setting, ``selection``), or taken from ``borrowed`` where it holds the method (recorded with
-    ``"borrowed_from"``); each method's choice and trials are recorded in ``record[name]``."""
+    ``"borrowed_from"``); each method's choice and trials are recorded in ``record[name]``. ``layers``: the layer
+    each method chose (:func:`choose_layer`), where it is tuned, recorded beside its choice."""
     overrides = selection["chosen"]["overrides"]
+    layers = layers or {}
     chosen: dict[str, dict[str, Any]] = {}
     for name in ex.cfg.methods:
         if name in skip:
@@ -454,12 +489,13 @@ def _choose_on_dev(ex: Experiment, selection: Mapping[str, Any], record: dict[st
             chosen[name] = borrowed[name]["chosen"]
             record[name] = {**borrowed[name], "borrowed_from": str(ex.cfg.settings_from)}
             continue
+        at = _at(ex, layers, name)
         if name == "mat_steer":
             chosen[name], trials = selection["chosen"]["params"], selection["chosen"]["grid"]
         else:
-            chosen[name], trials = ex.tune(name, ex.cfg.seeds[0], overrides)
+            chosen[name], trials = at.tune(name, ex.cfg.seeds[0], overrides)
         record[name] = {"chosen": chosen[name], "dev_trials": trials,
-                        **_first_stage(ex, name, ex.cfg.seeds[0], overrides)}
+                        **_first_stage(at, name, ex.cfg.seeds[0], overrides), **layers.get(name, {})}
     return chosen
 
 

@@ -61,6 +61,9 @@ TEMPERATURE_CONTROLS = ("temperature", "temperature_len")
 #: every protocol of a comparison.
 PROTOCOL_FREE = frozenset({"none", *TEMPERATURE_CONTROLS, "icl", *FINETUNED})
 
+#: The methods that edit the site activations: their layer is chosen on dev when ``EvalConfig.layers`` is set.
+LAYERED = tuple(m for m in METHODS if m not in PROTOCOL_FREE)
+
 #: The methods the best baseline (by dev mean) is chosen from.
 BASELINE_POOL = tuple(m for m in METHODS if m not in MAT_VARIANTS | CONTROLS)
 
@@ -113,6 +116,12 @@ class EvalConfig:
     #: grid_factor, at most grid_extensions times.
     grid_extensions: int = 2
     grid_factor: float = 2.0
+    #: The layers every steering method (each method that edits the site activations, LoReFT included) chooses
+    #: from on dev, e.g. (10, 14, 18, 22); empty: every method at ``demo.layer``. Each layer has its own training
+    #: features, MAT-Steer, dev and test questions (cached per layer); a method's layer is the one whose best dev
+    #: trial (within the KL budget) is best, scored on the halving search's dev subset when ``search`` is
+    #: "halving", and its setting is then tuned and tested at that layer.
+    layers: tuple[int, ...] = ()
     #: How dev is searched: "grid" scores every setting on the whole dev set; "halving" (successive halving, one
     #: round) scores every setting, edge extensions included, on a seeded ``halving_fraction`` of each dev task
     #: and re-scores only the ``halving_keep`` best (within the KL budget) on the whole dev set, where the choice
@@ -193,6 +202,8 @@ class EvalConfig:
             raise ConfigError(f"Temperatures must be positive, got {self.temperatures}.")
         if self.kl_budget is not None and not self.kl_budget > 0:
             raise ConfigError(f"kl_budget must be positive (nats) or None, got {self.kl_budget}.")
+        if any(not isinstance(n, int) or n < 0 for n in self.layers) or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"layers must be distinct layer indices >= 0, got {self.layers}.")
         if self.search not in ("grid", "halving"):
             raise ConfigError(f"search must be 'grid' or 'halving', got {self.search!r}.")
         if not 0 < self.halving_fraction < 1 or self.halving_keep < 1:

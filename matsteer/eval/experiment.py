@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from matsteer.activations.features import FeatureSet
-from matsteer.activations.models import load_model
+from matsteer.activations.models import LoadedModel, load_model
 from matsteer.activations.sites import Site
 from matsteer.core.attributes import AttributeData
 from matsteer.core.baselines import (
@@ -63,15 +63,11 @@ from matsteer.eval.config import (
     EvalConfig,
 )
 from matsteer.eval.evaluator import Evaluator, Method
-from matsteer.eval.gate_analysis import background_activations
+from matsteer.eval.gate_analysis import training_background
 from matsteer.eval.selection import edge_extension, finalists, select_trial
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, TASKS, few_shot_prefix
 from matsteer.files import sha256_file
 from matsteer.store.provenance import collect, git_commit
-
-#: Training questions per data set whose chat-template tokens join the background (the gates of the ``targeted``
-#: presets are trained shut on them and on :data:`~matsteer.eval.gate_analysis.BACKGROUND_TEXTS`).
-BACKGROUND_PROMPTS = 30
 
 
 def _key(*parts: Any) -> str:
@@ -130,14 +126,15 @@ class Experiment:
     Trained steerers and dev scores are memoised, so a setting asked for twice is trained and scored once.
     """
 
-    def __init__(self, cfg: EvalConfig, progress: bool = True, on_step: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: EvalConfig, progress: bool = True, on_step: Callable[[str], None] | None = None,
+                 loaded: LoadedModel | None = None) -> None:
         self.commit = git_commit()  # the code this run starts from (the checkout may change while it runs)
         self.cfg, self.progress = cfg, progress
         self.on_step = on_step or ignore_step
         self.protocol_name: str | None = None
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.loaded = load_model(cfg.demo.model, dtype=cfg.demo.dtype, progress=progress)
+        self.loaded = loaded or load_model(cfg.demo.model, dtype=cfg.demo.dtype, progress=progress)
         self.site = Site(cfg.demo.layer, cfg.demo.site)
         self._timed("extract_s", t0)
         self.dev = Evaluator(self.loaded, self.site, "dev", cfg.dev_limits, positions=cfg.positions,
@@ -150,6 +147,7 @@ class Experiment:
         self._reft: dict[str, ReftResult] = {}
         self._digests = TensorDigests()
         self._background: dict[str, torch.Tensor] = {}
+        self._layers: dict[int, Experiment] = {}
         self._dev_results: dict[str, dict[str, Any]] = {}
         #: The halving search's first-stage trials (on :attr:`dev_subset`), by method, seed and overrides.
         self.subset_trials: dict[str, list[dict[str, Any]]] = {}
@@ -163,9 +161,35 @@ class Experiment:
             self.cfg = dataclasses.replace(old, position_grid=(name,), protocols=())
         self.protocol_name = name
         try:
-            yield
+            with contextlib.ExitStack() as others:  # the other layers' experiments steer the same positions
+                for child in list(self._layers.values()):
+                    others.enter_context(child.protocol(name))
+                yield
         finally:
             self.cfg, self.protocol_name = old, None
+
+    def at_layer(self, layer: int) -> Experiment:
+        """This experiment at ``layer`` (``EvalConfig.layers``): the same model (shared, not reloaded), settings and
+        questions, with its own training features, steerers, and dev and test question caches at that layer's
+        site; itself at its own layer. Memoised."""
+        if layer == self.cfg.demo.layer:
+            return self
+        if layer not in self._layers:
+            # From the current settings: a layer first asked for inside a protocol block steers that protocol's
+            # positions (a later block sets its own through protocol()).
+            cfg = dataclasses.replace(self.cfg, demo=dataclasses.replace(self.cfg.demo, layer=layer), layers=())
+            child = Experiment(cfg, self.progress, self.on_step, loaded=self.loaded)
+            child.commit, child.protocol_name = self.commit, self.protocol_name
+            self._layers[layer] = child
+        return self._layers[layer]
+
+    def total_timings(self) -> dict[str, float]:
+        """:attr:`timings` with those of every other layer's experiment (:meth:`at_layer`) added."""
+        out = dict(self.timings)
+        for child in self._layers.values():
+            for key, value in child.timings.items():
+                out[key] = out.get(key, 0.0) + value
+        return out
 
     def _timed(self, key: str, t0: float) -> None:
         """Add the seconds since ``t0`` to ``timings[key]``."""
@@ -226,16 +250,13 @@ class Experiment:
 
     def background(self, site: Site | None = None) -> torch.Tensor:
         """Background rows ``[N, d]`` at ``site`` (default: the experiment's) for the training presets whose gates
-        must stay shut on them (``targeted``, ``targeted-calibrated``): every token of
-        :data:`~matsteer.eval.gate_analysis.BACKGROUND_TEXTS` and the chat-template tokens of
-        :data:`BACKGROUND_PROMPTS` training questions per data set (never dev or test ones), memoised per site."""
+        must stay shut on them (``targeted``, ``targeted-calibrated``;
+        :func:`~matsteer.eval.gate_analysis.training_background` of the comparison's data sets), memoised per site."""
         site = site or self.site
         key = json.dumps(site.to_dict(), sort_keys=True)
         if key not in self._background:
             t0 = time.perf_counter()
-            prompts = sorted({e.prompt for ds in self.cfg.demo.datasets
-                              for e in load_examples(ds, "train", limit=BACKGROUND_PROMPTS, seed=FIXED_SEED)})
-            self._background[key] = background_activations(self.loaded, site, prompts)
+            self._background[key] = training_background(self.loaded, site, self.cfg.demo.datasets, seed=FIXED_SEED)
             self._timed("extract_s", t0)
         return self._background[key]
 
@@ -426,7 +447,7 @@ class Experiment:
         extra = f" with training setting {overrides}" if name == "mat_steer" and overrides else ""
         self.on_step(f"comparison: dev: tuning {name}{extra}")
         halving = self.cfg.search == "halving"
-        trials = self._extended_grid(name, seed, overrides, subset=halving)
+        trials = self.grid_trials(name, seed, overrides, subset=halving)
         if halving:
             # Successive halving: the whole grid on the dev subset, the finalists again on the whole dev set.
             self.subset_trials[_key(name, seed, overrides)] = trials
@@ -440,8 +461,8 @@ class Experiment:
         by halving)."""
         return self.subset_trials.get(_key(name, seed, overrides))
 
-    def _extended_grid(self, name: str, seed: int, overrides: dict[str, Any] | None, subset: bool
-                       ) -> list[dict[str, Any]]:
+    def grid_trials(self, name: str, seed: int, overrides: dict[str, Any] | None, subset: bool = False
+                    ) -> list[dict[str, Any]]:
         """Every setting of the method's grid as a dev trial, the grid grown past an edge while the choice sits
         there (``cfg.grid_extensions`` times at most, by ``cfg.grid_factor``)."""
         trials = [self._trial(name, params, seed, overrides, subset) for params in self.grid(name)]

@@ -100,6 +100,9 @@ def add_methods(results_dir: str | Path, names: Sequence[str], cfg: EvalConfig, 
     for name in extended:
         _check_new_seeds(report["methods"][name], name, cfg.seeds, path)
     check_same_footing(cfg, report["config"])
+    if cfg.layers or report["config"].get("layers"):
+        raise ConfigError("This comparison chose each method's layer on dev (EvalConfig.layers); adding methods to "
+                          "it is not supported. Fix: re-run the whole comparison with the methods added.")
     step("comparison: set-up for the added methods (model, dev and test questions)")
     ex = Experiment(cfg, progress, on_step)
     overrides = report["selection"]["training_default"]["chosen"]["overrides"]

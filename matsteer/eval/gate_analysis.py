@@ -88,6 +88,7 @@ __all__ = [
     "paradetox_activations",
     "targeting_report",
     "template_activations",
+    "training_background",
     "edit_norms",
     "gate_sets",
     "gate_table_stats",
@@ -333,6 +334,19 @@ def background_activations(loaded: LoadedModel, site: Site, prompts: Sequence[st
     if not parts:
         raise ConfigError("No background: pass neutral texts or prompts (with a chat template).")
     return torch.cat(parts)
+
+
+#: Training questions per data set whose chat-template tokens join the background (:func:`training_background`).
+BACKGROUND_PROMPTS = 30
+
+
+def training_background(loaded: LoadedModel, site: Site, datasets: Sequence[str], n: int = BACKGROUND_PROMPTS,
+                        seed: int = 0) -> torch.Tensor:
+    """The background rows ``[N, d]`` the ``targeted`` presets train their gates shut on
+    (:func:`background_activations`): every token of :data:`BACKGROUND_TEXTS` and the chat-template tokens of the
+    first ``n`` *training* questions of each of ``datasets`` (never dev or test ones)."""
+    prompts = sorted({e.prompt for ds in datasets for e in load_examples(ds, "train", limit=n, seed=seed)})
+    return background_activations(loaded, site, prompts)
 
 
 def paradetox_activations(loaded: LoadedModel, site: Site, split: str = "dev", n: int = 100,
