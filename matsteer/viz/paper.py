@@ -3,9 +3,8 @@
 Inputs: a results folder (``results/reference/``) with ``eval.json`` (the whole-test-split comparison, Table 1),
 ``truthfulqa_generation.json`` (BLEU / ROUGE-L accuracy, Fig. 5) and ``toxicity.json`` (generation toxicity, Table
 2's toxicity-reduction row); :func:`load_paper_results` reads whichever exist. The paper's numbers are :data:`PAPER`:
-Llama-3.1-8B only, each item naming the paper's table or figure and the section of the project's paper notes
-(``mat-steer-paper.md`` §5 headline numbers, §6 ablations) it was transcribed from. None of our numbers is written
-here: every one is read from the results.
+Llama-3.1-8B only, each item naming the paper's table or figure (Nguyen et al., ACL 2025, arXiv:2502.12446) it was
+transcribed from. None of our numbers is written here: every one is read from the results.
 
 The steps are small pure functions: results -> :class:`Comparison` (:func:`table1`, :func:`fig5`,
 :func:`table2_toxicity`) -> markdown (:func:`comparison_markdown`) or a figure (:func:`plot_comparison`); the paper
@@ -79,8 +78,8 @@ class PaperItem:
     """One table or figure of the paper and the Llama-3.1-8B numbers it reports.
 
     key: the file stem and anchor (``table1``); name: the paper's label (``Table 1``); title: what it shows;
-    section: where the numbers were transcribed from (the paper's table or figure and the section of the paper
-    notes); claim: what the paper concludes from it; columns: its column headers; rows: ``(row name, one value
+    section: where the numbers were transcribed from (the paper's table or figure)
+    claim: what the paper concludes from it; columns: its column headers; rows: ``(row name, one value
     per column)`` in the paper's order, None where the paper gives no value; unit: of the values; caveat: what the
     paper leaves unsaid or gets wrong about this item.
     """
@@ -110,7 +109,7 @@ _QA = ("TruthfulQA", "ToxiGen", "BBQ")
 PAPER: dict[str, PaperItem] = {item.key: item for item in (
     PaperItem(
         "table1", "Table 1", "QA accuracy per method (TruthfulQA MC2 / ToxiGen / BBQ)",
-        "paper Table 1 (Llama-3.1-8B, layer 14); paper notes §5", "MAT-Steer is the best row in every column, "
+        "paper Table 1 (Llama-3.1-8B, layer 14)", "MAT-Steer is the best row in every column, "
         "3 points above the strongest baseline (LITO) on average, and every method improves on the base model.",
         _QA, (
             ("Base", (49.91, 48.10, 51.77)), ("ICL", (55.32, 51.26, 56.46)), ("SFT", (54.02, 55.51, 57.29)),
@@ -122,19 +121,19 @@ PAPER: dict[str, PaperItem] = {item.key: item for item in (
                "is not described. No seeds or variance are reported."),
     PaperItem(
         "table2_toxicity", "Table 2", "toxicity reduction (the ParaDetox gate analysis's last row)",
-        "paper Table 2; paper notes §6", "Steering with MAT-Steer reduces the toxicity of toxic inputs by 86%.",
+        "paper Table 2", "Steering with MAT-Steer reduces the toxicity of toxic inputs by 86%.",
         ("toxicity change (relative, %)",), (("MAT-Steer", (-86.0,)),),
         caveat="Measured on ParaDetox toxic sentences (the ICV protocol); the toxicity classifier is not stated."),
     PaperItem(
         "table2_gates", "Table 2", "ParaDetox gate analysis (gates and intervened tokens)",
-        "paper Table 2; paper notes §6", "The toxicity gate opens on toxic text and stays shut on non-toxic text, "
+        "paper Table 2", "The toxicity gate opens on toxic text and stays shut on non-toxic text, "
         "and the other attributes' gates stay low on both.",
         ("toxic", "non-toxic"), (
             ("mean toxicity gate", (0.61, 0.08)), ("mean gate of the other attributes", (0.14, 0.12)),
             ("mean # intervened tokens", (3.9, 0.6)),
         ), unit="gate value / tokens"),
     PaperItem(
-        "table3", "Table 3", "loss-component ablation (TruthfulQA MC2)", "paper Table 3; paper notes §6",
+        "table3", "Table 3", "loss-component ablation (TruthfulQA MC2)", "paper Table 3",
         "Every term of the objective helps: each added term raises MC2 over alignment alone and removing any term "
         "lowers it below the full objective.", ("TruthfulQA",), (
             ("Base", (49.91,)), ("+ Alignment (MMD only)", (53.82,)), ("+ Align + Pos", (55.48,)),
@@ -142,37 +141,37 @@ PAPER: dict[str, PaperItem] = {item.key: item for item in (
             ("w/o Sparse", (58.08,)), ("w/o Orth", (59.69,)), ("w/o Normalization", (59.88,)), ("Full", (61.94,)),
         )),
     PaperItem(
-        "table4", "Table 4", "which tokens to steer", "paper Table 4; paper notes §6",
+        "table4", "Table 4", "which tokens to steer", "paper Table 4",
         "Learned gating beats steering random tokens, the last prompt token or all tokens uniformly.", _QA, (
             ("Base", (54.06, 52.27, 56.71)), ("Random tokens", (54.37, 53.63, 55.24)),
             ("Last prompt token only", (56.14, 52.38, 57.04)), ("All tokens (uniform)", (58.09, 55.92, 59.74)),
             ("MAT-Steer gating", (61.94, 57.59, 60.32)),
         ), caveat="The caption says Llama-3.1-8B, but the Base row equals the paper's Qwen2.5-7B base row."),
     PaperItem(
-        "table5", "Table 5", "HH-RLHF win rates of MAT-Steer (GPT-4o judge)", "paper Table 5; paper notes §5",
+        "table5", "Table 5", "HH-RLHF win rates of MAT-Steer (GPT-4o judge)", "paper Table 5",
         "MAT-Steer's generations win against ICL, SFT and LITO on HH-RLHF.", ("MAT-Steer win rate",), (
             ("vs ICL", (67.07,)), ("vs SFT", (62.35,)), ("vs LITO", (59.12,)),
         )),
     PaperItem(
-        "table9", "Table 9", "MAT-Steer combined with other methods", "paper Table 9; paper notes §5",
+        "table9", "Table 9", "MAT-Steer combined with other methods", "paper Table 9",
         "MAT-Steer adds to ICL, SFT and DPO: each combination beats the method alone (Table 1's rows).", _QA, (
             ("ICL + MAT-Steer", (62.66, 58.34, 63.49)), ("SFT + MAT-Steer", (61.50, 62.83, 64.41)),
             ("DPO + MAT-Steer", (63.53, 63.09, 64.57)),
         )),
     PaperItem(
-        "fig4", "Fig. 4", "data efficiency (TruthfulQA)", "paper Fig. 4; paper notes §5-6",
+        "fig4", "Fig. 4", "data efficiency (TruthfulQA)", "paper Fig. 4",
         "With 10% of the TruthfulQA training data MAT-Steer beats SFT and DPO trained on all of it.",
         ("TruthfulQA",), (
             ("MAT-Steer, 10% of the training data", (60.05,)), ("DPO, 100%", (55.98,)), ("SFT, 100%", (54.12,)),
         ), caveat="Only these three points are given in the text; the curves and their x-grid were not found."),
     PaperItem(
-        "fig5", "Fig. 5", "TruthfulQA open-ended generation (BLEU accuracy)", "paper Fig. 5; paper notes §5",
+        "fig5", "Fig. 5", "TruthfulQA open-ended generation (BLEU accuracy)", "paper Fig. 5",
         "MAT-Steer keeps generation fluent and truthful: its BLEU accuracy is above SFT's and ITI's.",
         ("BLEU accuracy", "ROUGE-L accuracy"), (
             ("MAT-Steer", (45.97, None)), ("SFT", (43.83, None)), ("ITI", (41.58, None)),
         ), caveat="The figure's other bars and any ROUGE-L numbers were not found."),
     PaperItem(
-        "fig7", "Fig. 7", "number of attributes (HelpSteer win rate)", "paper Fig. 7; paper notes §6",
+        "fig7", "Fig. 7", "number of attributes (HelpSteer win rate)", "paper Fig. 7",
         "MAT-Steer's margin over the baselines grows with the number of attributes (1 to 4).",
         ("margin growth, 1 to 4 attributes",), (("vs SFT", (5.65,)), ("vs ITI", (8.98,))), unit="points",
         caveat="The point values and which baselines are plotted were not found."),
@@ -650,9 +649,8 @@ def sources_markdown(results: PaperResults, results_label: str | None = None) ->
     lines = [f"Ours come from the committed results in `{results_label or results.folder}`, read as saved (no model "
              f"ran), on **{model}** (the embedded default model, far smaller than the paper's) with this "
              "repository's splits and measures. The paper's numbers are its **Llama-3.1-8B** numbers (Nguyen et al., "
-             "ACL 2025), each labelled with its table or figure, as transcribed in the project's paper notes "
-             "(`mat-steer-paper.md` §5 headline numbers, §6 ablations). Read them side by side for direction, not "
-             "level.", "", "| source file | provenance commit | model | seeds |", "|---|---|---|---|"]
+             "ACL 2025, arXiv:2502.12446), each labelled with its table or figure. Read them side by side for "
+             "direction, not level.", "", "| source file | provenance commit | model | seeds |", "|---|---|---|---|"]
     return "\n".join(lines + [_provenance_line(name, d) for name, d in data.items() if d is not None])
 
 
