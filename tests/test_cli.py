@@ -119,8 +119,11 @@ def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
     src.mkdir()
     assert main(["compare", "--layer", "10", "--seeds", "4", "5", "--out", str(tmp_path), "--source", f"bbq={src}",
                  "--steer-special", "--positions", "all", "--multipliers", "1", "4", "--kl-budget", "0.3",
-                 "--norm-grid", "on", "off", "--grid-extensions", "1", "--temperatures", "1", "3"]) == 0
+                 "--norm-grid", "on", "off", "--grid-extensions", "1", "--temperatures", "1", "3",
+                 "--layer-grid", "10", "18", "--search", "halving", "--halving-fraction", "0.5", "--halving-keep", "3"]
+                ) == 0
     cfg = seen["eval"]
+    assert (cfg.layers, cfg.search, cfg.halving_fraction, cfg.halving_keep) == ((10, 18), "halving", 0.5, 3)
     assert (cfg.demo.layer, cfg.seeds, cfg.out_dir) == (10, (4, 5), tmp_path)
     assert cfg.positions == "all" and cfg.multipliers == (1.0, 4.0)
     assert (cfg.kl_budget, cfg.norm_grid, cfg.grid_extensions, cfg.temperatures) == (0.3, (True, False), 1,

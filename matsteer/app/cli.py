@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="norm preservation as a dev grid dimension of every steering method, e.g. --norm-grid on off")
     p.add_argument("--grid-extensions", type=int, default=None,
                    help="how many times a grid grows past its edge while the choice sits there (default 2)")
+    p.add_argument("--layer-grid", dest="layers", type=int, nargs="+", default=None,
+                   help="choose every steering method's layer on dev from these, e.g. --layer-grid 10 14 18 22 "
+                        "(default: every method at --layer)")
     p.add_argument("--search", default=None, choices=("grid", "halving"),
                    help="dev search: every setting on the whole dev set (grid, default), or every setting on a dev "
                         "subset and the best --halving-keep again on the whole dev set (halving)")

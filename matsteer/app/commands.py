@@ -249,6 +249,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name in ("grid_extensions", "search", "halving_fraction", "halving_keep"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.layers:
+        cfg.layers = tuple(args.layers)
     cfg.settings_from = args.settings_from
     cfg.validate()
     report = add_methods(cfg.out_dir, args.add, cfg) if args.add else run_evaluation(cfg)

@@ -418,8 +418,12 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
     cfg = ex.cfg
     borrowed = (borrowed_choices(read_json(Path(cfg.settings_from), "comparison results"),
                                  ex.protocol_name or cfg.positions) if cfg.settings_from else None)
-    layers: dict[str, dict[str, Any]] = {}
-    if cfg.layers and "mat_steer" in cfg.methods:  # MAT-Steer's layer first: its training setting is chosen there
+    # Each steering method's layer, chosen once: under the primary protocol, kept by the variants.
+    layers: dict[str, dict[str, Any]] = {} if primary is None else {
+        n: {k: primary["selection"][n][k] for k in ("layer", "best_by_layer")}
+        for n in cfg.methods if "layer" in primary["selection"].get(n, {})}
+    if cfg.layers and "mat_steer" in cfg.methods and "mat_steer" not in layers:
+        # MAT-Steer's first: its training setting is chosen at its layer.
         layers["mat_steer"] = choose_layer(ex, "mat_steer", dict(cfg.training_candidates[0]))
     selection = select_training_default(_at(ex, layers, "mat_steer"), borrowed)
     overrides = selection["chosen"]["overrides"]
@@ -450,15 +454,16 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
 
 
 def choose_layer(ex: Experiment, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The layer of ``cfg.layers`` where ``name`` does best on dev with the first seed: at each layer its grid
-    (edge extensions included; on the dev subset under the halving search, else the whole dev set) and the trial
-    :func:`~matsteer.eval.selection.select_trial` picks there; the layer whose pick is within the KL budget and
-    has the best dev mean (ties: the earlier layer). Returns ``{"layer", "best_by_layer": {layer: trial}}``."""
+    """The layer of ``cfg.layers`` where ``name`` does best on dev with the first seed: at each layer its grid as
+    given (a coarse search: no edge extensions; on the dev subset under the halving search, else the whole dev
+    set) and the trial :func:`~matsteer.eval.selection.select_trial` picks there; the layer whose pick is within
+    the KL budget and has the best dev mean (ties: the earlier layer). Returns ``{"layer", "best_by_layer":
+    {layer: trial}}``."""
     cfg, seed = ex.cfg, ex.cfg.seeds[0]
     ex.on_step(f"comparison: dev: the layer of {name} ({', '.join(map(str, cfg.layers))})")
     best = {}
     for layer in cfg.layers:
-        trials = ex.at_layer(layer).grid_trials(name, seed, overrides, subset=cfg.search == "halving")
+        trials = ex.at_layer(layer).grid_trials(name, seed, overrides, subset=cfg.search == "halving", extend=False)
         best[layer] = trials[select_trial(trials, cfg.kl_budget)]
     pick = max(cfg.layers, key=lambda n: (within_budget(best[n], cfg.kl_budget), best[n]["dev_mean"],
                                           -cfg.layers.index(n)))

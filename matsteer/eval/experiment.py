@@ -461,12 +461,13 @@ class Experiment:
         by halving)."""
         return self.subset_trials.get(_key(name, seed, overrides))
 
-    def grid_trials(self, name: str, seed: int, overrides: dict[str, Any] | None, subset: bool = False
-                    ) -> list[dict[str, Any]]:
-        """Every setting of the method's grid as a dev trial, the grid grown past an edge while the choice sits
-        there (``cfg.grid_extensions`` times at most, by ``cfg.grid_factor``)."""
+    def grid_trials(self, name: str, seed: int, overrides: dict[str, Any] | None, subset: bool = False,
+                    extend: bool = True) -> list[dict[str, Any]]:
+        """Every setting of the method's grid as a dev trial (``subset``: on :attr:`dev_subset`), the grid grown
+        past an edge while the choice sits there (``extend``: ``cfg.grid_extensions`` times at most, by
+        ``cfg.grid_factor``)."""
         trials = [self._trial(name, params, seed, overrides, subset) for params in self.grid(name)]
-        for _ in range(self.cfg.grid_extensions):
+        for _ in range(self.cfg.grid_extensions if extend else 0):
             nxt = edge_extension(trials, select_trial(trials, self.cfg.kl_budget), self.cfg.grid_factor)
             if nxt is None or any(t["params"] == nxt for t in trials):
                 break
