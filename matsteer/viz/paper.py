@@ -1,13 +1,17 @@
 """The paper's tables and figures beside ours, from saved results only (no model passes): ``make paper``.
 
 Inputs: a results folder (``results/reference/``) with ``eval.json`` (the whole-test-split comparison, Table 1),
-``truthfulqa_generation.json`` (BLEU / ROUGE-L accuracy, Fig. 5) and ``toxicity.json`` (generation toxicity, Table
-2's toxicity-reduction row); :func:`load_paper_results` reads whichever exist. The paper's numbers are :data:`PAPER`:
+``truthfulqa_generation.json`` (BLEU / ROUGE-L accuracy, Fig. 5), ``toxicity.json`` (generation toxicity, Table
+2's toxicity-reduction row) and ``ablations/<name>.json`` (:func:`matsteer.eval.ablations.run_ablations`: Table 2's
+gates, Tables 3 and 4, Figs. 4 and 7, :data:`ABLATION_FILES`); :func:`load_paper_results` reads whichever exist.
+The paper's numbers are :data:`PAPER`:
 Llama-3.1-8B only, each item naming the paper's table or figure (Nguyen et al., ACL 2025, arXiv:2502.12446) it was
 transcribed from. None of our numbers is written here: every one is read from the results.
 
 The steps are small pure functions: results -> :class:`Comparison` (:func:`table1`, :func:`fig5`,
-:func:`table2_toxicity`) -> markdown (:func:`comparison_markdown`) or a figure (:func:`plot_comparison`); the paper
+:func:`table2_toxicity`; from the ablation files :func:`table2_gates`, :func:`table3`, :func:`table4`, :func:`fig4`,
+:func:`fig7`) -> markdown (:func:`comparison_markdown`) or a figure (:func:`paper_figure`: bars,
+:func:`plot_comparison`, or Figs. 4 and 7's curves, :func:`plot_fig4`, :func:`plot_fig7`); the paper
 items without a committed result become :class:`Pending` rows (:func:`pending_items`) with the command that would
 produce them. :func:`paper_markdown` and :func:`paper_figures` assemble everything; :func:`write_paper` writes
 ``paper.md`` and the PNGs (``matsteer paper``).
@@ -15,21 +19,27 @@ produce them. :func:`paper_markdown` and :func:`paper_figures` assemble everythi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from matsteer.errors import ConfigError
+from matsteer.eval.ablations import ROW_ORDER
 from matsteer.eval.config import METHOD_LABELS, METHODS
 from matsteer.eval.tasks import PRIMARY
 from matsteer.files import read_json, source_root
+from matsteer.viz.figures import figures_from_ablation
 from matsteer.viz.style import PALETTE, new_figure, save_figure, style
 
 __all__ = [
+    "ABLATIONS_DIR",
+    "ABLATION_FILES",
     "EVAL_FILE",
     "GENERATION_FILE",
     "NOT_BUILT",
@@ -44,24 +54,38 @@ __all__ = [
     "PaperResults",
     "Pending",
     "Row",
+    "ablation_file",
     "comparison_markdown",
+    "fig4",
     "fig5",
+    "fig7",
     "load_paper_results",
     "paper_comparisons",
+    "paper_figure",
     "paper_figures",
     "paper_markdown",
     "pending_items",
     "pending_markdown",
     "plot_comparison",
+    "plot_fig4",
+    "plot_fig7",
     "sources_markdown",
     "table1",
+    "table2_gates",
     "table2_toxicity",
+    "table3",
+    "table4",
     "write_paper",
 ]
 
 EVAL_FILE = "eval.json"
 GENERATION_FILE = "truthfulqa_generation.json"
 TOXICITY_FILE = "toxicity.json"
+#: The folder of the results folder holding the ablations (``matsteer ablate --out``), one ``<name>.json`` each.
+ABLATIONS_DIR = "ablations"
+#: The ablation (:data:`matsteer.eval.ablations.ABLATIONS`) each ablation-based paper item is read from.
+ABLATION_FILES: dict[str, str] = {"table2_gates": "paradetox_gates", "table3": "components", "table4": "tokens",
+                                  "fig4": "data_efficiency", "fig7": "num_attributes"}
 
 #: How the paper's figures stand beside ours: hatched, grey, labelled with the model they come from.
 PAPER_LABEL = "paper, Llama-3.1-8B"
@@ -195,12 +219,17 @@ NOT_BUILT: dict[str, str] = {
 
 #: Our task per Table 1 column, and how our measure differs from the paper's (docs/evaluation.md, Tasks).
 _TABLE1_TASKS = ("truthfulqa", "toxigen_pref", "bbq")
+#: The saved mean over the tasks (a result's ``"mean"`` entry) and its column.
+MEAN = "mean"
+_MEAN_COLUMN = "three-task mean"
 _MEASURE_NOTES = {
     "truthfulqa": "TruthfulQA MC2 as the paper (summed answer-token log-probs); the same measure.",
     "toxigen_pref": "ToxiGen here is a preference between a benign and a toxic statement about the same group "
                     "(chance 50%), not the paper's unspecified multiple-choice accuracy.",
     "bbq": "BBQ here is disambiguated accuracy (the one BBQ number a context-blind 'unknown' cannot raise; constant "
            "answer 50%), not the paper's plain accuracy over all questions.",
+    MEAN: "Three-task mean: the mean of our TruthfulQA MC2, ToxiGen preference and BBQ disambiguated accuracy "
+          "(the paper gives none).",
 }
 
 
@@ -271,31 +300,41 @@ class Pending:
 
 @dataclass(frozen=True)
 class PaperResults:
-    """The committed results :func:`load_paper_results` found (None: the file is absent) and the folder they are in."""
+    """The committed results :func:`load_paper_results` found (None: the file is absent), the saved ablations
+    ``{name: saved result}`` and the folder they are in; files: the paths read, relative to the folder."""
 
     folder: Path
     eval: Mapping[str, Any] | None = None
     generation: Mapping[str, Any] | None = None
     toxicity: Mapping[str, Any] | None = None
     files: tuple[str, ...] = field(default=())
+    ablations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def ablation_file(name: str) -> str:
+    """Where ablation ``name`` is read from, relative to the results folder (``ablations/<name>.json``)."""
+    return f"{ABLATIONS_DIR}/{name}.json"
 
 
 def load_paper_results(folder: str | Path) -> PaperResults:
-    """The results in ``folder`` (``eval.json``, ``truthfulqa_generation.json``, ``toxicity.json``, each optional).
+    """The results in ``folder`` (``eval.json``, ``truthfulqa_generation.json``, ``toxicity.json`` and the
+    :data:`ABLATION_FILES` under ``ablations/``, each optional).
 
     A relative folder not found from the working directory is looked up under the repository root, since the
-    notebooks run from ``notebooks/`` in JupyterLab. Raises ConfigError when the folder holds none of the three.
+    notebooks run from ``notebooks/`` in JupyterLab. Raises ConfigError when the folder holds none of them.
     """
     path = Path(folder).expanduser()
     if not path.is_absolute() and not path.is_dir() and (source_root() / path).is_dir():
         path = source_root() / path
-    found = {name: read_json(path / name) for name in (EVAL_FILE, GENERATION_FILE, TOXICITY_FILE)
-             if (path / name).is_file()}
+    names = (EVAL_FILE, GENERATION_FILE, TOXICITY_FILE, *map(ablation_file, ABLATION_FILES.values()))
+    found = {name: read_json(path / name) for name in names if (path / name).is_file()}
     if not found:
-        raise ConfigError(f"{folder} holds none of {EVAL_FILE}, {GENERATION_FILE}, {TOXICITY_FILE}; the committed "
-                          "ones are in results/reference (make paper-results re-runs them).")
+        raise ConfigError(f"{folder} holds none of {EVAL_FILE}, {GENERATION_FILE}, {TOXICITY_FILE} or "
+                          f"{ABLATIONS_DIR}/*.json; the committed ones are in results/reference (make paper-results "
+                          "re-runs them).")
+    ablations = {name: found[ablation_file(name)] for name in ABLATION_FILES.values() if ablation_file(name) in found}
     return PaperResults(path, found.get(EVAL_FILE), found.get(GENERATION_FILE), found.get(TOXICITY_FILE),
-                        tuple(found))
+                        tuple(found), ablations)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,23 +384,31 @@ def table1(report: Mapping[str, Any], source: str = EVAL_FILE) -> Comparison:
     per task (mean ± std over seeds, %), and the paper's directions checked on ours (method above Base, MAT-Steer
     above the strongest baseline, MAT-Steer the top row). A method missing from the report is a missing cell."""
     item = PAPER["table1"]
-    methods = report.get("methods", {})
-    primary = {**PRIMARY, **report.get("primary", {})}
-    rows = []
-    for name, values in item.rows:
-        key = PAPER_METHODS[name]
-        entry = methods.get(key) if key else None
-        if entry is None:
-            why = _absent(key, name, source, "matsteer compare --reference --add {key}")
-            rows.append(Row(name, key or "", tuple(Cell(v, missing=why) for v in values)))
-            continue
-        cells = []
-        for task, paper in zip(_TABLE1_TASKS, values):
-            mean, std, n = _pct(entry.get("test", {}).get(task, {}).get(primary[task]))
-            cells.append(Cell(paper, mean, std, n, "" if mean is not None else f"no {task} score in {source}"))
-        rows.append(Row(name, key or "", tuple(cells)))
+    rows = [_method_row(name, PAPER_METHODS[name], values, report, _TABLE1_TASKS, source) for name, values in item.rows]
     return Comparison(item, tuple(rows), tuple(_table1_directions(item, rows, report)),
                       tuple(_MEASURE_NOTES[t] for t in _TABLE1_TASKS), source)
+
+
+def _score_cell(paper: float | None, score: Any, task: str, source: str) -> Cell:
+    """The paper's value beside a saved ``{"mean", "std", "n"}`` score (fraction, shown in %); missing if absent."""
+    mean, std, n = _pct(score)
+    return Cell(paper, mean, std, n, "" if mean is not None else f"no {task} score in {source}")
+
+
+def _method_row(name: str, key: str | None, paper: Sequence[float | None], report: Mapping[str, Any],
+                tasks: Sequence[str], source: str) -> Row:
+    """Paper row ``name`` beside method ``key``'s test scores in a comparison ``report`` (an ``eval.json``): per
+    task its primary metric (task :data:`MEAN`: the report's mean over the tasks), %. A method missing from the
+    report gives missing cells saying why (not built, or the command that adds it)."""
+    entry = report.get("methods", {}).get(key) if key else None
+    if entry is None:
+        why = _absent(key, name, source, "matsteer compare --reference --add {key}")
+        return Row(name, key or "", tuple(Cell(v, missing=why) for v in paper))
+    primary = {**PRIMARY, **report.get("primary", {})}
+    test = entry.get("test", {})
+    return Row(name, key or "", tuple(
+        _score_cell(p, test.get(task) if task == MEAN else test.get(task, {}).get(primary[task]), task, source)
+        for task, p in zip(tasks, paper)))
 
 
 def _table1_directions(item: PaperItem, rows: Sequence[Row], report: Mapping[str, Any]) -> list[Direction]:
@@ -512,37 +559,263 @@ def table2_toxicity(toxicity: Mapping[str, Any], source: str = TOXICITY_FILE) ->
     return Comparison(item, tuple(rows), tuple(directions), notes, source)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The ablations (``<results>/ablations/<name>.json``) -> rows
+
+
+#: Table 3's paper rows and our rows in ``components.json`` (:data:`matsteer.eval.ablations.COMPONENTS`).
+_TABLE3_ROWS = {"Base": "Base", "+ Alignment (MMD only)": "MMD only", "+ Align + Pos": "+ Pos",
+                "+ Align + Sparse": "+ Sparse", "+ Align + Orth": "+ Orth", "w/o Pos": "w/o Pos",
+                "w/o Sparse": "w/o Sparse", "w/o Orth": "w/o Orth", "w/o Normalization": "w/o Normalization",
+                "Full": "Full"}
+#: Table 2's gate rows and our rows of ``paradetox_gates.json``'s table; its groups per paper column.
+_GATE_ROWS = {"mean toxicity gate": "Mean toxicity gate",
+              "mean gate of the other attributes": "Mean gate of the other attributes",
+              "mean # intervened tokens": "Mean # intervened tokens"}
+_GATE_GROUPS = ("Toxic", "Non-toxic")
+#: Fig. 4's paper points: our curve in ``data_efficiency.json`` or our method in ``eval.json``, and the fraction
+#: of the training data the paper gives the point at.
+_FIG4_POINTS = {"MAT-Steer, 10% of the training data": ("MAT-Steer", 0.1), "DPO, 100%": ("lora_dpo", 1.0),
+                "SFT, 100%": ("lora_sft", 1.0)}
+_OURS_ONLY = "ours only: "
+
+
+def _sizes_text(limits: Mapping[str, Any] | None) -> str:
+    """``truthfulqa 4, toxigen all`` from a saved ``{task: limit}`` (None: the whole split)."""
+    if not limits:
+        return "the whole split"
+    return ", ".join(f"{task} {'all' if n is None else n}" for task, n in limits.items())
+
+
+def _ablation_note(saved: Mapping[str, Any], source: str) -> str:
+    """What an ablation file records of its run: its sizes (``limits``, and the ablation's own ``options``), seeds,
+    the MAT-Steer setting's source and the model, commit and date of its provenance."""
+    limits, setting, prov = saved.get("limits", {}), saved.get("setting", {}), saved.get("provenance", {})
+    options = ", ".join(f"{k} {v}" for k, v in saved.get("options", {}).items())
+    return (f"Ours: `{source}` on {prov.get('model', {}).get('name', '?')}: test questions per task "
+            f"{_sizes_text(limits.get('test'))}; dev {_sizes_text(limits.get('dev'))}; training texts per data set "
+            f"{_sizes_text(limits.get('train'))}{f' (options: {options})' if options else ''}; seeds "
+            f"{', '.join(map(str, saved.get('seeds', []))) or '?'}; "
+            f"MAT-Steer setting from {setting.get('source', '?')} (multiplier {setting.get('multiplier', '?')}); "
+            f"provenance commit {prov.get('git_commit', 'not recorded')}, date "
+            f"{prov.get('date') or 'not recorded (the provenance keeps no timestamps; the commit dates it)'}.")
+
+
+def _with_mean_column(item: PaperItem) -> PaperItem:
+    """``item`` with our three-task mean as one more column (the paper gives none)."""
+    return replace(item, columns=(*item.columns, _MEAN_COLUMN), rows=tuple((n, (*v, None)) for n, v in item.rows))
+
+
+def _ablation_row(name: str, key: str, paper: Sequence[float | None], row: Mapping[str, Any] | None,
+                  tasks: Sequence[str], source: str) -> Row:
+    """Paper row ``name`` beside our ablation row ``key`` (``{task: {mean, std, n}, "mean": ..., "kl": ...}``,
+    None: the file lacks it), one cell per task in ``tasks`` (primary metric or :data:`MEAN`, %)."""
+    if row is None:
+        return Row(name, key, tuple(Cell(p, missing=f"no {key!r} row in {source}") for p in paper))
+    return Row(name, key, tuple(_score_cell(p, row.get(task), task, source) for task, p in zip(tasks, paper)))
+
+
+def _ablation_rows(item: PaperItem, rows: Mapping[str, Any], ours_of: Mapping[str, str], order: Sequence[str],
+                   tasks: Sequence[str], source: str) -> tuple[Row, ...]:
+    """Each paper row beside our row ``ours_of.get(name, name)`` in the paper's order, then our rows without a
+    paper row (in ``order``, then as saved), labelled "ours only"."""
+    out = [_ablation_row(name, ours_of.get(name, name), values, rows.get(ours_of.get(name, name)), tasks, source)
+           for name, values in item.rows]
+    paired = {r.key for r in out}
+    for key in dict.fromkeys(k for k in (*order, *rows) if k in rows and k not in paired):
+        out.append(_ablation_row(_OURS_ONLY + key, key, (None,) * len(tasks), rows[key], tasks, source))
+    return tuple(out)
+
+
+def _above(claim: str, column: str, high: Cell, low: Cell) -> Direction:
+    """``high`` above ``low`` in one column, the paper's way and ours. Ablation files hold no intervals: ours
+    gives both means ± std over seeds and says "within one std" where the difference is below the larger std."""
+    paper_d, ours_d = _sub(high.paper, low.paper), _sub(high.ours, low.ours)
+    paper = "paper: not reported" if paper_d is None else f"paper {_diff_text(paper_d)}"
+    if ours_d is None:
+        ours = f"ours n/a ({high.missing or low.missing})"
+    else:
+        within = "; within one std" if abs(ours_d) < max(high.std or 0.0, low.std or 0.0) else ""
+        ours = f"ours {_diff_text(ours_d)} ({_ours_text(high)} vs {_ours_text(low)}{within})"
+    return Direction(claim, column, None if paper_d is None else paper_d > 0, None if ours_d is None else ours_d > 0,
+                     f"{paper}; {ours}")
+
+
+def _above_rows(rows: Sequence[Row], high: str, lows: Sequence[str], columns: Sequence[str]) -> list[Direction]:
+    """Paper row ``high`` above each of ``lows`` in every column (:func:`_above`)."""
+    by_name = {r.name: r for r in rows}
+    return [_above(f"{high} above {low}", column, by_name[high].cells[j], by_name[low].cells[j])
+            for low in lows for j, column in enumerate(columns)]
+
+
+def table3(saved: Mapping[str, Any], source: str = ablation_file("components")) -> Comparison:
+    """Table 3 beside a saved ``components`` ablation: each paper row (:data:`_TABLE3_ROWS`) and our extra rows,
+    TruthfulQA MC2 (the paper's only column) and our three-task mean, %; directions: Full above Base and above
+    each "w/o" row."""
+    item = _with_mean_column(PAPER["table3"])
+    rows = _ablation_rows(item, saved.get("result", {}).get("rows", {}), _TABLE3_ROWS, ROW_ORDER["components"],
+                          ("truthfulqa", MEAN), source)
+    lows = ["Base", *(n for n in item.row_names() if n.startswith("w/o"))]
+    notes = (_MEASURE_NOTES["truthfulqa"], _MEASURE_NOTES[MEAN], _ablation_note(saved, source))
+    return Comparison(item, rows, tuple(_above_rows(rows, "Full", lows, item.columns)), notes, source)
+
+
+def table4(saved: Mapping[str, Any], source: str = ablation_file("tokens")) -> Comparison:
+    """Table 4 beside a saved ``tokens`` ablation: each paper row and our random-direction controls, the three
+    tasks' primary metrics, %; directions: MAT-Steer gating above All tokens (uniform) and above Base."""
+    item = PAPER["table4"]
+    rows = _ablation_rows(item, saved.get("result", {}).get("rows", {}), {}, ROW_ORDER["tokens"], _TABLE1_TASKS,
+                          source)
+    directions = _above_rows(rows, "MAT-Steer gating", ("All tokens (uniform)", "Base"), item.columns)
+    notes = (*(_MEASURE_NOTES[t] for t in _TABLE1_TASKS),
+             "Ours only: random directions of MAT-Steer's norms behind always-on gates or behind its learned gates "
+             "(controls: does the direction or the gating carry the effect?).", _ablation_note(saved, source))
+    return Comparison(item, rows, tuple(directions), notes, source)
+
+
+def table2_gates(saved: Mapping[str, Any], source: str = ablation_file("paradetox_gates")) -> Comparison:
+    """Table 2's gate rows beside a saved ``paradetox_gates`` ablation (one seed's steerer, so no std): mean
+    toxicity gate, mean gate of the other attributes and mean intervened tokens on toxic and non-toxic ParaDetox
+    sentences; directions: the toxicity gate and the intervened tokens higher on toxic than on non-toxic."""
+    item = PAPER["table2_gates"]
+    result = saved.get("result", {})
+    table = result.get("table", {})
+    rows = []
+    for name, values in item.rows:
+        ours = table.get(_GATE_ROWS[name], {})
+        rows.append(Row(name, _GATE_ROWS[name], tuple(
+            Cell(p, missing=f"no {group} value in {source}") if ours.get(group) is None
+            else Cell(p, float(ours[group]), None, 1) for p, group in zip(values, _GATE_GROUPS))))
+    column = f"{item.columns[0]} vs {item.columns[1]}"
+    directions = [_above(claim, column, *rows[i].cells) for claim, i in (
+        ("toxicity gate higher on toxic than on non-toxic", 0), ("more intervened tokens on toxic than on non-toxic", 2))]
+    n = result.get("n", {})
+    notes = (f"Ours: the gates of one steerer, the first seed's ({(saved.get('seeds') or ['?'])[0]}), on "
+             f"{n.get('Toxic', '?')} toxic and {n.get('Non-toxic', '?')} non-toxic ParaDetox test sentences (never "
+             f"trained on); a token is intervened when its toxicity gate is ≥ {result.get('threshold', '?')} (the "
+             "paper gives no threshold).", _ablation_note(saved, source))
+    return Comparison(item, tuple(rows), tuple(directions), notes, source)
+
+
+def _fraction(points: Mapping[str, Any], fraction: float) -> Any:
+    """The saved point of ``points`` (``{"0.1": ...}``) at ``fraction`` (None: not run)."""
+    return next((v for f, v in points.items() if math.isclose(float(f), fraction)), None)
+
+
+def fig4(saved: Mapping[str, Any], report: Mapping[str, Any] | None = None,
+         source: str = ablation_file("data_efficiency")) -> Comparison:
+    """Fig. 4 beside a saved ``data_efficiency`` ablation: the paper's three points (:data:`_FIG4_POINTS`) beside
+    ours (MAT-Steer at 10 % from the ablation, LoRA SFT / DPO from the comparison ``report``, an ``eval.json``, when
+    given), then every other point of our curves, TruthfulQA MC2 and the three-task mean, %; directions: MAT-Steer
+    at 10 % above SFT and DPO at 100 %."""
+    item = _with_mean_column(PAPER["fig4"])
+    result = saved.get("result", {})
+    detail, tasks = result.get("detail", {}), ("truthfulqa", MEAN)
+    rows = []
+    for name, values in item.rows:
+        curve, fraction = _FIG4_POINTS[name]
+        if curve in METHODS:
+            rows.append(_method_row(name, curve, values, report or {}, tasks, EVAL_FILE))
+        else:
+            rows.append(_ablation_row(name, f"{curve}, {fraction:.0%}", values,
+                                      _fraction(detail.get(curve, {}), fraction), tasks, source))
+    paired = {r.key for r in rows}
+    for curve, points in detail.items():
+        for f in sorted(points, key=float):
+            key = f"{curve}, {float(f):.0%}"
+            if key not in paired:
+                rows.append(_ablation_row(_OURS_ONLY + key, key, (None, None), points[f], tasks, source))
+    for name, value in result.get("reference", {}).items():
+        rows.append(Row(_OURS_ONLY + name, name, (Cell(None, missing=f"only the mean is saved in {source}"),
+                                                  Cell(None, float(value) * 100, None, 1))))
+    directions = _above_rows(rows, item.rows[0][0], item.row_names()[1:], item.columns)
+    sizes = _sizes_text((report or {}).get("sizes", {}).get("test"))
+    notes = ("The paper's points are TruthfulQA MC2; ours are TruthfulQA MC2 and the three-task test mean, the "
+             "curves' measure (the figure).", _MEASURE_NOTES[MEAN],
+             f"SFT and DPO: {EVAL_FILE}'s LoRA SFT / LoRA DPO rows (all the training data; test questions {sizes}), "
+             "not re-run on the ablation's questions, so their level and the ablation's differ in questions too.",
+             _ablation_note(saved, source))
+    return Comparison(item, tuple(rows), tuple(directions), notes, source)
+
+
+def _paper_statement(item: PaperItem) -> str:
+    """Fig. 7's published numbers, as a sentence (the paper gives the margins' growth, no point values)."""
+    return ", ".join(f"{_diff_text(v[0] or 0.0)} {name}" for name, v in item.rows)
+
+
+def _margin_growth(rows: Sequence[Row], curves: Sequence[str], column: str) -> list[Direction]:
+    """Fig. 7's direction per baseline curve (cells 1..): the first curve's margin over it grows from the first row
+    (fewest attributes) to the last; the paper's evidence is its published growth (:func:`_paper_statement`)."""
+    out = []
+    for j, name in enumerate(curves[1:], 1):
+        start, end = (_sub(rows[i].cells[0].ours, rows[i].cells[j].ours) for i in (0, -1))
+        growth = _sub(end, start)
+        ours = ("ours n/a" if growth is None or start is None or end is None else
+                f"ours {_diff_text(growth)} ({curves[0]} − {name}: {_diff_text(start)} with {rows[0].name}, "
+                f"{_diff_text(end)} with {rows[-1].name})")
+        out.append(Direction(f"{curves[0]}'s margin over {name} grows with the attributes", column, True,
+                             None if growth is None else growth > 0,
+                             f"paper (win-rate points, 1 to 4 attributes): {_paper_statement(PAPER['fig7'])}; {ours}"))
+    return out
+
+
+def fig7(saved: Mapping[str, Any], source: str = ablation_file("num_attributes")) -> Comparison:
+    """Fig. 7 beside a saved ``num_attributes`` ablation: our curves' test mean over all its tasks per number of
+    steered attributes (the paper published no point values: its columns stay empty); direction: the first
+    curve's (MAT-Steer's) margin over each other curve grows with the attributes (:func:`_margin_growth`)."""
+    result = saved.get("result", {})
+    curves, attributes, tasks = result.get("curves", {}), result.get("attributes", []), result.get("tasks", [])
+    what = f"{len(tasks) or '?'}-task test mean"
+    item = replace(PAPER["fig7"], title=f"number of attributes (ours: {what}, QA accuracy; paper: HelpSteer win rate)",
+                   columns=tuple(f"{c}, {what}" for c in curves), rows=())
+    ks = sorted({k for points in curves.values() for k in points}, key=int)
+    rows = tuple(Row(f"{k} attribute{'' if k == '1' else 's'}", " + ".join(attributes[:int(k)]) or k, tuple(
+        _score_cell(None, points.get(k), c, source) for c, points in curves.items())) for k in ks)
+    notes = (f"The paper published no point values for Fig. 7, only how much MAT-Steer's HelpSteer win-rate margin "
+             f"grows from 1 to 4 attributes ({_paper_statement(PAPER['fig7'])} points), so its columns are empty.",
+             f"Ours: QA accuracy, the test mean over {', '.join(tasks)} (each task's primary metric), steering the "
+             f"first k of {', '.join(attributes)}; no steering: "
+             + ", ".join(f"{v * 100:.2f}" for v in result.get("reference", {}).values()) + ".",
+             _ablation_note(saved, source))
+    directions = _margin_growth(rows, list(curves), what) if rows else []
+    return Comparison(item, rows, tuple(directions), notes, source)
+
+
 def paper_comparisons(results: PaperResults) -> dict[str, Comparison]:
     """``{item key: comparison}`` for every paper item ``results`` holds a result for, in the paper's order."""
-    out = []
-    if results.eval is not None:
-        out.append(table1(results.eval))
-    if results.toxicity is not None:
-        out.append(table2_toxicity(results.toxicity))
-    if results.generation is not None:
-        out.append(fig5(results.generation))
-    return {c.item.key: c for c in out}
+    ablations = results.ablations
+    inputs: dict[str, tuple[Mapping[str, Any] | None, Callable[[Mapping[str, Any]], Comparison]]] = {
+        "table1": (results.eval, table1), "table2_toxicity": (results.toxicity, table2_toxicity),
+        "fig5": (results.generation, fig5), "table2_gates": (ablations.get("paradetox_gates"), table2_gates),
+        "table3": (ablations.get("components"), table3), "table4": (ablations.get("tokens"), table4),
+        "fig4": (ablations.get("data_efficiency"), lambda saved: fig4(saved, results.eval)),
+        "fig7": (ablations.get("num_attributes"), fig7)}
+    return {key: inputs[key][1](data) for key in PAPER if key in inputs and (data := inputs[key][0]) is not None}
 
 
+#: What ``matsteer ablate <name>`` writes (its default ``--out``) and where ``matsteer paper`` reads it.
+_ABLATION_WRITES = "results/ablations/{name}.json (read here from `ablations/{name}.json` in the results folder)"
 #: The command that produces each paper item, what it writes and how it relates to the paper's (Makefile targets
 #: reference / ablations / winrates; ``matsteer ablate --help``). An empty command: nothing builds it yet.
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "table1": ("matsteer compare --reference", "results/reference/eval.json", "make reference"),
     "table2_toxicity": ("matsteer toxicity --reference", "results/reference/toxicity.json", ""),
     "fig5": ("matsteer truthfulqa-generation --reference", "results/reference/truthfulqa_generation.json", ""),
-    "table2_gates": ("matsteer ablate paradetox_gates", "results/ablations/paradetox_gates.json",
+    "table2_gates": ("matsteer ablate paradetox_gates", _ABLATION_WRITES.format(name="paradetox_gates"),
                      "part of make ablations"),
-    "table3": ("matsteer ablate components", "results/ablations/components.json", "part of make ablations"),
-    "table4": ("matsteer ablate tokens", "results/ablations/tokens.json", "part of make ablations"),
-    "fig4": ("matsteer ablate data_efficiency", "results/ablations/data_efficiency.json", "part of make ablations"),
-    "fig7": ("matsteer ablate num_attributes", "results/ablations/num_attributes.json",
+    "table3": ("matsteer ablate components", _ABLATION_WRITES.format(name="components"), "part of make ablations"),
+    "table4": ("matsteer ablate tokens", _ABLATION_WRITES.format(name="tokens"), "part of make ablations"),
+    "fig4": ("matsteer ablate data_efficiency", _ABLATION_WRITES.format(name="data_efficiency"),
+             "part of make ablations"),
+    "fig7": ("matsteer ablate num_attributes", _ABLATION_WRITES.format(name="num_attributes"),
              "part of make ablations; QA accuracy over 1-4 attributes, not HelpSteer win rates"),
     "table5": ("matsteer winrates", "results/winrates.json",
                "make winrates; the default model judges (a weak judge) unless --judge-url names a stronger one"),
     "table9": ("", "", "no command combines MAT-Steer with ICL, SFT or DPO yet"),
 }
 NOT_RERUN = "not yet re-run on the current method"
-_RESULT_FILES = {"table1": EVAL_FILE, "table2_toxicity": TOXICITY_FILE, "fig5": GENERATION_FILE}
+_RESULT_FILES = {"table1": EVAL_FILE, "table2_toxicity": TOXICITY_FILE, "fig5": GENERATION_FILE,
+                 **{key: ablation_file(name) for key, name in ABLATION_FILES.items()}}
 
 
 def pending_items(results: PaperResults) -> list[Pending]:
@@ -636,7 +909,8 @@ def pending_markdown(pending: Sequence[Pending]) -> str:
 def _provenance_line(name: str, data: Mapping[str, Any]) -> str:
     prov = data.get("provenance", {})
     model = prov.get("model", {}).get("name", "?")
-    seeds = prov.get("seeds") or data.get("config", {}).get("seeds") or []
+    # An ablation records the seeds it ran (its provenance's are the configuration's).
+    seeds = data.get("seeds") or prov.get("seeds") or data.get("config", {}).get("seeds") or []
     return (f"| `{name}` | {prov.get('git_commit', 'not recorded')} | {model} | "
             f"{', '.join(map(str, seeds)) or '–'} |")
 
@@ -644,7 +918,8 @@ def _provenance_line(name: str, data: Mapping[str, Any]) -> str:
 def sources_markdown(results: PaperResults, results_label: str | None = None) -> str:
     """Where the numbers come from: the paper's (Llama-3.1-8B) and ours (each source file with the commit, model
     and seeds its provenance records)."""
-    data = {EVAL_FILE: results.eval, GENERATION_FILE: results.generation, TOXICITY_FILE: results.toxicity}
+    data = {EVAL_FILE: results.eval, GENERATION_FILE: results.generation, TOXICITY_FILE: results.toxicity,
+            **{ablation_file(name): saved for name, saved in results.ablations.items()}}
     model = next((d.get("provenance", {}).get("model", {}).get("name") for d in data.values() if d), "?")
     lines = [f"Ours come from the committed results in `{results_label or results.folder}`, read as saved (no model "
              f"ran), on **{model}** (the embedded default model, far smaller than the paper's) with this "
@@ -714,9 +989,67 @@ def plot_comparison(comparison: Comparison) -> Figure:
     return fig
 
 
+def plot_fig4(comparison: Comparison, saved: Mapping[str, Any]) -> Figure:
+    """Fig. 4 beside ours: our curves of a saved ``data_efficiency`` ablation (three-task test mean against the
+    fraction of the training texts, ± std band, the no-steering line: ``matsteer figures``' own figure), the
+    three-task test means of the comparison's (:func:`fig4`) LoRA SFT / DPO rows as horizontal lines where
+    ``eval.json`` has them, and the paper's reported points (TruthfulQA MC2) as labelled grey markers."""
+    fig = figures_from_ablation("data_efficiency", saved)
+    ax = fig.axes[0]
+    with style():
+        lines = [(r.key, r.cells[-1].ours) for r in comparison.rows if r.key in METHODS]
+        for i, (key, mean) in enumerate((k, m) for k, m in lines if m is not None):
+            ax.axhline(mean, color=PALETTE[3 + i], linestyle="--", linewidth=1.2,
+                       label=f"{METHOD_LABELS.get(key, key)}, 100% ({EVAL_FILE})")
+        points = [(name, _FIG4_POINTS[name][1], values[0] or math.nan) for name, values in PAPER["fig4"].rows]
+        ax.scatter([x for _, x, _ in points], [y for _, _, y in points], marker="D", s=36, color=_PAPER_COLOR,
+                   edgecolor="0.35", zorder=3, label=f"{PAPER_LABEL} (TruthfulQA MC2)")
+        for name, x, y in points:
+            left = x < 0.5
+            ax.annotate(f"{name}: {y:.2f}", (x, y), xytext=(5 if left else -5, 4), textcoords="offset points",
+                        ha="left" if left else "right", fontsize=7, color="0.3")
+        ax.set_ylabel("ours: three-task test mean (%)")
+        ax.set_title(f"{comparison.item.name}: {comparison.item.title}")
+        _legend_below(fig, ax)
+    return fig
+
+
+def _legend_below(fig: Figure, ax: Axes) -> None:
+    """Move the legend of ``ax`` below the figure (the lines and the paper's points stay uncovered)."""
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.remove()
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
+
+
+def plot_fig7(saved: Mapping[str, Any]) -> Figure:
+    """Fig. 7 beside ours: our curves of a saved ``num_attributes`` ablation (test mean over all its tasks against
+    the number of steered attributes, the no-steering line: ``matsteer figures``' own figure), with the paper's
+    statement written on it (it published no point values)."""
+    fig = figures_from_ablation("num_attributes", saved)
+    ax = fig.axes[0]
+    with style():
+        ax.set_title(f"{PAPER['fig7'].name}: number of steered attributes (ours; dotted: no steering)")
+        ax.legend(fontsize=8)  # our curves (the saved figure's legend is titled "vs.", for win rates)
+        fig.supxlabel(f"{PAPER_LABEL}: HelpSteer win rates, no point values published;\nMAT-Steer's margin grows "
+                      f"{_paper_statement(PAPER['fig7'])} points from 1 to 4 attributes", fontsize=7, color="0.3")
+    return fig
+
+
+def paper_figure(results: PaperResults, comparison: Comparison) -> Figure:
+    """The figure of one compared item: Figs. 4 and 7 as their curves (:func:`plot_fig4`, :func:`plot_fig7`),
+    every other item as bars beside the paper's (:func:`plot_comparison`)."""
+    key = comparison.item.key
+    if key == "fig4":
+        return plot_fig4(comparison, results.ablations[ABLATION_FILES[key]])
+    if key == "fig7":
+        return plot_fig7(results.ablations[ABLATION_FILES[key]])
+    return plot_comparison(comparison)
+
+
 def paper_figures(results: PaperResults) -> dict[str, Figure]:
-    """``{"paper_<item key>": figure}`` for every comparison ``results`` holds."""
-    return {f"paper_{key}": plot_comparison(c) for key, c in paper_comparisons(results).items()}
+    """``{"paper_<item key>": figure}`` for every comparison ``results`` holds (:func:`paper_figure`)."""
+    return {f"paper_{key}": paper_figure(results, c) for key, c in paper_comparisons(results).items()}
 
 
 def write_paper(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
