@@ -11,7 +11,7 @@ from matsteer.core.config import TrainConfig
 from matsteer.core.workflow import DemoConfig
 from matsteer.errors import ConfigError
 from matsteer.eval.comparison import run_evaluation
-from matsteer.eval.config import CONSTANT_LABEL, METHODS, SEEDED, EvalConfig
+from matsteer.eval.config import COMBINED, CONSTANT_LABEL, METHODS, SEEDED, EvalConfig
 from matsteer.eval.evaluator import Evaluator
 from matsteer.eval.experiment import Experiment, TensorDigests, data_fingerprint, steerer_key
 from matsteer.eval.report import MARK
@@ -43,7 +43,8 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     monkeypatch.setattr(Experiment, "test_result", spy)
     steps: list[str] = []
     report = run_evaluation(cfg, progress=False, on_step=steps.append)
-    assert list(report["methods"]) == list(METHODS)
+    # Every method but Table 9's combinations, which are added on request.
+    assert list(report["methods"]) == [m for m in METHODS if m not in COMBINED] == list(cfg.methods)
     # Each part of the comparison is reported as it starts: set-up, each dev tuning, each test run with its count.
     assert steps[0].startswith("comparison: set-up")
     assert "comparison: dev: tuning mat_steer with training setting {'lambda_pos': 0.1, 'lambda_sparse': 0.1}" \
@@ -87,8 +88,8 @@ def test_comparison_selects_on_dev_only_and_reproduces(tiny_dir, tmp_path, monke
     assert const["bbq"]["ambig"]["mean"] == 0.0 and const["toxigen"]["balanced_accuracy"]["mean"] == 0.5
     # Intervals for every method against no steering and against the best baseline, per task and for the mean.
     intervals = report["intervals"]
-    assert set(intervals["vs_none"]) == set(METHODS) - {"none"}
-    assert set(intervals["vs_best_baseline"]) == set(METHODS) - {best["name"]}
+    assert set(intervals["vs_none"]) == set(METHODS) - set(COMBINED) - {"none"}
+    assert set(intervals["vs_best_baseline"]) == set(METHODS) - set(COMBINED) - {best["name"]}
     for row in (*intervals["vs_none"].values(), *intervals["vs_best_baseline"].values()):
         assert set(row) == {"truthfulqa", "toxigen_pref", "bbq", "mean", "toxigen"}
         assert all(ci["low"] <= ci["mean_diff"] <= ci["high"] for ci in row.values())

@@ -26,7 +26,7 @@ from matsteer.core.workflow import DemoConfig
 from matsteer.data import MCQuestion, load_examples, load_mc_questions
 from matsteer.errors import ConfigError
 from matsteer.eval.comparison import run_evaluation
-from matsteer.eval.config import FINETUNED, METHODS, REFT, EvalConfig
+from matsteer.eval.config import COMBINED, FINETUNED, METHODS, REFT, EvalConfig
 from matsteer.eval.report import markdown_table
 from matsteer.store.artifacts import check_compatible, load_steerer
 
@@ -275,7 +275,7 @@ def quick_evaluation(wb: Workbench, *, settings_from: str | Path | None = None, 
     reference's); None or "": every choice made on this run's dev.
     """
     cfg = EvalConfig(demo=copy.deepcopy(wb.demo), out_dir=Path(wb.results_dir),
-                     methods=tuple(m for m in METHODS if m not in FINETUNED and m not in REFT))
+                     methods=tuple(m for m in METHODS if m not in {*FINETUNED, *REFT, *COMBINED}))
     if wb.quick:
         cfg.seeds, cfg.multipliers, cfg.iti_alphas, cfg.icl_shots = (wb.seed,), (1.0,), (1.0,), (1,)
         cfg.dev_limits, cfg.test_limits = dict(wb.eval_limits), dict(wb.eval_limits)

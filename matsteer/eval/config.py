@@ -24,6 +24,8 @@ METHOD_LABELS = {
     "iti": "ITI mass-mean shift", "caa": "CAA mean difference", "pca": "PCA of paired differences",
     "probe_caa": "CAA with probe gates", "sum_single": "Sum of single-attribute MAT-Steer",
     "uniform_gates": "MAT-Steer vectors, uniform gates", "mat_steer": "MAT-Steer",
+    "icl_mat_steer": "ICL + MAT-Steer", "sft_mat_steer": "LoRA SFT + MAT-Steer (trained on the adapted model)",
+    "dpo_mat_steer": "LoRA DPO + MAT-Steer (trained on the adapted model)",
 }
 
 CONSTANT_LABEL = "Constant / majority answer (gold labels)"
@@ -34,10 +36,18 @@ CONSTANT_LABEL = "Constant / majority answer (gold labels)"
 #: unsteered model with its next-token logits divided by a dev-chosen T (a gain it matches is calibration, not
 #: steering); "temperature_len" the same with each answer's log-prob divided by its token count.
 METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft", "lora_dpo", "loreft", "iti", "nl_iti",
-           "caa", "pca", "icv", "probe_caa", "sum_single", "uniform_gates", "mat_steer")
+           "caa", "pca", "icv", "probe_caa", "sum_single", "uniform_gates", "mat_steer", "icl_mat_steer",
+           "sft_mat_steer", "dpo_mat_steer")
+
+#: The paper's Table 9: MAT-Steer on top of another method, by the row it builds on. ICL + MAT-Steer steers the
+#: demonstration-prefixed prompts with the comparison's MAT-Steer; SFT / DPO + MAT-Steer trains MAT-Steer on the
+#: LoRA-adapted model's own activations (features extracted from that model) and steers it. Their grid crosses the
+#: multiplier with the row's own (ICL's shots, the LoRA learning rate and steps). Not in the default method list:
+#: ``--add`` them, or name them in ``EvalConfig.methods``.
+COMBINED = {"icl_mat_steer": "icl", "sft_mat_steer": "lora_sft", "dpo_mat_steer": "lora_dpo"}
 
 #: The methods run once per seed (see METHODS).
-SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "loreft", "sum_single", "uniform_gates", "mat_steer"})
+SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "loreft", "sum_single", "uniform_gates", "mat_steer", *COMBINED})
 
 #: The fine-tuning baselines (matsteer.core.finetune): a LoRA adapter on the same training data, merged into a copy
 #: of the model that then answers every task (no steering; the paper's SFT and DPO rows).
@@ -48,8 +58,8 @@ FINETUNED = {"lora_sft": "sft", "lora_dpo": "dpo"}
 #: each protocol's positions, with side effects); no MAT-Steer multiplier (its own strength is trained).
 REFT = frozenset({"loreft"})
 
-#: MAT-Steer and its own variants: never "the best baseline".
-MAT_VARIANTS = frozenset({"sum_single", "uniform_gates", "mat_steer"})
+#: MAT-Steer, its own variants and its combinations: never "the best baseline".
+MAT_VARIANTS = frozenset({"sum_single", "uniform_gates", "mat_steer", *COMBINED})
 
 #: References shown beside the methods, not candidates for the best baseline.
 CONTROLS = frozenset({"none", "random", "temperature", "temperature_len"})
@@ -131,7 +141,7 @@ class EvalConfig:
     halving_keep: int = 2
     training_candidates: tuple[dict[str, Any], ...] = (
         {"lambda_pos": 0.9, "lambda_sparse": 0.9}, {"lambda_pos": 0.1, "lambda_sparse": 0.1})
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = tuple(m for m in METHODS if m not in COMBINED)
     probes: tuple[str, ...] = PROBES
     positions: str = "prompt"
     #: Where the steering methods act, as a dev grid (crossed with each one's multiplier / α); empty: every method

@@ -311,17 +311,28 @@ class Evaluator:
             return self._tempered_side_effects(method.temperature)
         if method.steerer is None:  # the method does not steer activations
             return {"ce": None, "kl": None}
+        base, ids, mask = self._neutral_logits()
+        steered = self.steered_neutral_logits(method).to(base.device)
+        return {"ce": cross_entropy(steered, ids, mask), "kl": next_token_kl(base, steered, mask)}
+
+    def steered_neutral_logits(self, method: Method) -> torch.Tensor:
+        """The float32 logits ``[N, W, V]`` of the neutral texts with ``method``'s steerer on this evaluator's
+        model, under the method's own position policy (the cached site activations where there are some, else
+        one pyvene-steered forward)."""
+        assert method.steerer is not None, "steered_neutral_logits needs a steerer"
         positions = method.positions or self.positions
         c = self._neutral_cache
-        if c is None:  # no cached scoring for this model and site
-            return self._side_effects_pyvene(method, method.steerer, positions)
-        base = self._base_neutral_logits(c)
         with torch.inference_mode():
-            steered = text_logits(self.loaded.model, self.site, c, method.edit(), positions,
-                                  steer_special=method.steer_special).float()
-        mask = c.mask.to(steered.device)
-        return {"ce": cross_entropy(steered, c.input_ids.to(steered.device), mask),
-                "kl": next_token_kl(base, steered, mask)}
+            if c is not None:
+                return text_logits(self.loaded.model, self.site, c, method.edit(), positions,
+                                   steer_special=method.steer_special).float()
+            # One forward pass of neutral text stands for generated text: answer-only steering edits all of it, as
+            # in the cached path (matsteer.eval.cached_scoring.text_edit_mask).
+            positions = "all" if positions == "generated" else positions
+            tok, m = self.loaded.tokenizer, self.loaded.model
+            with steer(m, method.steerer, site=self.site, **method.steering(positions)) as handle, \
+                    protect_special(handle, tok, method.steer_special):
+                return handle(**self._neutral_batch()).logits.float()
 
     def _tempered_side_effects(self, temperature: float) -> dict[str, float | None]:
         """CE and KL(unsteered ‖ tempered) on the neutral text of the unsteered logits divided by ``temperature``."""
@@ -341,26 +352,13 @@ class Evaluator:
             else None
         return other
 
-    def _model_side_effects(self, other: Evaluator) -> dict[str, float | None]:
-        """CE of ``other``'s model on the neutral text and KL(this model ‖ that model) on it."""
+    def _model_side_effects(self, other: Evaluator, method: Method) -> dict[str, float | None]:
+        """CE of ``other``'s model on the neutral text and KL(this model ‖ that model) on it, that model steered
+        by ``method``'s steerer where it has one (a fine-tuned copy with MAT-Steer on top)."""
         base, ids, mask = self._neutral_logits()
-        changed = other._neutral_logits()[0].to(base.device)
+        changed = (other._neutral_logits()[0] if method.steerer is None
+                   else other.steered_neutral_logits(method)).to(base.device)
         return {"ce": cross_entropy(changed, ids, mask), "kl": next_token_kl(base, changed, mask)}
-
-    def _side_effects_pyvene(self, method: Method, steerer: Steerer, positions: str) -> dict[str, float | None]:
-        """:meth:`side_effects` through a pyvene-steered model (no cached site activations)."""
-        tok, m = self.loaded.tokenizer, self.loaded.model
-        # One forward pass of neutral text stands for generated text: answer-only steering edits all of it, as
-        # in the cached path (matsteer.eval.cached_scoring.text_edit_mask).
-        positions = "all" if positions == "generated" else positions
-        enc = self._neutral_batch()
-        with torch.inference_mode():
-            base = m(**enc).logits.float()
-            with steer(m, steerer, site=self.site, **method.steering(positions)) as handle, \
-                    protect_special(handle, tok, method.steer_special):
-                steered = handle(**enc).logits.float()
-        mask = enc["attention_mask"]
-        return {"ce": cross_entropy(steered, enc["input_ids"], mask), "kl": next_token_kl(base, steered, mask)}
 
     def evaluate(self, method: Method, side_effects: bool = True) -> dict[str, Any]:
         """All tasks and probes (and side effects) for one method; ``mean`` is the mean of the attribute tasks'
@@ -370,7 +368,7 @@ class Evaluator:
             other = self.for_model(method.model)
             scored = other.evaluate(replace(method, model=None), side_effects=False)
             if side_effects:
-                scored["side_effects"] = self._model_side_effects(other)
+                scored["side_effects"] = self._model_side_effects(other, method)
             return scored
         out: dict[str, Any] = {t: self.task_scores(t, method) for t in self.all_tasks}
         out["mean"] = sum(out[t][PRIMARY[t]] for t in self.tasks) / len(self.tasks)

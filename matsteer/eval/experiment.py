@@ -54,6 +54,7 @@ from matsteer.core.workflow import attribute_data, extract_splits
 from matsteer.data import load_examples
 from matsteer.errors import ConfigError
 from matsteer.eval.config import (
+    COMBINED,
     FINETUNED,
     FIXED_SEED,
     METHODS,
@@ -148,6 +149,7 @@ class Experiment:
         self._digests = TensorDigests()
         self._background: dict[str, torch.Tensor] = {}
         self._layers: dict[int, Experiment] = {}
+        self._models: dict[str, Experiment] = {}
         self._dev_results: dict[str, dict[str, Any]] = {}
         #: The halving search's first-stage trials (on :attr:`dev_subset`), by method, seed and overrides.
         self.subset_trials: dict[str, list[dict[str, Any]]] = {}
@@ -186,7 +188,7 @@ class Experiment:
     def total_timings(self) -> dict[str, float]:
         """:attr:`timings` with those of every other layer's experiment (:meth:`at_layer`) added."""
         out = dict(self.timings)
-        for child in self._layers.values():
+        for child in (*self._layers.values(), *self._models.values()):
             for key, value in child.timings.items():
                 out[key] = out.get(key, 0.0) + value
         return out
@@ -357,6 +359,8 @@ class Experiment:
                           params=params)
         if name in FINETUNED:
             return Method(name, model=self.finetuned(name, params, seed).adapted, params=params)
+        if name in COMBINED:
+            return self._combined(name, params, seed, overrides)
         if name == "icl":
             tasks = dict.fromkeys((*TASKS, *PROBES, *self.test.all_tasks))
             return Method(name, prefix={t: few_shot_prefix(t, params["shots"], FIXED_SEED) for t in tasks},
@@ -397,6 +401,35 @@ class Experiment:
             return Method(name, sum_of_single(singles), global_multiplier=m, **renormed)
         raise ConfigError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
 
+    def _combined(self, name: str, params: dict[str, Any], seed: int, overrides: dict[str, Any] | None) -> Method:
+        """Table 9's rows (:data:`~matsteer.eval.config.COMBINED`): MAT-Steer at ``params``' multiplier (and
+        positions / norm) on top of the row it builds on at ``params``' own settings. ICL + MAT-Steer: the
+        comparison's MAT-Steer steers the demonstration-prefixed prompts. SFT / DPO + MAT-Steer: the adapter of
+        that LoRA row (memoised with it), MAT-Steer trained on the adapted model's activations
+        (:meth:`on_model`) and steering it; its side effects are the adapted and steered model's against the base."""
+        base_name = COMBINED[name]
+        own = {k: v for k, v in params.items() if k not in ("multiplier", "positions", "preserve_norm")}
+        steer_params = {k: v for k, v in params.items() if k not in own}
+        base = self.method(base_name, own, seed, overrides)
+        if base.model is None:
+            mat = self.method("mat_steer", steer_params, seed, overrides)
+            return dataclasses.replace(mat, name=name, prefix=base.prefix, params=params)
+        mat = self.on_model(base.model).method("mat_steer", steer_params, seed, overrides)
+        return dataclasses.replace(mat, name=name, model=base.model, params=params)
+
+    def on_model(self, loaded: LoadedModel) -> Experiment:
+        """This experiment on another model (a fine-tuned copy, told apart by its weight hash): the same settings,
+        with training features extracted from that model and MAT-Steer trained on them. Memoised."""
+        if loaded is self.loaded:
+            return self
+        if loaded.weight_hash not in self._models:
+            # Its own feature folders: named by the weights, so that no adapter's features replace another's.
+            demo = dataclasses.replace(self.cfg.demo, model=f"{loaded.name}-{loaded.weight_hash[:12]}")
+            child = Experiment(dataclasses.replace(self.cfg, demo=demo), self.progress, self.on_step, loaded=loaded)
+            child.commit = self.commit
+            self._models[loaded.weight_hash] = child
+        return self._models[loaded.weight_hash]
+
     def grid(self, name: str) -> list[dict[str, Any]]:
         """The dev grid of a method's run-time hyperparameters: its strength (multiplier, α, T or shots; LoReFT's
         training settings, ``cfg.reft_grid``), crossed for steering methods with ``cfg.position_grid`` and
@@ -409,6 +442,8 @@ class Experiment:
             return [{"temperature": t} for t in self.cfg.temperatures]
         if name in FINETUNED:
             return [dict(p) for p in self.cfg.finetune_grid]
+        if name in COMBINED:  # MAT-Steer's grid crossed with the grid of the row it builds on
+            return [{**own, **mat} for own in self.grid(COMBINED[name]) for mat in self.grid("mat_steer")]
         strength = {"iti": ("alpha", self.cfg.iti_alphas), "nl_iti": ("alpha", self.cfg.nl_iti_alphas),
                     "icv": ("multiplier", self.cfg.icv_lambdas)}
         key, grid = strength.get(name, ("multiplier", self.cfg.multipliers))
