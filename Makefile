@@ -67,12 +67,15 @@ paper: setup
 	$(BIN)/matsteer paper --results results/reference --out figures/paper
 
 # Re-run what `make paper` reads: the reference comparison (58 min on 2 cores, docs/evaluation.md), its TruthfulQA
-# generation and generation toxicity for every method, then the ablations (at the setting `make demo` chose,
-# results/eval.json; they write results/ablations/, which paper.md lists but does not yet read). Hours on 2 cores.
+# generation and generation toxicity for every method, then the paper's ablations at the reference's dev choice
+# under the paper's protocol (steer the query), three seeds, the demo's question sizes, into
+# results/reference/ablations/ (where paper.md reads them). Hours on 2 cores.
+PAPER_ABLATIONS := components tokens paradetox_gates data_efficiency num_attributes interference targeting
 paper-results: reference
 	$(BIN)/matsteer truthfulqa-generation --reference
 	$(BIN)/matsteer toxicity --reference
-	$(MAKE) ablations
+	$(BIN)/matsteer ablate $(PAPER_ABLATIONS) --from-eval results/reference/eval.json --protocol prompt \
+		--seeds 0 1 2 --out results/reference/ablations
 	$(MAKE) paper
 
 test: setup
