@@ -124,6 +124,11 @@ def test_compare_and_winrates_pass_their_flags(tmp_path, monkeypatch):
                 ) == 0
     cfg = seen["eval"]
     assert (cfg.layers, cfg.search, cfg.halving_fraction, cfg.halving_keep) == ((10, 18), "halving", 0.5, 3)
+    # The reviewer's reference, its primary protocol alone, planned: nothing runs.
+    seen.clear()
+    assert main(["compare", "--protocol-reference", "--protocols", "prompt", "--plan", "--plan-costs",
+                 str(tmp_path / "none")]) == 0
+    assert not seen
     assert (cfg.demo.layer, cfg.seeds, cfg.out_dir) == (10, (4, 5), tmp_path)
     assert cfg.positions == "all" and cfg.multipliers == (1.0, 4.0)
     assert (cfg.kl_budget, cfg.norm_grid, cfg.grid_extensions, cfg.temperatures) == (0.3, (True, False), 1,

@@ -244,5 +244,15 @@ def test_each_steering_method_chooses_its_layer_on_dev_and_is_tested_there(tiny_
         assert chosen["methods"][name]["test"] == at[layer]["methods"][name]["test"]
     # Methods that edit no site activations have no layer.
     assert "layer" not in chosen["methods"]["icl"] and "layer" not in chosen["selection"]["none"]
+    # The plan counted this run's work before it ran (no edge extensions here, so exactly).
+    from matsteer.eval.plan import search_plan
+
+    cfg = EvalConfig(**{**vars(EvalConfig()), "methods": ("none", "icl", "caa", "mat_steer"), "multipliers": (0.5, 2.0),
+                        "training_candidates": ({},), "grid_extensions": 0, "layers": (1, 2), "seeds": (0,)})
+    plan = {m.name: m for m in search_plan(cfg).methods}
+    for name in ("none", "icl", "caa", "mat_steer"):
+        assert plan[name].dev_trials == len(chosen["selection"][name]["dev_trials"])
+        assert plan[name].test_rows == len(chosen["methods"][name]["seeds"])
+        assert plan[name].layer_trials == (2 * 2 if name in ("caa", "mat_steer") else 0)
     with pytest.raises(ConfigError, match="layers"):
         EvalConfig(layers=(10, 10)).validate()

@@ -194,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="the committed reference run (EvalConfig.reference: whole test splits, larger dev and "
                         "training sets, positions in the dev grid), written to results/reference unless --out")
+    p.add_argument("--protocol-reference", dest="protocol_reference", action="store_true",
+                   help="the reference as a reviewer asks for it (EvalConfig.protocol_reference: one table per "
+                        "protocol, 5 seeds, geometric grids, norm and layer on dev, a KL budget, the halving search)")
+    p.add_argument("--protocols", nargs="+", default=None, choices=("prompt", "generated", "all", "last"),
+                   help="one table per protocol, each with its own dev selection, the first the primary one, e.g. "
+                        "--protocols prompt (the paper's alone) or prompt generated all")
+    p.add_argument("--plan", action="store_true",
+                   help="print what the comparison would run (trials, test rows) and its estimated time, run nothing")
+    p.add_argument("--plan-costs", dest="plan_costs", default="results/reference",
+                   help="the finished comparison whose measured seconds per trial and per test row --plan uses")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--layer", type=int, default=14, help="the steered layer (`matsteer ablate layers` sweeps it on dev)")
     p.add_argument("--positions", default=None, nargs="+", choices=("prompt", "all", "generated", "last", "random"),

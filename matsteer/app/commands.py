@@ -31,6 +31,7 @@ from matsteer.eval.extend import add_methods
 from matsteer.eval.gate_analysis import gate_sets, steered_sets, training_background
 from matsteer.eval.harness import parse_multipliers
 from matsteer.eval.openai_judge import OpenAICompatibleJudge
+from matsteer.eval.plan import measured_costs, search_plan
 from matsteer.eval.tasks import DATA_OF, PRIMARY, PROBES, parse_sources
 from matsteer.eval.toxicity import run_toxicity
 from matsteer.eval.truthful_generation import run_truthfulqa_generation
@@ -227,7 +228,8 @@ def _result_figures(folder: Path) -> dict[str, Figure]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    cfg = EvalConfig.reference() if args.reference else EvalConfig.full() if args.full else EvalConfig()
+    cfg = (EvalConfig.protocol_reference() if args.protocol_reference else EvalConfig.reference() if args.reference
+           else EvalConfig.full() if args.full else EvalConfig())
     cfg.out_dir = Path(args.out or cfg.out_dir)
     cfg.demo.layer = args.layer
     cfg.demo.dtype = args.dtype
@@ -238,6 +240,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.positions:
         cfg.positions = args.positions[0]
         cfg.position_grid = tuple(args.positions) if len(args.positions) > 1 else ()
+    if args.protocols:
+        cfg.protocols, cfg.position_grid = tuple(args.protocols), ()
     if args.multipliers:
         cfg.multipliers = tuple(args.multipliers)
     if args.temperatures:
@@ -253,6 +257,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg.layers = tuple(args.layers)
     cfg.settings_from = args.settings_from
     cfg.validate()
+    if args.plan:
+        costs = measured_costs(args.plan_costs) if (Path(args.plan_costs) / "eval-timings.json").is_file() else None
+        print(search_plan(cfg).table(costs))
+        return 0
     report = add_methods(cfg.out_dir, args.add, cfg) if args.add else run_evaluation(cfg)
     print((cfg.out_dir / "eval.md").read_text(encoding="utf-8"))
     print(f"wrote {cfg.out_dir / 'eval.json'} and eval.md; best baseline by dev: {report['best_baseline']['name']}")

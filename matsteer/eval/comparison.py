@@ -18,6 +18,7 @@ marked in ``eval.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from matsteer.eval.config import (
     PROTOCOL_FREE,
     SEEDED,
     EvalConfig,
+    method_grid,
 )
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
 from matsteer.eval.report import write_report
@@ -454,16 +456,18 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
 
 
 def choose_layer(ex: Experiment, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The layer of ``cfg.layers`` where ``name`` does best on dev with the first seed: at each layer its grid as
-    given (a coarse search: no edge extensions; on the dev subset under the halving search, else the whole dev
-    set) and the trial :func:`~matsteer.eval.selection.select_trial` picks there; the layer whose pick is within
-    the KL budget and has the best dev mean (ties: the earlier layer). Returns ``{"layer", "best_by_layer":
-    {layer: trial}}``."""
+    """The layer of ``cfg.layers`` where ``name`` does best on dev with the first seed: at each layer a coarse
+    search, its grid without the norm dimension (each method's own norm default) and without edge extensions, on
+    the dev subset under the halving search (else the whole dev set), and the trial
+    :func:`~matsteer.eval.selection.select_trial` picks there; the layer whose pick is within the KL budget and
+    has the best dev mean (ties: the earlier layer). Returns ``{"layer", "best_by_layer": {layer: trial}}``."""
     cfg, seed = ex.cfg, ex.cfg.seeds[0]
     ex.on_step(f"comparison: dev: the layer of {name} ({', '.join(map(str, cfg.layers))})")
+    coarse = method_grid(dataclasses.replace(cfg, norm_grid=()), name)
     best = {}
     for layer in cfg.layers:
-        trials = ex.at_layer(layer).grid_trials(name, seed, overrides, subset=cfg.search == "halving", extend=False)
+        trials = ex.at_layer(layer).grid_trials(name, seed, overrides, subset=cfg.search == "halving", extend=False,
+                                                grid=coarse)
         best[layer] = trials[select_trial(trials, cfg.kl_budget)]
     pick = max(cfg.layers, key=lambda n: (within_budget(best[n], cfg.kl_budget), best[n]["dev_mean"],
                                           -cfg.layers.index(n)))

@@ -193,6 +193,27 @@ class EvalConfig:
         cfg.out_dir = Path("results/reference")
         return cfg
 
+    @classmethod
+    def protocol_reference(cls) -> EvalConfig:
+        """The reference comparison as a reviewer asks for it (not yet run; ``matsteer compare --protocol-reference
+        --plan`` counts its work): :meth:`reference`'s data and sizes, one table per protocol with the paper's
+        (steer the query) first, five seeds, geometric strength grids from 0.25 to 16 that grow past an edge,
+        norm preservation as a grid dimension, every steering method's layer chosen on dev from 10 / 14 / 18 / 22,
+        selection within a neutral-text KL budget of 0.5 nats, the halving search, and MAT-Steer's gates trained
+        with or without the background term (today's default or ``targeted``) as a dev-chosen training setting."""
+        cfg = cls.reference()
+        cfg.seeds = (0, 1, 2, 3, 4)
+        cfg.position_grid, cfg.protocols = (), ("prompt", "generated", "all")
+        cfg.multipliers = cfg.iti_alphas = cfg.nl_iti_alphas = (0.25, 1.0, 4.0, 16.0)
+        cfg.icv_lambdas = (0.025, 0.1, 0.4)
+        cfg.norm_grid = (True, False)
+        cfg.layers = (10, 14, 18, 22)
+        cfg.kl_budget = 0.5
+        cfg.search = "halving"
+        cfg.training_candidates = ({}, {"lambda_background": 1.0})
+        cfg.out_dir = Path("results/protocol-reference")
+        return cfg
+
     def validate(self) -> None:
         bad = [p for p in (self.positions, *self.position_grid, *self.protocols) if p not in CACHED_POSITIONS]
         if self.protocols and self.position_grid:
@@ -228,3 +249,27 @@ class EvalConfig:
                               "eval.json (e.g. results/reference/eval.json), or leave it unset to tune on dev.")
         for cand in self.training_candidates:
             TrainConfig(**{**self.demo.train.to_dict(), **cand}).validate()
+
+
+def method_grid(cfg: EvalConfig, name: str) -> list[dict[str, Any]]:
+    """The dev grid of a method's run-time hyperparameters under ``cfg``: its strength (multiplier, α, T or shots;
+    LoReFT's training settings, ``cfg.reft_grid``; the LoRA rows' ``cfg.finetune_grid``), crossed for steering
+    methods with ``cfg.position_grid`` and ``cfg.norm_grid`` where those are set; Table 9's rows cross MAT-Steer's
+    grid with the grid of the row they build on."""
+    if name == "none":
+        return [{}]
+    if name == "icl":
+        return [{"shots": k} for k in cfg.icl_shots]
+    if name in TEMPERATURE_CONTROLS:
+        return [{"temperature": t} for t in cfg.temperatures]
+    if name in FINETUNED:
+        return [dict(p) for p in cfg.finetune_grid]
+    if name in COMBINED:
+        return [{**own, **mat} for own in method_grid(cfg, COMBINED[name]) for mat in method_grid(cfg, "mat_steer")]
+    strength = {"iti": ("alpha", cfg.iti_alphas), "nl_iti": ("alpha", cfg.nl_iti_alphas),
+                "icv": ("multiplier", cfg.icv_lambdas)}
+    key, grid = strength.get(name, ("multiplier", cfg.multipliers))
+    # LoReFT's strength is trained: its grid is its training settings, crossed like the others'.
+    values: list[dict[str, Any]] = [dict(p) for p in cfg.reft_grid] if name in REFT else [{key: v} for v in grid]
+    values = [{**v, "positions": p} for p in cfg.position_grid for v in values] or values
+    return [{**v, "preserve_norm": n} for n in cfg.norm_grid for v in values] or values

@@ -62,6 +62,7 @@ from matsteer.eval.config import (
     SEEDED,
     TEMPERATURE_CONTROLS,
     EvalConfig,
+    method_grid,
 )
 from matsteer.eval.evaluator import Evaluator, Method
 from matsteer.eval.gate_analysis import training_background
@@ -431,27 +432,8 @@ class Experiment:
         return self._models[loaded.weight_hash]
 
     def grid(self, name: str) -> list[dict[str, Any]]:
-        """The dev grid of a method's run-time hyperparameters: its strength (multiplier, α, T or shots; LoReFT's
-        training settings, ``cfg.reft_grid``), crossed for steering methods with ``cfg.position_grid`` and
-        ``cfg.norm_grid`` where those are set."""
-        if name == "none":
-            return [{}]
-        if name == "icl":
-            return [{"shots": k} for k in self.cfg.icl_shots]
-        if name in TEMPERATURE_CONTROLS:
-            return [{"temperature": t} for t in self.cfg.temperatures]
-        if name in FINETUNED:
-            return [dict(p) for p in self.cfg.finetune_grid]
-        if name in COMBINED:  # MAT-Steer's grid crossed with the grid of the row it builds on
-            return [{**own, **mat} for own in self.grid(COMBINED[name]) for mat in self.grid("mat_steer")]
-        strength = {"iti": ("alpha", self.cfg.iti_alphas), "nl_iti": ("alpha", self.cfg.nl_iti_alphas),
-                    "icv": ("multiplier", self.cfg.icv_lambdas)}
-        key, grid = strength.get(name, ("multiplier", self.cfg.multipliers))
-        # LoReFT's strength is trained: its grid is its training settings, crossed like the others'.
-        values: list[dict[str, Any]] = ([dict(p) for p in self.cfg.reft_grid] if name in REFT
-                                        else [{key: v} for v in grid])
-        values = [{**v, "positions": p} for p in self.cfg.position_grid for v in values] or values
-        return [{**v, "preserve_norm": n} for n in self.cfg.norm_grid for v in values] or values
+        """The dev grid of a method (:func:`~matsteer.eval.config.method_grid` of this experiment's settings)."""
+        return method_grid(self.cfg, name)
 
     @functools.cached_property
     def dev_subset(self) -> Evaluator:
@@ -497,11 +479,11 @@ class Experiment:
         return self.subset_trials.get(_key(name, seed, overrides))
 
     def grid_trials(self, name: str, seed: int, overrides: dict[str, Any] | None, subset: bool = False,
-                    extend: bool = True) -> list[dict[str, Any]]:
-        """Every setting of the method's grid as a dev trial (``subset``: on :attr:`dev_subset`), the grid grown
-        past an edge while the choice sits there (``extend``: ``cfg.grid_extensions`` times at most, by
-        ``cfg.grid_factor``)."""
-        trials = [self._trial(name, params, seed, overrides, subset) for params in self.grid(name)]
+                    extend: bool = True, grid: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Every setting of the method's grid (or of ``grid``) as a dev trial (``subset``: on :attr:`dev_subset`),
+        the grid grown past an edge while the choice sits there (``extend``: ``cfg.grid_extensions`` times at
+        most, by ``cfg.grid_factor``)."""
+        trials = [self._trial(name, params, seed, overrides, subset) for params in (grid or self.grid(name))]
         for _ in range(self.cfg.grid_extensions if extend else 0):
             nxt = edge_extension(trials, select_trial(trials, self.cfg.kl_budget), self.cfg.grid_factor)
             if nxt is None or any(t["params"] == nxt for t in trials):
