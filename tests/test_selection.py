@@ -256,3 +256,29 @@ def test_each_steering_method_chooses_its_layer_on_dev_and_is_tested_there(tiny_
         assert plan[name].layer_trials == (2 * 2 if name in ("caa", "mat_steer") else 0)
     with pytest.raises(ConfigError, match="layers"):
         EvalConfig(layers=(10, 10)).validate()
+
+
+def test_which_tokens_mat_steer_trains_on_is_a_training_candidate(tiny_dir, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from matsteer.core.config import TrainConfig
+    from matsteer.core.training import train_steerer
+    from matsteer.core.workflow import DemoConfig, attribute_data, extract_splits
+
+    limits = {"truthfulqa": 4, "toxigen_pref": 4, "toxigen": 4, "bbq": 6}
+    demo = DemoConfig(model=str(tiny_dir), layer=1, limits=dict(limits), dev_limits=dict(limits),
+                      train=TrainConfig(epochs=2, sigma="median", batch_per_side=2), features_dir=tmp_path / "f")
+    cfg = EvalConfig(demo=demo, seeds=(0,), dev_limits=dict(limits), test_limits=dict(limits),
+                     training_candidates=({}, {"tokens": "all"}))
+    cfg.validate()
+    ex = Experiment(cfg, progress=False)
+    every = ex.trained(0, {"tokens": "all"})
+    # Trained on every token of x‖y of the same texts, otherwise as the answer-token MAT-Steer.
+    sets = extract_splits(ex.loaded, dataclasses.replace(demo, tokens="all"), "train", demo.limits, False)
+    by_hand = train_steerer([attribute_data(fs) for fs in sets], ex.train_config(0, {}), progress=False)
+    assert torch.equal(every.steerer.theta, by_hand.steerer.theta)
+    assert not torch.equal(every.steerer.theta, ex.steerer(0, {}).theta)
+    with pytest.raises(ConfigError, match="tokens"):
+        dataclasses.replace(cfg, training_candidates=({"tokens": "prompt"},)).validate()

@@ -46,6 +46,10 @@ METHODS = ("none", "random", "temperature", "temperature_len", "icl", "lora_sft"
 #: ``--add`` them, or name them in ``EvalConfig.methods``.
 COMBINED = {"icl_mat_steer": "icl", "sft_mat_steer": "lora_sft", "dpo_mat_steer": "lora_dpo"}
 
+#: The training-candidate key that picks which tokens MAT-Steer trains on ("answer" or "all": every token of x‖y,
+#: the paper's §2.2), beside TrainConfig's fields: ``training_candidates=({}, {"tokens": "all"})`` chooses it on dev.
+TRAIN_TOKENS = "tokens"
+
 #: The methods run once per seed (see METHODS).
 SEEDED = frozenset({"random", "lora_sft", "lora_dpo", "loreft", "sum_single", "uniform_gates", "mat_steer", *COMBINED})
 
@@ -199,8 +203,9 @@ class EvalConfig:
         --plan`` counts its work): :meth:`reference`'s data and sizes, one table per protocol with the paper's
         (steer the query) first, five seeds, geometric strength grids from 0.25 to 16 that grow past an edge,
         norm preservation as a grid dimension, every steering method's layer chosen on dev from 10 / 14 / 18 / 22,
-        selection within a neutral-text KL budget of 0.5 nats, the halving search, and MAT-Steer's gates trained
-        with or without the background term (today's default or ``targeted``) as a dev-chosen training setting."""
+        selection within a neutral-text KL budget of 0.5 nats, the halving search, and MAT-Steer's training chosen
+        on dev within each protocol from today's default, its gates also trained shut on background text
+        (``targeted``) and training on every token of x‖y (the paper's §2.2) instead of the answer tokens."""
         cfg = cls.reference()
         cfg.seeds = (0, 1, 2, 3, 4)
         cfg.position_grid, cfg.protocols = (), ("prompt", "generated", "all")
@@ -210,7 +215,7 @@ class EvalConfig:
         cfg.layers = (10, 14, 18, 22)
         cfg.kl_budget = 0.5
         cfg.search = "halving"
-        cfg.training_candidates = ({}, {"lambda_background": 1.0})
+        cfg.training_candidates = ({}, {"lambda_background": 1.0}, {TRAIN_TOKENS: "all"})
         cfg.out_dir = Path("results/protocol-reference")
         return cfg
 
@@ -248,7 +253,10 @@ class EvalConfig:
             raise ConfigError(f"settings_from={self.settings_from}: no such file. Give a finished comparison's "
                               "eval.json (e.g. results/reference/eval.json), or leave it unset to tune on dev.")
         for cand in self.training_candidates:
-            TrainConfig(**{**self.demo.train.to_dict(), **cand}).validate()
+            if cand.get(TRAIN_TOKENS, "answer") not in ("answer", "all"):
+                raise ConfigError(f"training_candidates: tokens must be 'answer' or 'all', got {cand[TRAIN_TOKENS]!r}.")
+            TrainConfig(**{**self.demo.train.to_dict(), **{k: v for k, v in cand.items() if k != TRAIN_TOKENS}}
+                        ).validate()
 
 
 def method_grid(cfg: EvalConfig, name: str) -> list[dict[str, Any]]:

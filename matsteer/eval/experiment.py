@@ -61,6 +61,7 @@ from matsteer.eval.config import (
     REFT,
     SEEDED,
     TEMPERATURE_CONTROLS,
+    TRAIN_TOKENS,
     EvalConfig,
     method_grid,
 )
@@ -151,6 +152,7 @@ class Experiment:
         self._background: dict[str, torch.Tensor] = {}
         self._layers: dict[int, Experiment] = {}
         self._models: dict[str, Experiment] = {}
+        self._token_data: dict[str, list[AttributeData]] = {}
         self._dev_results: dict[str, dict[str, Any]] = {}
         #: The halving search's first-stage trials (on :attr:`dev_subset`), by method, seed and overrides.
         self.subset_trials: dict[str, list[dict[str, Any]]] = {}
@@ -226,8 +228,25 @@ class Experiment:
 
     # -- training ---------------------------------------------------------------------------------------------
     def train_config(self, seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """The demo's training config with ``overrides`` and ``seed``."""
-        return TrainConfig(**{**self.cfg.demo.train.to_dict(), **(overrides or {}), "seed": seed})
+        """The demo's training config with ``overrides`` (less ``tokens``, which picks the training features:
+        :meth:`data_for`) and ``seed``."""
+        train = {k: v for k, v in (overrides or {}).items() if k != TRAIN_TOKENS}
+        return TrainConfig(**{**self.cfg.demo.train.to_dict(), **train, "seed": seed})
+
+    def data_for(self, overrides: dict[str, Any] | None) -> list[AttributeData]:
+        """The training features a MAT-Steer with ``overrides`` trains on: the experiment's, or where the overrides
+        name other ``tokens`` ("all": every token of x‖y, the paper's §2.2; "answer": the answer tokens), the same
+        texts extracted at those tokens (memoised)."""
+        tokens = (overrides or {}).get(TRAIN_TOKENS, self.cfg.demo.tokens)
+        if tokens == self.cfg.demo.tokens:
+            return self.train_data
+        if tokens not in self._token_data:
+            t0 = time.perf_counter()
+            demo = dataclasses.replace(self.cfg.demo, tokens=tokens)
+            sets = extract_splits(self.loaded, demo, "train", demo.limits, self.progress)
+            self._token_data[tokens] = [attribute_data(fs) for fs in sets]
+            self._timed("extract_s", t0)
+        return self._token_data[tokens]
 
     def steerer(self, seed: int, overrides: dict[str, Any] | None = None, data: Sequence[AttributeData] | None = None,
                 site: Site | None = None) -> Steerer:
@@ -240,7 +259,7 @@ class Experiment:
                 data: Sequence[AttributeData] | None = None,
                 site: Site | None = None) -> TrainResult:
         """The memoised training result behind :meth:`steerer` (σ used and θ's initialisation included)."""
-        data = list(data or self.train_data)
+        data = list(data or self.data_for(overrides))
         key = steerer_key(seed, overrides, site or self.site, data_fingerprint(data, self._digests))
         if key not in self._trained:
             cfg = self.train_config(seed, overrides)
@@ -280,7 +299,8 @@ class Experiment:
         def steps(ds: Sequence[AttributeData]) -> int:
             return math.ceil(min(min(a.positives.shape[0], a.negatives.shape[0]) for a in ds) / cfg.batch_per_side)
 
-        return {**(overrides or {}), "epochs": max(1, round(cfg.epochs * steps(self.train_data) / steps(data)))}
+        joint = self.data_for(overrides)
+        return {**(overrides or {}), "epochs": max(1, round(cfg.epochs * steps(joint) / steps(data)))}
 
     def finetuned(self, name: str, params: Mapping[str, Any], seed: int) -> FinetuneResult:
         """The LoRA baseline ``name`` (:data:`~matsteer.eval.config.FINETUNED`) trained with ``params`` over
@@ -398,7 +418,7 @@ class Experiment:
         if name == "uniform_gates":
             return Method(name, uniform_gates(self.steerer(seed, overrides)), global_multiplier=m, **renormed)
         if name == "sum_single":
-            singles = [self.steerer(seed, self.same_steps(overrides, [a]), [a]) for a in self.train_data]
+            singles = [self.steerer(seed, self.same_steps(overrides, [a]), [a]) for a in self.data_for(overrides)]
             return Method(name, sum_of_single(singles), global_multiplier=m, **renormed)
         raise ConfigError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
 
