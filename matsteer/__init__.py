@@ -51,8 +51,8 @@ _EXPORTS = {
     "matsteer.store.hub": ("from_pretrained", "save_pretrained"),
     "matsteer.viz.figures": ("figures_from_report",),
     "matsteer.viz.paper": (
-        "PAPER", "comparison_markdown", "load_paper_results", "paper_comparisons", "pending_items", "pending_markdown",
-        "plot_comparison", "sources_markdown", "write_paper",
+        "PAPER", "comparison_markdown", "item_figure", "item_markdown", "load_paper_results", "paper_comparisons",
+        "pending_items", "pending_markdown", "plot_comparison", "sources_markdown", "write_paper",
     ),
     "matsteer.viz.plots": (
         "plot_gate_distributions", "plot_orthogonality", "plot_pca", "plot_token_gates", "plot_training_curves",
@@ -121,6 +121,8 @@ if TYPE_CHECKING:
     from matsteer.viz.paper import (
         PAPER,
         comparison_markdown,
+        item_figure,
+        item_markdown,
         load_paper_results,
         paper_comparisons,
         pending_items,
@@ -186,6 +188,8 @@ __all__ = [
     "generate_texts",
     "generate_with_gates",
     "health_table",
+    "item_figure",
+    "item_markdown",
     "kernel_scale_table",
     "load_examples",
     "load_features",

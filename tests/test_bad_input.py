@@ -28,7 +28,7 @@ from matsteer.activations.models import LoadedModel, load_model, weight_fingerpr
 from matsteer.activations.sites import Site
 from matsteer.app.cli import main as cli_main
 from matsteer.app.notebooks import main as notebooks_main
-from matsteer.app.parameters import _check_parameters, notebook_parameters
+from matsteer.app.parameters import check_parameters, notebook_parameters
 from matsteer.core.attributes import AttributeData
 from matsteer.core.config import TrainConfig
 from matsteer.core.steerer import Steerer
@@ -480,7 +480,7 @@ def test_steering_layer(name, ctx):
 
 
 def _params(values: dict[str, Any]) -> dict[str, Any]:
-    return _check_parameters(notebook_parameters(NOTEBOOK), values, NOTEBOOK)
+    return check_parameters(notebook_parameters(NOTEBOOK), values, NOTEBOOK)
 
 
 NOTEBOOK_CASES = {

@@ -17,13 +17,13 @@ import torch
 from matsteer.data import MCQuestion, load_mc_questions
 from matsteer.errors import ConfigError, DataError
 from matsteer.eval.comparison import (
-    _summarise,
     add_question_facts,
     add_statistics,
     bbq_correct,
     bbq_guard,
     guard_verdict,
     non_inferiority,
+    summarise_seeds,
 )
 from matsteer.eval.extend import convert_bbq_primary
 from matsteer.eval.metrics import balanced_items
@@ -85,7 +85,7 @@ def _with_bonus(scores: list[torch.Tensor], c: float) -> list[torch.Tensor]:
 
 def _entry(qs: list[MCQuestion], scores: list[torch.Tensor], label: str) -> dict:
     row = bbq_row(qs, scores)
-    return {"label": label, "test": _summarise([{"bbq": row, "mean": 0.0, "side_effects": {}}])}
+    return {"label": label, "test": summarise_seeds([{"bbq": row, "mean": 0.0, "side_effects": {}}])}
 
 
 def _guard(qs, methods):
@@ -168,7 +168,7 @@ def _old_entry(qs: list[MCQuestion], scores: list[torch.Tensor], label: str, ans
     if not answers:
         for key in ("answers", "condition_counts", "unknown_ambig", "unknown_disambig"):
             row.pop(key)
-    return {"label": label, "test": _summarise([{"bbq": row, "mean": row["balanced"], "side_effects": {}}])}
+    return {"label": label, "test": summarise_seeds([{"bbq": row, "mean": row["balanced"], "side_effects": {}}])}
 
 
 def test_converter_rescores_an_older_report_under_the_disambiguated_primary():
@@ -181,7 +181,7 @@ def test_converter_rescores_an_older_report_under_the_disambiguated_primary():
               "methods": {"none": _old_entry(qs, base, "No steering", answers=False),
                           "bonus": _old_entry(qs, _with_bonus(base, 4.0), "bonus 4", answers=False),
                           "new": _old_entry(qs, _with_bonus(base, 1.0), "bonus 1")},
-              "reference": {"constant": {"label": "Constant", "test": _summarise([{
+              "reference": {"constant": {"label": "Constant", "test": summarise_seeds([{
                   "bbq": old_const, "mean": old_const["balanced"], "side_effects": {}}])}}}
     before = copy.deepcopy(report)
     assert primary_of(report, "bbq") == "balanced" and primary_of({}, "bbq") == "balanced"
@@ -366,7 +366,7 @@ def test_summary_keeps_answers_per_seed_and_clusters_once():
     qs = _questions()
     runs = [{"bbq": {**bbq_row(qs, _base_scores(qs, s)), "clusters": cluster_ids("bbq", qs)}, "mean": 0.0,
              "side_effects": {"kl": None}} for s in (1, 2)]
-    test = _summarise(runs)["bbq"]
+    test = summarise_seeds(runs)["bbq"]
     assert "clusters" not in test  # kept once per task in report["clusters"], not per method
     assert [len(a) for a in test["answers"]] == [len(qs)] * 2 and test["answers"][0] != test["answers"][1]
     assert len(test["condition_counts"]) == 2 and test["unknown_ambig"]["n"] == 2

@@ -244,14 +244,14 @@ def test_step_labels_of_the_workbench_notebooks():
 
 
 def test_progress_printer_estimates_from_earlier_timings():
-    from matsteer.app.timings import _estimates
+    from matsteer.app.timings import notebook_estimates
 
     timings = {"quick": {"a": {"seconds": 10.0, "cells": {"c1": 4.0, "c2": 6.0}}}}
-    est = _estimates(["a", "b"], True, timings)
+    est = notebook_estimates(["a", "b"], True, timings)
     assert est["a"].measured and est["b"].seconds is None  # unknown notebook, no default: no estimate
-    assert _estimates(["02_train_steering"], False, {})["02_train_steering"].seconds > 0  # the README's times
+    assert notebook_estimates(["02_train_steering"], False, {})["02_train_steering"].seconds > 0  # the README's times
     clock, out = _Clock(), io.StringIO()
-    printer = ProgressPrinter(_estimates(["a", "c"], True, {"quick": {**timings["quick"], "c": {"seconds": 20}}}),
+    printer = ProgressPrinter(notebook_estimates(["a", "c"], True, {"quick": {**timings["quick"], "c": {"seconds": 20}}}),
                               out=out, err=io.StringIO(), clock=clock)
     assert printer.left() == 30
     nb = nbformat.v4.new_notebook()
@@ -273,10 +273,10 @@ def test_progress_printer_estimates_from_earlier_timings():
 
 def test_talking_run_streams_steps_and_records_timings(tmp_path, capfd):
     src = _talking_notebook(tmp_path / "talk.ipynb")
-    from matsteer.app.timings import _Estimate
+    from matsteer.app.timings import Estimate
 
     out = io.StringIO()
-    printer = ProgressPrinter({"talk": _Estimate(30.0)}, out=out)
+    printer = ProgressPrinter({"talk": Estimate(30.0)}, out=out)
     run = run_notebook(src, {"parts": 3}, tmp_path / "out", timeout=60, cwd=tmp_path, threads=1, printer=printer)
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[0:00] talk (1/1, expected 0:30)")
@@ -377,7 +377,7 @@ def test_pyvene_import_notice_is_silenced_at_its_source():
 
 
 def test_summary_shows_table_folders_and_wall_time(tmp_path):
-    from matsteer.app.summary import _folders, _summary
+    from matsteer.app.summary import output_folders, run_summary
     from matsteer.app.timings import NotebookRun
 
     results = tmp_path / "results"
@@ -385,11 +385,11 @@ def test_summary_shows_table_folders_and_wall_time(tmp_path):
     (results / "eval.json").write_text(json.dumps({"methods": {"mat_steer": {"label": "MAT-Steer", "test": {
         "truthfulqa": {"mc2": {"mean": 0.5}}, "mean": {"mean": 0.5}}}}}))
     (tmp_path / "figures").mkdir()
-    folders = _folders({"results_dir": str(results), "figures_dir": str(tmp_path / "figures")},
+    folders = output_folders({"results_dir": str(results), "figures_dir": str(tmp_path / "figures")},
                        [FOLDER / NOTEBOOKS[3]])
     assert folders["results_dir"] == results and folders["features_dir"] == project_root() / "features"  # default
     run = NotebookRun("04_evaluate", FOLDER / NOTEBOOKS[3], tmp_path / "out" / NOTEBOOKS[3], {}, 12.0)
-    text = _summary([run], folders, tmp_path / "out", 754.0)
+    text = run_summary([run], folders, tmp_path / "out", 754.0)
     assert "1 notebook(s) in 12:34 wall time" in text and "MAT-Steer" in text and "50.0" in text
     assert f"figures             {tmp_path / 'figures'}/" in text and f"{results}/" in text
 

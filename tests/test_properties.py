@@ -18,10 +18,10 @@ from matsteer.activations.extraction import ActivationRows
 from matsteer.activations.features import FeatureSet, extract_to_folder, load_features
 from matsteer.activations.models import LoadedModel, weight_fingerprint
 from matsteer.activations.sites import Site
-from matsteer.app.parameters import _check_parameters, _parse_parameters, notebook_parameters
+from matsteer.app.parameters import _parse_parameters, check_parameters, notebook_parameters
 from matsteer.app.runner import NOTEBOOKS
 from matsteer.core.steerer import Steerer
-from matsteer.data import load_examples
+from matsteer.data import Example, load_examples
 from matsteer.errors import MatSteerError
 from matsteer.files import write_tensors
 from matsteer.store.artifacts import load_steerer, save_steerer
@@ -42,10 +42,19 @@ def test_loaders_on_malformed_json(tmp_path_factory, rows, dataset, suffix):
     path = tmp_path_factory.mktemp("data") / f"input{suffix}"
     text = json.dumps(rows) if suffix == ".json" else "\n".join(json.dumps(r) for r in rows)
     path.write_text(text, encoding="utf-8")
+    _examples_or_refusal(dataset, path)
+
+
+def _examples_or_refusal(dataset: str, path: Path) -> None:
+    """Loading ``path`` either raises the project's error or gives well-formed records: text prompts and answers,
+    label 1 (desirable) or 0."""
     try:
-        load_examples(dataset, "all", source=path)
+        examples = load_examples(dataset, "all", source=path)
     except MatSteerError:
-        pass
+        return
+    for e in examples:
+        assert isinstance(e, Example) and isinstance(e.prompt, str) and isinstance(e.answer, str)
+        assert e.label in (0, 1)
 
 
 @SETTINGS
@@ -54,10 +63,7 @@ def test_loaders_on_malformed_json(tmp_path_factory, rows, dataset, suffix):
 def test_loaders_on_arbitrary_text(tmp_path_factory, text, dataset, suffix):
     path = tmp_path_factory.mktemp("data") / f"input{suffix}"
     path.write_text(text, encoding="utf-8")
-    try:
-        load_examples(dataset, "all", source=path)
-    except MatSteerError:
-        pass
+    _examples_or_refusal(dataset, path)
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +105,19 @@ def _damage(file: Path, offset: int, data: bytes, truncate: bool) -> None:
 @given(key=st.text(max_size=12), value=json_values, drop=st.booleans())
 def test_artifact_loader_on_mutated_manifest(tmp_path_factory, steerer_dir, key, value, drop):
     folder = _mutated_copy(steerer_dir, tmp_path_factory.mktemp("m"), key, value, drop)
+    _original_or_refusal(folder, steerer_dir)
+
+
+def _original_or_refusal(folder: Path, original: Path) -> None:
+    """Loading the damaged ``folder`` either raises the project's error or gives back the original steerer's
+    tensors exactly."""
     try:
-        load_steerer(folder)
+        got = load_steerer(folder)[0]
     except MatSteerError:
-        pass
+        return
+    want = load_steerer(original)[0]
+    assert got.attributes == want.attributes
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), want.state_dict().values()))
 
 
 @SETTINGS
@@ -110,10 +125,7 @@ def test_artifact_loader_on_mutated_manifest(tmp_path_factory, steerer_dir, key,
 def test_artifact_loader_on_corrupted_tensors(tmp_path_factory, steerer_dir, offset, data, truncate):
     folder = _copy(steerer_dir, tmp_path_factory.mktemp("t"))
     _damage(folder / "steerer.safetensors", offset, data, truncate)
-    try:
-        load_steerer(folder)
-    except MatSteerError:
-        pass
+    _original_or_refusal(folder, steerer_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,7 +255,7 @@ parameter_values = st.recursive(
 def test_notebook_parameter_checking(notebook, values):
     declared = DECLARED[notebook]
     try:
-        checked = _check_parameters(declared, values, NOTEBOOK_DIR / notebook)
+        checked = check_parameters(declared, values, NOTEBOOK_DIR / notebook)
     except MatSteerError:
         return
     for name, value in checked.items():

@@ -142,7 +142,7 @@ def site_activations(
     handle = _capture_hook(site, model, store)
     # A batch without padding needs no mask: attention then takes its plain causal path, which is faster.
     mask = None if cache is None and bool(attention_mask.all()) else attention_mask
-    kwargs = {} if cache is None else {_cache_kwarg(model): cache}
+    kwargs = {} if cache is None else {cache_kwarg(model): cache}
     try:
         model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
               **kwargs)
@@ -155,7 +155,7 @@ def site_activations(
     return store["value"]
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     """transformers >= 5.2x names the KV cache argument ``cache``; earlier 5.x releases ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 

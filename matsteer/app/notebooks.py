@@ -21,8 +21,8 @@ from typing import Any
 
 from matsteer.app.paths import notebooks_dir
 from matsteer.app.runner import run_all, selected_notebooks
-from matsteer.app.summary import _folders, _summary
-from matsteer.app.timings import _clock
+from matsteer.app.summary import output_folders, run_summary
+from matsteer.app.timings import format_clock
 from matsteer.errors import MatSteerError
 
 __all__ = ["KERNEL_NAME", "install_kernel", "main", "strip_outputs"]
@@ -103,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = run_all(quick=not args.full, out_dir=args.out, parameters=extra, only=args.only,
                        threads=args.threads, talk=not args.quiet)
     except MatSteerError as exc:
-        print(f"\nerror: {exc}\n\nStopped after {_clock(time.perf_counter() - t0)}.", file=sys.stderr)
+        print(f"\nerror: {exc}\n\nStopped after {format_clock(time.perf_counter() - t0)}.", file=sys.stderr)
         return 2
     paths = selected_notebooks(notebooks_dir(), args.only)
-    print(_summary(runs, _folders(extra, paths), Path(args.out), time.perf_counter() - t0))
+    print(run_summary(runs, output_folders(extra, paths), Path(args.out), time.perf_counter() - t0))
     return 0
 
 

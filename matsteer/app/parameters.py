@@ -127,7 +127,7 @@ def notebook_parameters(path: str | Path) -> dict[str, Parameter]:
     return _parse_parameters(cell.source, path)
 
 
-def _check_parameters(declared: Mapping[str, Parameter], values: Mapping[str, Any], path: str | Path
+def check_parameters(declared: Mapping[str, Parameter], values: Mapping[str, Any], path: str | Path
                       ) -> dict[str, Any]:
     """``values`` checked against the ``declared`` parameters: known names, fitting types, plain literals."""
     unknown = sorted(set(values) - set(declared))
@@ -146,7 +146,7 @@ def _check_parameters(declared: Mapping[str, Parameter], values: Mapping[str, An
     return checked
 
 
-def _parameterized(path: Path, parameters: Mapping[str, Any] | None) -> tuple[NotebookNode, dict[str, Any]]:
+def parameterized(path: Path, parameters: Mapping[str, Any] | None) -> tuple[NotebookNode, dict[str, Any]]:
     """The notebook with an ``injected-parameters`` cell after its parameters cell, and the checked values."""
     import nbformat
 
@@ -154,7 +154,7 @@ def _parameterized(path: Path, parameters: Mapping[str, Any] | None) -> tuple[No
         raise ConfigError(f"Notebook {path} not found.")
     nb = nbformat.read(str(path), as_version=4)
     index, cell = _parameters_cell(nb, path)
-    values = _check_parameters(_parse_parameters(cell.source, path), dict(parameters or {}), path)
+    values = check_parameters(_parse_parameters(cell.source, path), dict(parameters or {}), path)
     if values:
         lines = ["# Parameters injected by matsteer.app.notebooks"]
         lines += [f"{k} = {v!r}" for k, v in values.items()]
@@ -171,7 +171,7 @@ def parameterize_notebook(path: str | Path, parameters: Mapping[str, Any], out: 
     """
     import nbformat
 
-    nb, _ = _parameterized(Path(path), parameters)
+    nb, _ = parameterized(Path(path), parameters)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(out))

@@ -26,13 +26,13 @@ def notebooks_dir() -> Path:
     return source_root() / "notebooks"
 
 
-def _resolve(path: str | Path) -> Path:
+def resolve_path(path: str | Path) -> Path:
     """``path`` with ``~`` expanded; a relative one is taken under the project root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else project_root() / p
 
 
-def _display_path(path: str | Path) -> str:
+def display_path(path: str | Path) -> str:
     """``path`` relative to the working directory when it lies inside it (shorter lines), else absolute."""
     path = Path(path).resolve()
     try:

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
-from matsteer.app.paths import _display_path
+from matsteer.app.paths import display_path
 from matsteer.app.steps import step_labels
-from matsteer.app.timings import NotebookRun, _clock, _Estimate
+from matsteer.app.timings import Estimate, NotebookRun, format_clock
 from matsteer.app.workbench import STEP_PREFIX
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ class ProgressPrinter:
     progress bars) is passed through to ``err`` as it arrives.
     """
 
-    def __init__(self, estimates: Mapping[str, _Estimate], *, out: TextIO | None = None, err: TextIO | None = None,
+    def __init__(self, estimates: Mapping[str, Estimate], *, out: TextIO | None = None, err: TextIO | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.estimates = dict(estimates)
         self.names = list(estimates)
@@ -48,7 +48,7 @@ class ProgressPrinter:
         """Estimated seconds left in the running notebook (0 between notebooks)."""
         if self._name is None:
             return 0.0
-        est = self.estimates.get(self._name) or _Estimate(None)
+        est = self.estimates.get(self._name) or Estimate(None)
         now = self.clock()
         if est.cells and self._cell is not None:
             rest = sum(est.cells.get(cid, 0.0) for cid in self._cells[self._cell + 1:])
@@ -68,10 +68,10 @@ class ProgressPrinter:
 
     def line(self, text: str, *, estimate: bool = True) -> None:
         """Print ``[elapsed] text  (~left)``."""
-        message = f"[{_clock(self.clock() - self.t0)}] {text}"
+        message = f"[{format_clock(self.clock() - self.t0)}] {text}"
         left = self.left() if estimate else None
         if left is not None:
-            message += f"  (~{_clock(left)} left)"
+            message += f"  (~{format_clock(left)} left)"
         print(message, file=self.out, flush=True)
 
     # -- events ---------------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ class ProgressPrinter:
         est = self.estimates.get(name)
         took = ""
         if est is not None and est.seconds is not None:
-            took = f", {'last run' if est.measured else 'expected'} {_clock(est.seconds)}"
+            took = f", {'last run' if est.measured else 'expected'} {format_clock(est.seconds)}"
         self.line(f"{name} ({self._next + 1}/{len(self.names)}{took})")
 
     def cell_started(self, index: int) -> None:
@@ -117,4 +117,4 @@ class ProgressPrinter:
         """A notebook finished; prints its wall time and where the executed copy is."""
         self._name, self._cell, self._pending = None, None, ""
         self._next += 1
-        self.line(f"{run.name} done in {_clock(run.seconds)} -> {_display_path(run.output)}")
+        self.line(f"{run.name} done in {format_clock(run.seconds)} -> {display_path(run.output)}")

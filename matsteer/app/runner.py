@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from matsteer.app.parameters import Parameter, _check_parameters, _parameterized, notebook_parameters
+from matsteer.app.parameters import Parameter, check_parameters, notebook_parameters, parameterized
 from matsteer.app.paths import notebooks_dir, project_root
 from matsteer.app.progress import ProgressPrinter
-from matsteer.app.steps import _first_code_line
-from matsteer.app.timings import NotebookRun, _estimates, _save_timing, load_timings
+from matsteer.app.steps import first_code_line
+from matsteer.app.timings import NotebookRun, load_timings, notebook_estimates, save_timing
 from matsteer.errors import ConfigError, MatSteerError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _failure(path: Path, nb: NotebookNode, index: int | None, exc: BaseException
     where = "before the first cell"
     if index is not None:
         code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        label = _first_code_line(nb.cells[index].source)
+        label = first_code_line(nb.cells[index].source)
         number = code_cells.index(index) + 1 if index in code_cells else index + 1
         where = f"in code cell {number} of {len(code_cells)} ({label!r})"
     if isinstance(exc, CellTimeoutError):
@@ -203,7 +203,7 @@ def run_notebook(
     import nbformat
 
     path = Path(path)
-    nb, values = _parameterized(path, parameters)
+    nb, values = parameterized(path, parameters)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / path.name
@@ -231,7 +231,7 @@ def _plans(paths: Sequence[Path], shared: Mapping[str, Any]) -> list[_Plan]:
     for path in paths:
         declared = notebook_parameters(path)
         mine = {k: v for k, v in shared.items() if k in declared}
-        _check_parameters(declared, mine, path)
+        check_parameters(declared, mine, path)
         plans.append((path, mine, declared))
     unused = sorted(set(shared) - {k for _, _, d in plans for k in d})
     if unused:
@@ -267,10 +267,10 @@ def run_all(
     out_dir = Path(out_dir)
     printer = None
     if talk:
-        printer = ProgressPrinter(_estimates([p.stem for p, _, _ in plans], quick, load_timings(out_dir)), out=out)
+        printer = ProgressPrinter(notebook_estimates([p.stem for p, _, _ in plans], quick, load_timings(out_dir)), out=out)
     runs = []
     for path, mine, _ in plans:
         run = run_notebook(path, mine, out_dir, timeout, cwd=cwd, threads=threads, printer=printer)
-        _save_timing(out_dir, quick, run)
+        save_timing(out_dir, quick, run)
         runs.append(run)
     return runs

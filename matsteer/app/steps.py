@@ -23,7 +23,7 @@ def _section(source: str) -> str | None:
     return None
 
 
-def _first_code_line(source: str, width: int = 72) -> str:
+def first_code_line(source: str, width: int = 72) -> str:
     """The first line of code that does something (imports, comments and magics skipped, unless that is all)."""
     lines = [line.strip() for line in source.splitlines()
              if line.strip() and not line.strip().startswith("#") and not _MAGIC.match(line)]
@@ -90,7 +90,7 @@ def step_labels(nb: NotebookNode) -> dict[int, str]:
             continue
         calls = ", ".join(_calls(cell.source))
         if section is None:
-            labels[index] = calls or _first_code_line(cell.source)
+            labels[index] = calls or first_code_line(cell.source)
         else:
             labels[index] = f"{section} ({calls})" if calls else section
             announced = True

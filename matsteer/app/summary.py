@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from matsteer.app.parameters import notebook_parameters
-from matsteer.app.paths import _display_path, _resolve
-from matsteer.app.timings import NotebookRun, _clock
+from matsteer.app.paths import display_path, resolve_path
+from matsteer.app.timings import NotebookRun, format_clock
 from matsteer.eval.report import in_table_order
 from matsteer.eval.tasks import LEGACY_PRIMARY
 
@@ -131,7 +131,7 @@ def comparison_summary(results_dir: str | Path) -> str | None:
         return None
 
 
-def _folders(parameters: Mapping[str, Any], paths: Sequence[Path]) -> dict[str, Path]:
+def output_folders(parameters: Mapping[str, Any], paths: Sequence[Path]) -> dict[str, Path]:
     """The output folders of a run: each ``*_dir`` parameter as given, else the first notebook default."""
     found: dict[str, Path] = {}
     for name in ("features_dir", "steerer_dir", "figures_dir", "results_dir"):
@@ -143,22 +143,22 @@ def _folders(parameters: Mapping[str, Any], paths: Sequence[Path]) -> dict[str, 
                     value = declared[name].default
                     break
         if value is not None:
-            found[name] = _resolve(value)
+            found[name] = resolve_path(value)
     return found
 
 
-def _summary(runs: Sequence[NotebookRun], folders: Mapping[str, Path], out_dir: Path, seconds: float) -> str:
+def run_summary(runs: Sequence[NotebookRun], folders: Mapping[str, Path], out_dir: Path, seconds: float) -> str:
     """The closing lines of a run: notebooks and wall time, the comparison table, where the outputs are."""
-    lines = ["", f"Done: {len(runs)} notebook(s) in {_clock(seconds)} wall time."]
+    lines = ["", f"Done: {len(runs)} notebook(s) in {format_clock(seconds)} wall time."]
     results = folders.get("results_dir")
     table = comparison_summary(results) if results is not None else None
     if table and results is not None:
         lines += ["", f"Method comparison (test, %; KL in nats; full table with intervals: "
-                      f"{_display_path(results / 'eval.md')}):", table]
-    lines += ["", f"  executed notebooks  {_display_path(out_dir)}/"]
+                      f"{display_path(results / 'eval.md')}):", table]
+    lines += ["", f"  executed notebooks  {display_path(out_dir)}/"]
     where = {"figures_dir": "figures", "steerer_dir": "steerer", "results_dir": "tables (eval.json, eval.md)",
              "features_dir": "features"}
     for key, label in where.items():
         if key in folders and folders[key].exists():
-            lines.append(f"  {label:<18}  {_display_path(folders[key])}/")
+            lines.append(f"  {label:<18}  {display_path(folders[key])}/")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ class NotebookRun:
     cell_seconds: dict[str, float] = field(default_factory=dict)  # by cell id, for the next run's estimates
 
 
-def _clock(seconds: float) -> str:
+def format_clock(seconds: float) -> str:
     """``m:ss`` (``h:mm:ss`` from an hour on)."""
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -61,7 +61,7 @@ def load_timings(out_dir: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _save_timing(out_dir: Path, quick: bool, run: NotebookRun) -> None:
+def save_timing(out_dir: Path, quick: bool, run: NotebookRun) -> None:
     """Record one notebook's wall time and cell times for the next run's estimates (atomic write)."""
     data = load_timings(out_dir)
     mode = data.get(_mode(quick))
@@ -73,7 +73,7 @@ def _save_timing(out_dir: Path, quick: bool, run: NotebookRun) -> None:
 
 
 @dataclass
-class _Estimate:
+class Estimate:
     """What a notebook is expected to take: its total and, when timed before, each cell (by cell id)."""
 
     seconds: float | None
@@ -81,19 +81,19 @@ class _Estimate:
     measured: bool = False
 
 
-def _estimates(names: Sequence[str], quick: bool, timings: Mapping[str, Any]) -> dict[str, _Estimate]:
+def notebook_estimates(names: Sequence[str], quick: bool, timings: Mapping[str, Any]) -> dict[str, Estimate]:
     """Each notebook's estimate: its time in the earlier ``timings`` of this mode, else :data:`DEFAULT_SECONDS`."""
     earlier = timings.get(_mode(quick))
     earlier = earlier if isinstance(earlier, Mapping) else {}
-    out: dict[str, _Estimate] = {}
+    out: dict[str, Estimate] = {}
     for name in names:
         entry = earlier.get(name)
         if isinstance(entry, Mapping) and isinstance(entry.get("seconds"), (int, float)):
             cells = entry.get("cells")
             cells = {str(k): float(v) for k, v in cells.items() if isinstance(v, (int, float))} \
                 if isinstance(cells, Mapping) else {}
-            out[name] = _Estimate(float(entry["seconds"]), cells, measured=True)
+            out[name] = Estimate(float(entry["seconds"]), cells, measured=True)
         else:
             default = DEFAULT_SECONDS[_mode(quick)].get(name)
-            out[name] = _Estimate(float(default) if default is not None else None)
+            out[name] = Estimate(float(default) if default is not None else None)
     return out

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from matsteer.activations.features import FeatureSet, feature_dir, load_features
 from matsteer.activations.models import LoadedModel
 from matsteer.activations.sites import Site
-from matsteer.app.paths import _resolve
+from matsteer.app.paths import resolve_path
 from matsteer.core.attributes import AttributeData
 from matsteer.core.config import TrainConfig
 from matsteer.core.history import History
@@ -117,16 +117,16 @@ class Workbench:
         train = TrainConfig.preset(preset, **overrides)
         train.validate()
         demo = DemoConfig(
-            model=model, layer=layer, site=site, train=train, features_dir=_resolve(features_dir),
-            out_dir=_resolve(results_dir),
+            model=model, layer=layer, site=site, train=train, features_dir=resolve_path(features_dir),
+            out_dir=resolve_path(results_dir),
             limits=dict(QUICK["limits"]) if quick else dict(base.limits),
             dev_limits=dict(QUICK["dev_limits"]) if quick else dict(base.dev_limits),
         )
         Site(layer, site)  # validates the layer and component early
         mode = QUICK if quick else FULL
         return cls(
-            demo=demo, quick=quick, seed=seed, steerer_dir=_resolve(steerer_dir), figures_dir=_resolve(figures_dir),
-            results_dir=_resolve(results_dir), max_new_tokens=int(max_new_tokens or mode["max_new_tokens"]),
+            demo=demo, quick=quick, seed=seed, steerer_dir=resolve_path(steerer_dir), figures_dir=resolve_path(figures_dir),
+            results_dir=resolve_path(results_dir), max_new_tokens=int(max_new_tokens or mode["max_new_tokens"]),
             dev_questions_per_task=int(mode["dev_questions"]) if dev_questions is None else dev_questions,
             eval_limits=dict(QUICK["eval_limits"]) if quick else {},
         )
@@ -282,7 +282,7 @@ def quick_evaluation(wb: Workbench, *, settings_from: str | Path | None = None, 
         cfg.training_candidates, cfg.n_boot = ({},), 200
         cfg.temperatures, cfg.grid_extensions, cfg.nl_iti_alphas, cfg.icv_lambdas = (1.0, 3.0), 0, (1.0,), (0.1,)
     if settings_from:
-        cfg.settings_from = str(_resolve(settings_from))
+        cfg.settings_from = str(resolve_path(settings_from))
     return run_evaluation(cfg, progress=progress, on_step=report_step if steps else None)
 
 

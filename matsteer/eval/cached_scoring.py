@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from matsteer.activations.extraction import _cache_kwarg
+from matsteer.activations.extraction import cache_kwarg
 from matsteer.activations.models import model_device
 from matsteer.activations.sites import Site, decoder_layers
 from matsteer.core.steerer import Steerer, row_settings_for, token_rows
@@ -234,7 +234,7 @@ def _prompt_pass(model: nn.Module, prompts: torch.Tensor, rows: _AnswerRows, cop
     cache = DynamicCache()
     final = base(inputs_embeds=prompts, attention_mask=rows.pmask,
                  position_ids=torch.arange(prompts.shape[1], device=device).expand(rows.pmask.shape), use_cache=True,
-                 **{_cache_kwarg(base): cache}).last_hidden_state
+                 **{cache_kwarg(base): cache}).last_hidden_state
     last = final[torch.arange(prompts.shape[0], device=device), rows.prompt_lengths - 1]  # [B, d]
     first = _per_copy(lambda x: tempered_log_softmax(lm.get_output_embeddings()(x), temperature), copies,
                       last)  # [B, V]: every first token
@@ -263,7 +263,7 @@ def _answer_pass(model: nn.Module, rows: _AnswerRows, chunk: list[int], cache: A
     base = lm.base_model
     hidden = base(inputs_embeds=answers, attention_mask=torch.cat([rows.pmask[q], run_mask], 1),
                   position_ids=rows.prompt_lengths[q][:, None] + torch.arange(answers.shape[1], device=device),
-                  use_cache=True, **{_cache_kwarg(base): sub_cache(cache, q)}).last_hidden_state
+                  use_cache=True, **{cache_kwarg(base): sub_cache(cache, q)}).last_hidden_state
     scored = run_mask.bool()  # position j (a real token) predicts answer token j + 1
 
     def pick(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

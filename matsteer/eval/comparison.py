@@ -90,13 +90,13 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _mean_std_or_none(values: Sequence[Any]) -> dict[str, float] | None:
+def mean_std_or_none(values: Sequence[Any]) -> dict[str, float] | None:
     """Mean ± std over the seeds where the metric is defined; None where it is defined for none."""
     defined = [v for v in (_number(x) for x in values) if v is not None]
     return asdict(mean_std(defined)) if defined else None
 
 
-def _summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean ± std over seeds of every metric (None where undefined), with ``per_item`` kept per seed.
 
     Per task: each metric as ``{mean, std, n}`` (n = seeds where defined) or None; ``n`` and ``counts`` as
@@ -119,10 +119,10 @@ def _summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             elif k in ("n", "counts") or isinstance(v, str):
                 entry[k] = v
             else:
-                entry[k] = _mean_std_or_none([r[task][k] for r in per_seed])
+                entry[k] = mean_std_or_none([r[task][k] for r in per_seed])
         out[task] = entry
-    out["mean"] = _mean_std_or_none([r["mean"] for r in per_seed])
-    out["side_effects"] = {k: _mean_std_or_none([r["side_effects"][k] for r in per_seed])
+    out["mean"] = mean_std_or_none([r["mean"] for r in per_seed])
+    out["side_effects"] = {k: mean_std_or_none([r["side_effects"][k] for r in per_seed])
                            for k in per_seed[0]["side_effects"]}
     return out
 
@@ -443,7 +443,7 @@ def _compare(ex: Experiment, step: Callable[[str], None], primary: Mapping[str, 
             report["methods"][name] = method_entry(_at(ex, layers, name), name, chosen[name], overrides, step)
             if name in layers:
                 report["methods"][name]["layer"] = layers[name]["layer"]
-    report["reference"] = {"constant": {"label": CONSTANT_LABEL, "test": _summarise([ex.test.constant()])},
+    report["reference"] = {"constant": {"label": CONSTANT_LABEL, "test": summarise_seeds([ex.test.constant()])},
                            "unsteered_ce": ex.test.unsteered_ce()}
     tasks, probes = ex.test.tasks, ex.test.probes
     report["sizes"] = _sizes(ex)
@@ -525,7 +525,7 @@ def method_entry(ex: Experiment, name: str, params: dict[str, Any], overrides: d
         step(f"comparison: test: {name} ({i}/{len(seeds)})")
         runs.append(ex.test_result(ex.method(name, params, seed, overrides)))
     entry = {"label": METHOD_LABELS[name], "seeded": name in SEEDED, "seeds": list(seeds), "role": _role(name),
-             "params": params, "test": _summarise(runs)}
+             "params": params, "test": summarise_seeds(runs)}
     if name == "mat_steer":
         entry["health"] = [ex.health(seed, overrides) for seed in seeds]
     return entry

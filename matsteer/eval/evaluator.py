@@ -97,11 +97,6 @@ class Method:
     length_normalise: bool = False
     model: LoadedModel | None = None  # a fine-tuned copy that answers instead of the evaluator's model
 
-    @property
-    def steers_activations(self) -> bool:
-        """False for no steering and ICL: they leave every activation of a given text as it is."""
-        return self.steerer is not None
-
     def steering(self, positions: str) -> dict[str, Any]:
         """The settings :func:`matsteer.steering.intervention.steer` takes besides the model, steerer and site."""
         return {"multipliers": self.multipliers, "global_multiplier": self.global_multiplier, "force": self.force,

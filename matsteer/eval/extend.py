@@ -24,12 +24,12 @@ from matsteer.activations.models import cpu_has_native_bf16
 from matsteer.data import MCQuestion, load_mc_questions
 from matsteer.errors import ConfigError, DataError
 from matsteer.eval.comparison import (
-    _mean_std_or_none,
-    _summarise,
     add_question_facts,
     add_statistics,
     bbq_correct,
+    mean_std_or_none,
     method_entry,
+    summarise_seeds,
 )
 from matsteer.eval.config import METHODS, EvalConfig
 from matsteer.eval.experiment import Experiment, ignore_step, provenance
@@ -146,7 +146,7 @@ def _check_new_seeds(entry: Mapping[str, Any], name: str, seeds: Sequence[int], 
 
 
 def _seed_run(test: Mapping[str, Any]) -> dict[str, Any]:
-    """The one seed's run back from a one-seed row's summarised ``test`` (:func:`_summarise`'s inverse there: each
+    """The one seed's run back from a one-seed row's summarised ``test`` (:func:`summarise_seeds`'s inverse there: each
     metric's mean is that seed's value)."""
     def value(v: Any) -> Any:
         return v["mean"] if isinstance(v, Mapping) and set(v) == {"mean", "std", "n"} else v
@@ -170,7 +170,7 @@ def _with_seeds(entry: dict[str, Any], ex: Experiment, name: str, overrides: dic
     for i, seed in enumerate(ex.cfg.seeds, 1):
         step(f"comparison: test: {name}, added seed {seed} ({i}/{len(ex.cfg.seeds)})")
         runs.append(ex.test_result(ex.method(name, entry["params"], seed, overrides)))
-    return {**entry, "seeds": [*entry["seeds"], *ex.cfg.seeds], "test": _summarise(runs)}
+    return {**entry, "seeds": [*entry["seeds"], *ex.cfg.seeds], "test": summarise_seeds(runs)}
 
 
 def _test_questions(report: Mapping[str, Any]) -> dict[str, list[MCQuestion]]:
@@ -260,14 +260,14 @@ def _convert_part(part: Mapping[str, Any], items: BBQItems, questions: Mapping[s
         if "answers" not in bbq:
             new["correct"] = ["".join("1" if x else "0" for x in row) for row in correct]
         rescored = {**entry["test"], "bbq": {**bbq, **new}}
-        entries.append((entry, {"bbq": new, "mean": _mean_std_or_none(_seed_means({"test": rescored}, tasks))}))
+        entries.append((entry, {"bbq": new, "mean": mean_std_or_none(_seed_means({"test": rescored}, tasks))}))
     constant = None
     const = part.get("reference", {}).get("constant")
     if const is not None:
-        test = {**const["test"], "bbq": _summarise([{"bbq": constant_row("bbq", questions["bbq"]), "mean": 0.0,
+        test = {**const["test"], "bbq": summarise_seeds([{"bbq": constant_row("bbq", questions["bbq"]), "mean": 0.0,
                                                      "side_effects": {}}])["bbq"]}
         _check_close("the constant's mean", float(np.mean(_seed_means(const, tasks))), const["test"]["mean"])
-        constant = {"bbq": test["bbq"], "mean": _mean_std_or_none(_seed_means({"test": test}, tasks))}
+        constant = {"bbq": test["bbq"], "mean": mean_std_or_none(_seed_means({"test": test}, tasks))}
     return entries, constant, old
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from matsteer.activations.extraction import _cache_kwarg
+from matsteer.activations.extraction import cache_kwarg
 from matsteer.activations.models import (  # noqa: F401  (re-exported: the scorers import them from here)
     Tokenizer,
     model_device,
@@ -132,7 +132,7 @@ def continuation_logprobs(
         mask[r, n_ctx : n_ctx + len(c)] = 1
     positions = torch.arange(n_ctx, n_ctx + width, device=device).expand(k, width)
     out = _call(model, steering, input_ids=ids, attention_mask=mask, position_ids=positions,
-                use_cache=True, **{_cache_kwarg(model): cache})
+                use_cache=True, **{cache_kwarg(model): cache})
     logp = tempered_log_softmax(out.logits, temperature)  # [K, width, V]: position j predicts token j + 1
     totals = first[ids[:, 0]]
     if width > 1:

@@ -56,6 +56,8 @@ __all__ = [
     "Row",
     "ablation_file",
     "comparison_markdown",
+    "item_figure",
+    "item_markdown",
     "fig4",
     "fig5",
     "fig7",
@@ -1045,6 +1047,23 @@ def paper_figure(results: PaperResults, comparison: Comparison) -> Figure:
     if key == "fig7":
         return plot_fig7(results.ablations[ABLATION_FILES[key]])
     return plot_comparison(comparison)
+
+
+def item_markdown(results: PaperResults, key: str, folder: str | Path) -> str:
+    """One ablation-based paper item (notebook 06): its table beside the paper's when its ablation file is among
+    ``results`` (read from ``folder``), else a line saying it is not yet re-run and where the file would be."""
+    found = paper_comparisons(results)
+    if key in found:
+        return comparison_markdown(found[key])
+    item = PAPER[key]
+    return (f"**{item.name}, {item.title}: {NOT_RERUN}.** No `{ABLATIONS_DIR}/{ABLATION_FILES[key]}.json` in "
+            f"`{folder}`; the pending items below list the paper's numbers and the command that produces ours.")
+
+
+def item_figure(results: PaperResults, key: str) -> Figure | None:
+    """The figure of one ablation-based paper item (:func:`paper_figure`), None while it is not re-run."""
+    found = paper_comparisons(results)
+    return paper_figure(results, found[key]) if key in found else None
 
 
 def paper_figures(results: PaperResults) -> dict[str, Figure]:
