@@ -209,7 +209,12 @@ def plot_targeting_frontier(curves: Mapping[str, list[Mapping[str, Any]]], *, kl
             ax.axvline(kl_budget, color="0.5", linestyle=":", linewidth=1, label=f"KL budget {kl_budget:.3g}")
         if none is not None:
             ax.axhline(none * 100, color="0.3", linestyle="--", linewidth=0.8, label="no steering")
-        ax.set_xscale("symlog", linthresh=1e-2)
+        every_kl = [p["dev_kl"] for pts in curves.values() for p in pts]
+        if all(k > 0 for k in every_kl):  # KL spans decades: a log axis, else symlog from 0
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_xlim(left=0)
         ax.set_xlabel("mean next-token KL on neutral text (nats)")
         ax.set_ylabel("dev mean of the task primaries (%)")
         ax.set_title("Gate variants: dev mean vs side effect (labels: multiplier)")
