@@ -349,9 +349,9 @@ def test_cluster_intervals_and_holm_on_the_committed_run(reference):
     # Pairing narrows the difference on TruthfulQA, where MAT-Steer and no steering agree question by question.
     assert det["mde_paired"]["truthfulqa"] < det["mde_independent"]["truthfulqa"]
     # The guard, from the kept correctness where a row has no answers: every steering row's BBQ gain is flagged
-    # (but LoRA DPO's, within the margin on both conditions).
+    # (but the LoRA rows', within the margin on both conditions over their three seeds).
     guard = report["bbq_guard"]
-    assert {n for n, g in guard.items() if g["verdict"] in ("ok", "reference")} == {"none", "lora_dpo"}
+    assert {n for n, g in guard.items() if g["verdict"] in ("ok", "reference")} == {"none", "lora_sft", "lora_dpo"}
     assert guard["none"]["verdict"] == "reference" and set(guard["mat_steer"]["conditions"]["ambig"]) == {"accuracy"}
     assert guard["mat_steer"]["verdict"] == "abstaining" and guard["mat_steer"]["disambig_vs_none"]["high"] < -0.02
     assert guard["icl"]["verdict"] == "unproven"  # -1.3 points, but the interval reaches well below -2

@@ -327,8 +327,9 @@ def bbq_primary_lines(report: Mapping[str, Any]) -> list[str]:
                      "stored per-question test answers (or their correctness), but every dev selection (each "
                      f"method's chosen setting, MAT-Steer's training setting, the best baseline) was made under "
                      f"{change['dev_selection']}, since the dev trials cannot be re-scored without the model.")
+        # Rows only extended with more seeds kept the setting they chose when first added.
         later = [m for a in report.get("additions", []) if (a.get("dev_primary") or {}).get("bbq") == change["to"]
-                 for m in a["methods"]]
+                 for m in a["methods"] if m not in a.get("extended", ())]
         if later:
             names = ", ".join(report["methods"][m].get("label", m) for m in later if m in report["methods"])
             lines.append(f"Rows added after the change chose their setting on dev under {change['to']}: {names}.")
