@@ -140,10 +140,6 @@ class Experiment:
         self.loaded = loaded or load_model(cfg.demo.model, dtype=cfg.demo.dtype, progress=progress)
         self.site = Site(cfg.demo.layer, cfg.demo.site)
         self._timed("extract_s", t0)
-        self.dev = Evaluator(self.loaded, self.site, "dev", cfg.dev_limits, positions=cfg.positions,
-                             progress=progress, sources=cfg.sources)
-        self.test = Evaluator(self.loaded, self.site, "test", cfg.test_limits, probes=cfg.probes,
-                              positions=cfg.positions, progress=progress, sources=cfg.sources)
         self._trained: dict[str, TrainResult] = {}
         self._fixed: dict[str, Steerer] = {}
         self._finetuned: dict[str, FinetuneResult] = {}
@@ -156,6 +152,19 @@ class Experiment:
         self._dev_results: dict[str, dict[str, Any]] = {}
         #: The halving search's first-stage trials (on :attr:`dev_subset`), by method, seed and overrides.
         self.subset_trials: dict[str, list[dict[str, Any]]] = {}
+
+    # -- evaluators (built on first use: an experiment on another layer or model may need neither) ----------------
+    @functools.cached_property
+    def dev(self) -> Evaluator:
+        """The dev questions of every task (``cfg.dev_limits``) at this experiment's site."""
+        return Evaluator(self.loaded, self.site, "dev", self.cfg.dev_limits, positions=self.cfg.positions,
+                         progress=self.progress, sources=self.cfg.sources)
+
+    @functools.cached_property
+    def test(self) -> Evaluator:
+        """The test questions of every task and probe (``cfg.test_limits``) at this experiment's site."""
+        return Evaluator(self.loaded, self.site, "test", self.cfg.test_limits, probes=self.cfg.probes,
+                         positions=self.cfg.positions, progress=self.progress, sources=self.cfg.sources)
 
     @contextlib.contextmanager
     def protocol(self, name: str | None) -> Iterator[None]:
@@ -182,11 +191,15 @@ class Experiment:
         if layer not in self._layers:
             # From the current settings: a layer first asked for inside a protocol block steers that protocol's
             # positions (a later block sets its own through protocol()).
-            cfg = dataclasses.replace(self.cfg, demo=dataclasses.replace(self.cfg.demo, layer=layer), layers=())
-            child = Experiment(cfg, self.progress, self.on_step, loaded=self.loaded)
-            child.commit, child.protocol_name = self.commit, self.protocol_name
-            self._layers[layer] = child
+            demo = dataclasses.replace(self.cfg.demo, layer=layer)
+            self._layers[layer] = self._child(dataclasses.replace(self.cfg, demo=demo, layers=()), self.loaded)
         return self._layers[layer]
+
+    def _child(self, cfg: EvalConfig, loaded: LoadedModel) -> Experiment:
+        """An experiment with ``cfg`` on ``loaded`` (not reloaded) that reports this one's commit and protocol."""
+        child = Experiment(cfg, self.progress, self.on_step, loaded=loaded)
+        child.commit, child.protocol_name = self.commit, self.protocol_name
+        return child
 
     def total_timings(self) -> dict[str, float]:
         """:attr:`timings` with those of every other layer's experiment (:meth:`at_layer`) added."""
@@ -446,9 +459,7 @@ class Experiment:
         if loaded.weight_hash not in self._models:
             # Its own feature folders: named by the weights, so that no adapter's features replace another's.
             demo = dataclasses.replace(self.cfg.demo, model=f"{loaded.name}-{loaded.weight_hash[:12]}")
-            child = Experiment(dataclasses.replace(self.cfg, demo=demo), self.progress, self.on_step, loaded=loaded)
-            child.commit = self.commit
-            self._models[loaded.weight_hash] = child
+            self._models[loaded.weight_hash] = self._child(dataclasses.replace(self.cfg, demo=demo), loaded)
         return self._models[loaded.weight_hash]
 
     def grid(self, name: str) -> list[dict[str, Any]]:

@@ -119,8 +119,8 @@ def add_methods(results_dir: str | Path, names: Sequence[str], cfg: EvalConfig, 
              for t in ex.test.all_tasks}
     add_question_facts(report, ex.test.questions)
     add_statistics(report, ex.test.tasks, ex.test.probes, cfg.n_boot)
-    record = {"methods": list(names), "seeds": list(cfg.seeds), "extended": extended, "provenance": provenance(ex), "cpu_model": cpu_model(),
-              "cpu_native_bf16": cpu_has_native_bf16(), "torch_threads": torch.get_num_threads(),
+    record = {"methods": list(names), "seeds": list(cfg.seeds), "extended": extended, "provenance": provenance(ex),
+              "cpu_model": cpu_model(), "cpu_native_bf16": cpu_has_native_bf16(), "torch_threads": torch.get_num_threads(),
               "none_rescored": check, "timings": ex.timings, "dev_primary": dict(PRIMARY)}
     report.setdefault("additions", []).append(record)
     write_report(report, Path(results_dir))
@@ -146,8 +146,8 @@ def _check_new_seeds(entry: Mapping[str, Any], name: str, seeds: Sequence[int], 
 
 
 def _seed_run(test: Mapping[str, Any]) -> dict[str, Any]:
-    """The one seed's run back from a one-seed row's summarised ``test`` (:func:`summarise_seeds`'s inverse there: each
-    metric's mean is that seed's value)."""
+    """The one seed's run back from a one-seed row's summarised ``test`` (the inverse of :func:`summarise_seeds`
+    there: each metric's mean is that seed's value)."""
     def value(v: Any) -> Any:
         return v["mean"] if isinstance(v, Mapping) and set(v) == {"mean", "std", "n"} else v
 
@@ -265,7 +265,7 @@ def _convert_part(part: Mapping[str, Any], items: BBQItems, questions: Mapping[s
     const = part.get("reference", {}).get("constant")
     if const is not None:
         test = {**const["test"], "bbq": summarise_seeds([{"bbq": constant_row("bbq", questions["bbq"]), "mean": 0.0,
-                                                     "side_effects": {}}])["bbq"]}
+                                                          "side_effects": {}}])["bbq"]}
         _check_close("the constant's mean", float(np.mean(_seed_means(const, tasks))), const["test"]["mean"])
         constant = {"bbq": test["bbq"], "mean": mean_std_or_none(_seed_means({"test": test}, tasks))}
     return entries, constant, old
